@@ -1,0 +1,177 @@
+package bridge
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// BackendConfig is everything about the children and their sessions. Two
+// handlers with equal BackendConfigs can share one Backend, which is how
+// sessions survive a config reload.
+type BackendConfig struct {
+	Process ProcessConfig
+	Pool    PoolConfig
+	// SessionIdleTimeout ends a session with no open stream, no request in
+	// flight and no traffic for this long.
+	SessionIdleTimeout time.Duration
+}
+
+// DefaultSessionIdleTimeout is the default of SessionIdleTimeout.
+const DefaultSessionIdleTimeout = 30 * time.Minute
+
+// Backend owns a pool of children and the sessions that run on them. It
+// outlives the HTTP handlers in front of it.
+type Backend struct {
+	cfg    BackendConfig
+	logger *zap.Logger
+	pool   *Pool
+
+	mu       sync.RWMutex
+	sessions map[string]*Session
+
+	startOnce sync.Once
+	closeOnce sync.Once
+	stop      chan struct{}
+	janitor   sync.WaitGroup
+}
+
+// NewBackend returns a backend that starts no child until Start or the
+// first session.
+func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
+	if cfg.SessionIdleTimeout <= 0 {
+		cfg.SessionIdleTimeout = DefaultSessionIdleTimeout
+	}
+	if cfg.Process.MaxMessageSize <= 0 {
+		cfg.Process.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	return &Backend{
+		cfg:      cfg,
+		logger:   logger,
+		pool:     NewPool(cfg.Pool, cfg.Process, logger),
+		sessions: make(map[string]*Session),
+		stop:     make(chan struct{}),
+	}
+}
+
+// Start starts the warm spares and the idle-session reaper. It is
+// idempotent.
+func (b *Backend) Start() {
+	b.startOnce.Do(func() {
+		b.pool.Start()
+		b.janitor.Add(1)
+		go b.reapIdle()
+	})
+}
+
+// Close ends every session, stops every child and waits until they are
+// gone.
+func (b *Backend) Close() {
+	b.closeOnce.Do(func() {
+		close(b.stop)
+		b.janitor.Wait()
+		b.pool.Close()
+		b.mu.RLock()
+		sessions := make([]*Session, 0, len(b.sessions))
+		for _, s := range b.sessions {
+			sessions = append(sessions, s)
+		}
+		b.mu.RUnlock()
+		var wg sync.WaitGroup
+		for _, s := range sessions {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.end("shutdown")
+				<-s.child.Done()
+			}()
+		}
+		wg.Wait()
+	})
+}
+
+// MaxMessageSize is the largest message passed in either direction.
+func (b *Backend) MaxMessageSize() int { return b.cfg.Process.MaxMessageSize }
+
+// Pool returns the backend's pool, for status reports.
+func (b *Backend) Pool() *Pool { return b.pool }
+
+// NewSession takes a child from the pool and opens a session on it.
+func (b *Backend) NewSession(ctx context.Context, transport string) (*Session, error) {
+	b.Start()
+	child, err := b.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{
+		ID:             newSessionID(),
+		Transport:      transport,
+		created:        time.Now(),
+		backend:        b,
+		child:          child,
+		pending:        make(map[string]*stream),
+		progress:       make(map[string]*stream),
+		requestStreams: make(map[*stream]struct{}),
+		lastActive:     time.Now(),
+		done:           make(chan struct{}),
+	}
+	s.logger = b.logger.With(zap.String("session", s.ID[:8]), zap.Int("pid", child.Pid()))
+	b.mu.Lock()
+	b.sessions[s.ID] = s
+	b.mu.Unlock()
+	child.Attach(s.fromChild, s.onOversize, s.onChildExit)
+	s.logger.Info("session opened", zap.String("transport", transport))
+	return s, nil
+}
+
+// Session looks a session up by id.
+func (b *Backend) Session(id string) *Session {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.sessions[id]
+}
+
+// SessionCount is the number of open sessions.
+func (b *Backend) SessionCount() int {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return len(b.sessions)
+}
+
+func (b *Backend) removeSession(s *Session) {
+	b.mu.Lock()
+	if b.sessions[s.ID] == s {
+		delete(b.sessions, s.ID)
+	}
+	b.mu.Unlock()
+}
+
+func (b *Backend) reapIdle() {
+	defer b.janitor.Done()
+	interval := min(max(b.cfg.SessionIdleTimeout/4, 10*time.Millisecond), time.Minute)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case now := <-t.C:
+			b.mu.RLock()
+			var idle []*Session
+			for _, s := range b.sessions {
+				if last, busy := s.idleSince(); !busy && now.Sub(last) > b.cfg.SessionIdleTimeout {
+					idle = append(idle, s)
+				}
+			}
+			b.mu.RUnlock()
+			for _, s := range idle {
+				s.end("idle timeout")
+			}
+		}
+	}
+}

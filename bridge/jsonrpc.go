@@ -1,0 +1,293 @@
+package bridge
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strconv"
+)
+
+// JSON-RPC and MCP error codes used by the bridge.
+const (
+	CodeParseError      = -32700
+	CodeInvalidRequest  = -32600
+	CodeMethodNotFound  = -32601
+	CodeInvalidParams   = -32602
+	CodeInternalError   = -32603
+	CodeSessionNotFound = -32001
+	CodeServerBusy      = -32002
+	CodeServerExited    = -32003
+)
+
+// Kind is what a JSON-RPC message is, judged by its envelope alone.
+type Kind uint8
+
+// The kinds of JSON-RPC message.
+const (
+	KindInvalid Kind = iota
+	KindRequest
+	KindNotification
+	KindResponse
+)
+
+// Envelope is the part of a JSON-RPC message the bridge routes by. Its byte
+// slices alias the message they were parsed from; nothing else is decoded, so
+// unknown fields, large params and results pass through untouched.
+type Envelope struct {
+	// ID is the raw id token (a JSON string with its quotes, a number or
+	// null), or nil when the message has no id.
+	ID []byte
+	// Method is the raw method token, with quotes, or nil.
+	Method []byte
+	// Params, Result and Error are the raw values of those members, or nil.
+	Params []byte
+	Result []byte
+	Error  []byte
+	// Version is the raw "jsonrpc" value.
+	Version []byte
+}
+
+var errNotObject = errors.New("JSON-RPC message is not an object")
+
+// ParseEnvelope reads the top-level members of one JSON-RPC message. It
+// expects msg to be valid JSON (check with json.Valid first for untrusted
+// input) and does not allocate.
+func ParseEnvelope(msg []byte) (Envelope, error) {
+	var env Envelope
+	err := scanObject(msg, func(key, val []byte) bool {
+		switch string(key) {
+		case "id":
+			env.ID = val
+		case "method":
+			env.Method = val
+		case "params":
+			env.Params = val
+		case "result":
+			env.Result = val
+		case "error":
+			env.Error = val
+		case "jsonrpc":
+			env.Version = val
+		}
+		return true
+	})
+	return env, err
+}
+
+// Kind classifies the message. A message that is neither a request, a
+// notification nor a response, or that does not say "jsonrpc": "2.0", is
+// KindInvalid.
+func (e *Envelope) Kind() Kind {
+	if string(e.Version) != `"2.0"` {
+		return KindInvalid
+	}
+	switch {
+	case e.Method != nil:
+		if len(e.Method) < 2 || e.Method[0] != '"' || e.Result != nil || e.Error != nil {
+			return KindInvalid
+		}
+		if e.ID == nil {
+			return KindNotification
+		}
+		if !validID(e.ID) || string(e.ID) == "null" {
+			return KindInvalid
+		}
+		return KindRequest
+	case e.Result != nil || e.Error != nil:
+		if e.ID == nil || (e.Result != nil && e.Error != nil) || !validID(e.ID) {
+			return KindInvalid
+		}
+		return KindResponse
+	}
+	return KindInvalid
+}
+
+// MethodName returns the method without its quotes. Method names are plain
+// ASCII in practice; an escaped one is decoded.
+func (e *Envelope) MethodName() string {
+	if len(e.Method) < 2 {
+		return ""
+	}
+	inner := e.Method[1 : len(e.Method)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return string(inner)
+	}
+	var s string
+	if json.Unmarshal(e.Method, &s) != nil {
+		return ""
+	}
+	return s
+}
+
+func validID(id []byte) bool {
+	if len(id) == 0 {
+		return false
+	}
+	switch c := id[0]; {
+	case c == '"', c == '-', c >= '0' && c <= '9':
+		return true
+	}
+	return string(id) == "null"
+}
+
+// Member returns the raw value of the named top-level member of a JSON
+// object, or nil. obj must be valid JSON.
+func Member(obj []byte, name string) []byte {
+	var found []byte
+	scanObject(obj, func(key, val []byte) bool {
+		if string(key) == name {
+			found = val
+			return false
+		}
+		return true
+	})
+	return found
+}
+
+// StringValue decodes a raw JSON string token; it returns "" for anything else.
+func StringValue(raw []byte) string {
+	if len(raw) < 2 || raw[0] != '"' {
+		return ""
+	}
+	inner := raw[1 : len(raw)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return string(inner)
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return ""
+	}
+	return s
+}
+
+// ErrorResponse builds a JSON-RPC error response. id is a raw id token; nil
+// gives "id": null, as JSON-RPC requires when the id could not be read.
+func ErrorResponse(id []byte, code int, message string) []byte {
+	if id == nil {
+		id = []byte("null")
+	}
+	b := make([]byte, 0, 64+len(id)+len(message))
+	b = append(b, `{"jsonrpc":"2.0","id":`...)
+	b = append(b, id...)
+	b = append(b, `,"error":{"code":`...)
+	b = strconv.AppendInt(b, int64(code), 10)
+	b = append(b, `,"message":`...)
+	b = strconv.AppendQuote(b, message)
+	return append(b, "}}"...)
+}
+
+var errTruncated = errors.New("truncated JSON")
+
+// scanObject calls visit with each top-level member of the JSON object obj,
+// in order, until visit returns false. Keys are raw (still escaped).
+func scanObject(obj []byte, visit func(key, val []byte) bool) error {
+	i := skipSpace(obj, 0)
+	if i >= len(obj) || obj[i] != '{' {
+		return errNotObject
+	}
+	i++
+	for {
+		i = skipSpace(obj, i)
+		if i >= len(obj) {
+			return errTruncated
+		}
+		if obj[i] == '}' {
+			return nil
+		}
+		if obj[i] == ',' {
+			i = skipSpace(obj, i+1)
+		}
+		keyEnd, err := skipString(obj, i)
+		if err != nil {
+			return err
+		}
+		key := obj[i+1 : keyEnd-1]
+		i = skipSpace(obj, keyEnd)
+		if i >= len(obj) || obj[i] != ':' {
+			return errTruncated
+		}
+		i = skipSpace(obj, i+1)
+		valEnd, err := skipValue(obj, i)
+		if err != nil {
+			return err
+		}
+		if !visit(key, obj[i:valEnd]) {
+			return nil
+		}
+		i = valEnd
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// skipString returns the index just past the string token starting at b[i].
+func skipString(b []byte, i int) (int, error) {
+	if i >= len(b) || b[i] != '"' {
+		return 0, errTruncated
+	}
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1, nil
+		}
+	}
+	return 0, errTruncated
+}
+
+// skipValue returns the index just past the JSON value starting at b[i].
+func skipValue(b []byte, i int) (int, error) {
+	if i >= len(b) {
+		return 0, errTruncated
+	}
+	switch b[i] {
+	case '"':
+		return skipString(b, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				end, err := skipString(b, i)
+				if err != nil {
+					return 0, err
+				}
+				i = end - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1, nil
+				}
+			}
+		}
+		return 0, errTruncated
+	default:
+		start := i
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case ',', '}', ']', ' ', '\t', '\n', '\r':
+				if i == start {
+					return 0, errTruncated
+				}
+				return i, nil
+			}
+		}
+		if i == start {
+			return 0, errTruncated
+		}
+		return i, nil
+	}
+}

@@ -1,0 +1,261 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// PoolConfig sizes a pool of children.
+type PoolConfig struct {
+	// MinIdle is how many started children wait, unused, for the next
+	// session, so that a session never waits for a cold start.
+	MinIdle int
+	// MaxProcesses caps the children alive at once, idle ones included;
+	// zero means no cap.
+	MaxProcesses int
+	// AcquireTimeout is how long a new session waits for a child when the
+	// cap is reached.
+	AcquireTimeout time.Duration
+}
+
+// Pool defaults.
+const (
+	DefaultMinIdle        = 1
+	DefaultAcquireTimeout = 10 * time.Second
+)
+
+// ErrPoolExhausted is returned when no child became free in time.
+var ErrPoolExhausted = errors.New("all MCP server processes are busy")
+
+// ErrPoolClosed is returned once the pool is shutting down.
+var ErrPoolClosed = errors.New("the MCP server pool is shut down")
+
+// Pool starts stdio children ahead of demand and hands each out once. A
+// child is never reused: a session that ends releases its child, which is
+// stopped, and the pool starts another spare.
+type Pool struct {
+	cfg    PoolConfig
+	proc   ProcessConfig
+	logger *zap.Logger
+
+	mu       sync.Mutex
+	idle     []*Process
+	starting int
+	busy     int           // children handed out and not yet stopped
+	freed    chan struct{} // closed and replaced whenever capacity frees up
+	closed   bool
+	started  bool
+	lastErr  error
+	failures int // spawn failures in a row, for backoff
+}
+
+// NewPool returns a pool that starts nothing until Start or Acquire.
+func NewPool(cfg PoolConfig, proc ProcessConfig, logger *zap.Logger) *Pool {
+	if cfg.MinIdle < 0 {
+		cfg.MinIdle = 0
+	}
+	if cfg.AcquireTimeout <= 0 {
+		cfg.AcquireTimeout = DefaultAcquireTimeout
+	}
+	return &Pool{cfg: cfg, proc: proc, logger: logger, freed: make(chan struct{})}
+}
+
+// Start begins keeping MinIdle warm spares. It is idempotent.
+func (p *Pool) Start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started || p.closed {
+		return
+	}
+	p.started = true
+	p.refillLocked()
+}
+
+// Acquire takes a started child, starting one if none is idle and the cap
+// allows, or waiting up to AcquireTimeout for capacity.
+func (p *Pool) Acquire(ctx context.Context) (*Process, error) {
+	timer := time.NewTimer(p.cfg.AcquireTimeout)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrPoolClosed
+		}
+		p.started = true
+		for len(p.idle) > 0 {
+			child := p.idle[len(p.idle)-1]
+			p.idle = p.idle[:len(p.idle)-1]
+			if child.Exited() {
+				continue
+			}
+			p.busy++
+			p.failures = 0 // it stayed up until needed
+			p.refillLocked()
+			p.mu.Unlock()
+			return child, nil
+		}
+		if p.hasRoomLocked() {
+			p.busy++
+			p.mu.Unlock()
+			child, err := p.spawn()
+			if err != nil {
+				p.mu.Lock()
+				p.busy--
+				p.notifyLocked()
+				p.mu.Unlock()
+				return nil, err
+			}
+			p.mu.Lock()
+			p.failures = 0
+			p.refillLocked()
+			p.mu.Unlock()
+			return child, nil
+		}
+		freed := p.freed
+		p.mu.Unlock()
+		select {
+		case <-freed:
+		case <-timer.C:
+			return nil, ErrPoolExhausted
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Release stops a child handed out by Acquire and frees its place.
+func (p *Pool) Release(child *Process) {
+	child.Stop()
+	p.mu.Lock()
+	p.busy--
+	p.notifyLocked()
+	p.refillLocked()
+	p.mu.Unlock()
+}
+
+// Close stops the idle spares and refuses new work. Children handed out
+// are stopped by whoever holds them.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.notifyLocked()
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, child := range idle {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			child.Stop()
+		}()
+	}
+	wg.Wait()
+}
+
+// PoolStats is a snapshot of the pool.
+type PoolStats struct {
+	Idle, Starting, Busy int
+	LastError            error
+}
+
+// Stats returns the pool's counts.
+func (p *Pool) Stats() PoolStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return PoolStats{Idle: len(p.idle), Starting: p.starting, Busy: p.busy, LastError: p.lastErr}
+}
+
+func (p *Pool) hasRoomLocked() bool {
+	return p.cfg.MaxProcesses <= 0 || len(p.idle)+p.starting+p.busy < p.cfg.MaxProcesses
+}
+
+func (p *Pool) notifyLocked() {
+	close(p.freed)
+	p.freed = make(chan struct{})
+}
+
+// refillLocked starts spares until MinIdle are idle or starting.
+func (p *Pool) refillLocked() {
+	if !p.started || p.closed {
+		return
+	}
+	for len(p.idle)+p.starting < p.cfg.MinIdle && p.hasRoomLocked() {
+		p.starting++
+		go p.startSpare(p.backoffLocked())
+	}
+}
+
+// backoffLocked is how long to wait before the next spawn: nothing while
+// spawns succeed, then doubling from 100ms to 30s, so that a broken command
+// does not spin.
+func (p *Pool) backoffLocked() time.Duration {
+	if p.failures == 0 {
+		return 0
+	}
+	return min(100*time.Millisecond<<min(p.failures-1, 9), 30*time.Second)
+}
+
+func (p *Pool) startSpare(delay time.Duration) {
+	if delay > 0 {
+		time.Sleep(delay)
+	}
+	child, err := p.spawn()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.starting--
+	if err != nil {
+		p.notifyLocked()
+		p.refillLocked()
+		return
+	}
+	if p.closed {
+		go child.Stop()
+		return
+	}
+	p.idle = append(p.idle, child)
+	p.notifyLocked()
+	go p.watchSpare(child)
+}
+
+// watchSpare drops a spare that exits while idle and starts another.
+func (p *Pool) watchSpare(child *Process) {
+	<-child.Done()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, c := range p.idle {
+		if c == child {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			p.logger.Warn("idle MCP server exited", zap.Int("pid", child.Pid()), zap.Error(child.ExitErr()))
+			p.failures++
+			p.lastErr = exitError(child)
+			p.notifyLocked()
+			p.refillLocked()
+			return
+		}
+	}
+}
+
+func (p *Pool) spawn() (*Process, error) {
+	child, err := StartProcess(p.proc, p.logger)
+	p.mu.Lock()
+	if err != nil {
+		p.failures++
+		p.lastErr = err
+		p.logger.Error("starting MCP server", zap.Error(err))
+	}
+	p.mu.Unlock()
+	return child, err
+}
+
+func exitError(child *Process) error {
+	if err := child.ExitErr(); err != nil {
+		return err
+	}
+	return errors.New("MCP server exited")
+}

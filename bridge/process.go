@@ -1,0 +1,262 @@
+package bridge
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mattn/go-shellwords"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// ProcessConfig says how to start one stdio MCP server.
+type ProcessConfig struct {
+	// Argv is the program and its arguments. No shell is involved.
+	Argv []string
+	// Env holds extra KEY=value entries added to the bridge's environment.
+	Env []string
+	// Dir is the working directory; empty means the bridge's own.
+	Dir string
+	// MaxMessageSize caps one line of the child's stdout.
+	MaxMessageSize int
+	// StdinCloseTimeout is how long a child may take to exit after its stdin
+	// is closed before it gets SIGTERM.
+	StdinCloseTimeout time.Duration
+	// TermTimeout is how long a child may take to exit after SIGTERM before
+	// its process group gets SIGKILL.
+	TermTimeout time.Duration
+}
+
+// Default shutdown timeouts.
+const (
+	DefaultStdinCloseTimeout = 2 * time.Second
+	DefaultTermTimeout       = 3 * time.Second
+)
+
+// SplitCommand splits a command line with shell word rules (quotes and
+// backslashes) without running a shell, expanding nothing.
+func SplitCommand(line string) ([]string, error) {
+	p := shellwords.NewParser()
+	p.ParseEnv = false
+	p.ParseBacktick = false
+	argv, err := p.Parse(line)
+	if err != nil {
+		return nil, fmt.Errorf("command %q: %w", line, err)
+	}
+	if len(argv) == 0 {
+		return nil, errors.New("command is empty")
+	}
+	return argv, nil
+}
+
+// Process is one running stdio MCP server. It is its own process group, so
+// that stopping it also stops what it started (npx, shell wrappers).
+type Process struct {
+	cfg    ProcessConfig
+	cmd    *exec.Cmd
+	logger *zap.Logger
+
+	stdout  *os.File
+	writeMu sync.Mutex
+	stdin   io.WriteCloser
+
+	attachOnce sync.Once
+	done       chan struct{} // closed once the process has exited
+	waitErr    error
+	started    time.Time
+}
+
+// StartProcess starts the child. Its stdout is not read until Attach, so a
+// warm spare costs only its pipe buffer.
+func StartProcess(cfg ProcessConfig, logger *zap.Logger) (*Process, error) {
+	if len(cfg.Argv) == 0 {
+		return nil, errors.New("no command to run")
+	}
+	if cfg.StdinCloseTimeout <= 0 {
+		cfg.StdinCloseTimeout = DefaultStdinCloseTimeout
+	}
+	if cfg.TermTimeout <= 0 {
+		cfg.TermTimeout = DefaultTermTimeout
+	}
+	cmd := exec.Command(cfg.Argv[0], cfg.Argv[1:]...)
+	cmd.Env = append(os.Environ(), cfg.Env...)
+	cmd.Dir = cfg.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	// Our own pipe for stdout: exec's StdoutPipe would be closed by Wait,
+	// racing the reader; with os.Pipe the reader sees EOF by itself.
+	stdoutR, stdoutW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout = stdoutW
+	stderrR, stderrW, err := os.Pipe()
+	if err != nil {
+		stdoutR.Close()
+		stdoutW.Close()
+		return nil, err
+	}
+	cmd.Stderr = stderrW
+	err = cmd.Start()
+	stdoutW.Close()
+	stderrW.Close()
+	if err != nil {
+		stdoutR.Close()
+		stderrR.Close()
+		return nil, fmt.Errorf("starting %s: %w", cfg.Argv[0], err)
+	}
+	p := &Process{
+		cfg:     cfg,
+		cmd:     cmd,
+		logger:  logger.With(zap.Int("pid", cmd.Process.Pid)),
+		stdout:  stdoutR,
+		stdin:   stdin,
+		done:    make(chan struct{}),
+		started: time.Now(),
+	}
+	go p.logStderr(stderrR)
+	go p.wait()
+	return p, nil
+}
+
+// Pid is the child's process id (and process group id).
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Started is when the child was started.
+func (p *Process) Started() time.Time { return p.started }
+
+// Done is closed when the child has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// ExitErr is the child's exit status; valid once Done is closed.
+func (p *Process) ExitErr() error { return p.waitErr }
+
+// Exited reports whether the child has exited.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Attach starts delivering the child's stdout messages to onMessage, one at
+// a time, on one goroutine; onMessage owns each slice. onOversize gets the
+// start of a line that was over the limit. onClose runs once stdout ends.
+// Attach may be called once.
+func (p *Process) Attach(onMessage func([]byte), onOversize func(prefix []byte), onClose func()) {
+	p.attachOnce.Do(func() {
+		go p.readStdout(onMessage, onOversize, onClose)
+	})
+}
+
+func (p *Process) readStdout(onMessage func([]byte), onOversize func([]byte), onClose func()) {
+	defer onClose()
+	defer p.stdout.Close()
+	lr := NewLineReader(p.stdout, p.cfg.MaxMessageSize)
+	for {
+		line, err := lr.Next()
+		switch {
+		case errors.Is(err, ErrMessageTooLarge):
+			p.logger.Warn("child sent a message over max_message_size; dropped",
+				zap.Int("max_message_size", lr.max))
+			onOversize(lr.OversizePrefix())
+			continue
+		case err != nil:
+			return
+		}
+		if !json.Valid(line) {
+			p.logger.Warn("child wrote a line that is not JSON to stdout; dropped",
+				zap.ByteString("line", line[:min(len(line), 200)]))
+			continue
+		}
+		onMessage(line)
+	}
+}
+
+// Send writes one message and its newline to the child's stdin. It takes
+// ownership of msg (it may append to it).
+func (p *Process) Send(msg []byte) error {
+	msg = append(msg, '\n')
+	p.writeMu.Lock()
+	_, err := p.stdin.Write(msg)
+	p.writeMu.Unlock()
+	return err
+}
+
+// wait reaps the child. Whatever the child left running in its group goes
+// with it: the group is killed while the exited leader still holds its pid,
+// so the group id cannot have been reused.
+func (p *Process) wait() {
+	pid := p.Pid()
+	for {
+		err := unix.Waitid(unix.P_PID, pid, nil, unix.WEXITED|unix.WNOWAIT, nil)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	p.waitErr = p.cmd.Wait()
+	close(p.done)
+}
+
+func (p *Process) logStderr(r io.ReadCloser) {
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	for sc.Scan() {
+		p.logger.Info("child stderr", zap.String("line", sc.Text()))
+	}
+	// A line over 64 KiB stops the scanner; keep draining so the child never
+	// blocks on a full stderr pipe.
+	_, _ = io.Copy(io.Discard, r)
+}
+
+// Stop ends the child: it closes stdin and waits, then sends SIGTERM to the
+// process group and waits, then SIGKILL. It returns once the child is gone.
+func (p *Process) Stop() {
+	p.writeMu.Lock()
+	_ = p.stdin.Close()
+	p.writeMu.Unlock()
+	if p.waitFor(p.cfg.StdinCloseTimeout) {
+		return
+	}
+	p.logger.Debug("child did not exit after stdin closed; sending SIGTERM")
+	_ = syscall.Kill(-p.Pid(), syscall.SIGTERM)
+	if p.waitFor(p.cfg.TermTimeout) {
+		return
+	}
+	p.logger.Warn("child ignored SIGTERM; sending SIGKILL")
+	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
+	<-p.done
+}
+
+// Kill ends the child at once with SIGKILL to its process group.
+func (p *Process) Kill() {
+	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
+	<-p.done
+}
+
+func (p *Process) waitFor(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return true
+	case <-t.C:
+		return false
+	}
+}

@@ -1,0 +1,174 @@
+package bridge
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// ServerConfig is how one HTTP front serves a Backend. Unlike the
+// BackendConfig it can change on reload without touching sessions.
+type ServerConfig struct {
+	// StreamablePath is the Streamable HTTP endpoint, relative to where the
+	// handler is mounted.
+	StreamablePath string
+	// Keepalive is the interval of SSE keepalive comments; zero disables them.
+	Keepalive time.Duration
+	// Origins decides which browser origins may call.
+	Origins OriginPolicy
+}
+
+// Defaults of ServerConfig.
+const (
+	DefaultStreamablePath = "/mcp"
+	DefaultKeepalive      = 25 * time.Second
+)
+
+// Server is an http.Handler serving MCP transports in front of a Backend.
+// Several Servers may share a Backend, for example the old and the new
+// instance during a config reload.
+type Server struct {
+	cfg     ServerConfig
+	backend *Backend
+	logger  *zap.Logger
+
+	closeOnce sync.Once
+	closing   chan struct{} // closed when this front stops serving streams
+}
+
+// NewServer returns a Server in front of backend.
+func NewServer(backend *Backend, cfg ServerConfig, logger *zap.Logger) *Server {
+	if cfg.StreamablePath == "" {
+		cfg.StreamablePath = DefaultStreamablePath
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	return &Server{cfg: cfg, backend: backend, logger: logger, closing: make(chan struct{})}
+}
+
+// Handles reports whether the request's path is one this Server serves.
+func (s *Server) Handles(r *http.Request) bool {
+	return r.URL.Path == s.cfg.StreamablePath
+}
+
+// ServeHTTP serves the transports; other paths get 404.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.Handles(r) {
+		http.NotFound(w, r)
+		return
+	}
+	if !s.cfg.Origins.Allow(r) {
+		s.logger.Info("refused a request from a disallowed origin", zap.String("origin", r.Header.Get("Origin")))
+		writeError(w, http.StatusForbidden, CodeInvalidRequest, "origin not allowed")
+		return
+	}
+	s.serveStreamable(w, r)
+}
+
+// CloseStreams ends the long-lived GET streams this Server holds open, so
+// that a shutdown or reload does not wait on them; clients reconnect. It
+// does not end sessions.
+func (s *Server) CloseStreams() {
+	s.closeOnce.Do(func() { close(s.closing) })
+}
+
+// writeError writes a JSON-RPC error response with no id as the body of an
+// HTTP error.
+func writeError(w http.ResponseWriter, status, code int, message string) {
+	writeErrorID(w, status, nil, code, message)
+}
+
+func writeErrorID(w http.ResponseWriter, status int, id []byte, code int, message string) {
+	body := ErrorResponse(id, code, message)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+}
+
+// writeAcquireError answers a session that could not get a child.
+func writeAcquireError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrPoolExhausted):
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, CodeServerBusy, "all MCP server processes are busy; retry later")
+	case errors.Is(err, ErrPoolClosed):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, CodeServerBusy, "the MCP server is restarting; retry")
+	default:
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, CodeServerBusy, "the MCP server could not be started")
+	}
+}
+
+// readBody reads a request body up to limit bytes, answering 413 or 400
+// itself when it cannot.
+func readBody(w http.ResponseWriter, r *http.Request, limit int) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(limit)))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			writeError(w, http.StatusRequestEntityTooLarge, CodeInvalidRequest,
+				"request body exceeds max_message_size ("+strconv.Itoa(limit)+" bytes)")
+		} else {
+			writeError(w, http.StatusBadRequest, CodeParseError, "could not read the request body")
+		}
+		return nil, false
+	}
+	return body, true
+}
+
+// hasMediaType reports whether a Content-Type header names mediaType.
+func hasMediaType(header, mediaType string) bool {
+	mt, _, err := mime.ParseMediaType(header)
+	return err == nil && strings.EqualFold(mt, mediaType)
+}
+
+// accepts reports whether an Accept header allows mediaType, wildcards
+// included.
+func accepts(header, mediaType string) bool {
+	major, _, _ := strings.Cut(mediaType, "/")
+	for part := range strings.SplitSeq(header, ",") {
+		mt, _, _ := strings.Cut(part, ";")
+		mt = strings.TrimSpace(mt)
+		if strings.EqualFold(mt, mediaType) || mt == "*/*" || strings.EqualFold(mt, major+"/*") {
+			return true
+		}
+	}
+	return false
+}
+
+// parseMessages splits a POST body into JSON-RPC messages: one, or the
+// elements of a batch. It answers the client itself when the body is bad.
+func parseMessages(w http.ResponseWriter, body []byte) (msgs [][]byte, batch, ok bool) {
+	if !json.Valid(body) {
+		writeError(w, http.StatusBadRequest, CodeParseError, "parse error: the body is not valid JSON")
+		return nil, false, false
+	}
+	i := skipSpace(body, 0)
+	if body[i] != '[' {
+		return [][]byte{body}, false, true
+	}
+	for i = skipSpace(body, i+1); i < len(body) && body[i] != ']'; {
+		end, _ := skipValue(body, i)
+		msgs = append(msgs, body[i:end:end])
+		i = skipSpace(body, end)
+		if i < len(body) && body[i] == ',' {
+			i = skipSpace(body, i+1)
+		}
+	}
+	if len(msgs) == 0 {
+		writeError(w, http.StatusBadRequest, CodeInvalidRequest, "empty batch")
+		return nil, true, false
+	}
+	return msgs, true, true
+}

@@ -1,0 +1,278 @@
+package bridge
+
+import (
+	"net/http"
+
+	"go.uber.org/zap"
+)
+
+// Protocol revisions of the Streamable HTTP transport with sessions.
+const (
+	version20250326 = "2025-03-26"
+	version20250618 = "2025-06-18"
+	version20251125 = "2025-11-25"
+	// versionModern is the first revision without sessions or initialize.
+	versionModern = "2026-07-28"
+)
+
+// sessionVersions are the MCP-Protocol-Version values a session client may
+// send: whatever a child may have negotiated, back to the first revision.
+var sessionVersions = map[string]bool{
+	"2024-11-05":    true,
+	version20250326: true,
+	version20250618: true,
+	version20251125: true,
+}
+
+const headerSessionID = "Mcp-Session-Id"
+
+func (s *Server) serveStreamable(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodPost:
+		s.streamablePost(w, r)
+	case http.MethodGet:
+		s.streamableGet(w, r)
+	case http.MethodDelete:
+		s.streamableDelete(w, r)
+	default:
+		w.Header().Set("Allow", "GET, POST, DELETE")
+		writeError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+	}
+}
+
+// checkVersion answers a request whose MCP-Protocol-Version the bridge does
+// not serve. A modern (stateless) request gets a 400 whose body is a plain
+// JSON-RPC error, which tells a dual-era client to fall back to initialize.
+func checkVersion(w http.ResponseWriter, r *http.Request) bool {
+	v := r.Header.Get("MCP-Protocol-Version")
+	switch {
+	case v == "" || sessionVersions[v]:
+		return true
+	case v >= versionModern:
+		writeError(w, http.StatusBadRequest, CodeInvalidRequest,
+			"this endpoint serves MCP sessions: send initialize (protocol 2025-11-25 or earlier)")
+	default:
+		writeError(w, http.StatusBadRequest, CodeInvalidRequest, "unsupported MCP-Protocol-Version: "+v)
+	}
+	return false
+}
+
+// lookupSession finds the session a request names, answering 400 when it
+// names none and 404 when it is unknown or ended.
+func (s *Server) lookupSession(w http.ResponseWriter, r *http.Request) *Session {
+	id := r.Header.Get(headerSessionID)
+	if id == "" {
+		writeError(w, http.StatusBadRequest, CodeInvalidRequest, "missing Mcp-Session-Id header")
+		return nil
+	}
+	sess := s.backend.Session(id)
+	if sess == nil {
+		writeError(w, http.StatusNotFound, CodeSessionNotFound, "session not found")
+		return nil
+	}
+	return sess
+}
+
+func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
+	if !hasMediaType(r.Header.Get("Content-Type"), "application/json") {
+		writeError(w, http.StatusUnsupportedMediaType, CodeInvalidRequest, "Content-Type must be application/json")
+		return
+	}
+	accept := r.Header.Get("Accept")
+	if !accepts(accept, "application/json") || !accepts(accept, "text/event-stream") {
+		writeError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list application/json and text/event-stream")
+		return
+	}
+	if !checkVersion(w, r) {
+		return
+	}
+	body, ok := readBody(w, r, s.backend.MaxMessageSize())
+	if !ok {
+		return
+	}
+	msgs, batch, ok := parseMessages(w, body)
+	if !ok {
+		return
+	}
+	var ids, tokens [][]byte
+	initialize := false
+	for _, msg := range msgs {
+		env, err := ParseEnvelope(msg)
+		kind := env.Kind()
+		if err != nil || kind == KindInvalid {
+			writeErrorID(w, http.StatusBadRequest, env.ID, CodeInvalidRequest, "invalid JSON-RPC message")
+			return
+		}
+		if kind == KindRequest {
+			ids = append(ids, env.ID)
+			if tok := Member(Member(env.Params, "_meta"), "progressToken"); tok != nil {
+				tokens = append(tokens, tok)
+			}
+			initialize = initialize || env.MethodName() == "initialize"
+		}
+	}
+
+	var sess *Session
+	if initialize {
+		if batch {
+			writeError(w, http.StatusBadRequest, CodeInvalidRequest, "initialize must not be part of a batch")
+			return
+		}
+		var err error
+		if sess, err = s.backend.NewSession(r.Context(), "streamable"); err != nil {
+			writeAcquireError(w, err)
+			return
+		}
+	} else {
+		if sess = s.lookupSession(w, r); sess == nil {
+			return
+		}
+		if v := sess.ProtocolVersion(); batch && v >= version20250618 {
+			writeError(w, http.StatusBadRequest, CodeInvalidRequest, "batches are not supported in protocol version "+v)
+			return
+		}
+	}
+
+	if len(ids) == 0 {
+		for _, msg := range msgs {
+			if sess.send(msg) != nil {
+				writeError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+				return
+			}
+		}
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+
+	st, err := sess.openRequestStream(ids, tokens)
+	if err != nil {
+		if err == errSessionEnded {
+			writeError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+		} else {
+			writeErrorID(w, http.StatusBadRequest, ids[0], CodeInvalidRequest, err.Error())
+		}
+		return
+	}
+	defer sess.closeRequestStream(st)
+	for _, msg := range msgs {
+		if sess.send(msg) != nil {
+			break // the child is gone; its exit fails the stream's requests
+		}
+	}
+	mode := streamResponse
+	if initialize {
+		w.Header().Set(headerSessionID, sess.ID)
+		mode = streamInitialize
+	}
+	s.writeStream(w, r, sess, st, mode)
+}
+
+func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
+	if !accepts(r.Header.Get("Accept"), "text/event-stream") {
+		writeError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list text/event-stream")
+		return
+	}
+	if !checkVersion(w, r) {
+		return
+	}
+	sess := s.lookupSession(w, r)
+	if sess == nil {
+		return
+	}
+	st, err := sess.openStandalone()
+	if err != nil {
+		writeError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+		return
+	}
+	defer sess.closeStandalone(st)
+	s.writeStream(w, r, sess, st, streamStandalone)
+}
+
+func (s *Server) streamableDelete(w http.ResponseWriter, r *http.Request) {
+	sess := s.lookupSession(w, r)
+	if sess == nil {
+		return
+	}
+	sess.end("client deleted the session")
+	w.WriteHeader(http.StatusOK)
+}
+
+// streamMode is what a stream carries.
+type streamMode uint8
+
+const (
+	streamResponse   streamMode = iota // a POST's responses
+	streamInitialize                   // a POST's response to initialize
+	streamStandalone                   // a session's GET stream
+)
+
+// writeStream writes a stream as SSE until its last message, the client
+// leaving, the session ending, or (for a GET stream) this Server closing
+// its streams. A POST stream ends with its last response, so a reload lets
+// it finish.
+func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Session, st *stream, mode streamMode) {
+	sw := newSSEWriter(w)
+	w.WriteHeader(http.StatusOK)
+	var err error
+	if sess.ProtocolVersion() >= version20251125 {
+		// A priming event: the client may resume from here if cut off.
+		err = sw.event(st.nextEventID(), "", nil)
+	} else {
+		err = sw.rc.Flush()
+	}
+	ping, stopPing := keepalive(s.cfg.Keepalive)
+	defer stopPing()
+	var closing <-chan struct{}
+	if mode == streamStandalone {
+		closing = s.closing
+	}
+	for err == nil {
+		select {
+		case m := <-st.queue:
+			initFailed := m.last && mode == streamInitialize && !s.finishInitialize(sess, m.data)
+			err = sw.event(st.nextEventID(), "", m.data)
+			if initFailed {
+				sess.end("initialize failed")
+			}
+			if m.last {
+				return
+			}
+		case <-ping:
+			err = sw.comment("ping")
+		case <-r.Context().Done():
+			return
+		case <-st.closed:
+			s.drain(sw, st)
+			return
+		case <-closing:
+			return
+		}
+	}
+	s.logger.Debug("stream write failed; client gone", zap.String("session", sess.ID[:8]), zap.Error(err))
+}
+
+// drain writes what is still queued on a stream that was closed, such as
+// the errors for requests whose child exited.
+func (s *Server) drain(sw *sseWriter, st *stream) {
+	for {
+		select {
+		case m := <-st.queue:
+			if sw.event(st.nextEventID(), "", m.data) != nil {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+// finishInitialize records the protocol version the child negotiated, and
+// reports false when initialize failed.
+func (s *Server) finishInitialize(sess *Session, response []byte) bool {
+	result := Member(response, "result")
+	if result == nil {
+		return false
+	}
+	sess.setProtocolVersion(StringValue(Member(result, "protocolVersion")))
+	return true
+}

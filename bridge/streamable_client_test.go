@@ -1,0 +1,60 @@
+package bridge
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+)
+
+// startBridge serves a bridge in front of the everything-server on a test
+// HTTP server, and checks at cleanup that no child is left.
+func startBridge(t *testing.T, pool PoolConfig) (*httptest.Server, *Backend) {
+	t.Helper()
+	exe := mcptest.EverythingServer(t)
+	backend := NewBackend(BackendConfig{Process: ProcessConfig{Argv: []string{exe}}, Pool: pool}, zaptest.NewLogger(t))
+	backend.Start()
+	srv := httptest.NewServer(NewServer(backend, ServerConfig{}, zaptest.NewLogger(t)))
+	t.Cleanup(func() {
+		srv.Close()
+		backend.Close()
+		mcptest.WaitNoProcesses(t, exe, 5*time.Second)
+	})
+	return srv, backend
+}
+
+func TestStreamableGoSDKClient(t *testing.T) {
+	srv, _ := startBridge(t, PoolConfig{MinIdle: 1})
+	for _, version := range []string{"", "2025-11-25", "2025-06-18", "2025-03-26"} {
+		t.Run("version="+version, func(t *testing.T) {
+			c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, version)
+			defer c.Close()
+			want := version
+			if want == "" {
+				want = "2025-11-25" // the default client probes 2026-07-28 and falls back
+			}
+			if got := c.InitializeResult().ProtocolVersion; got != want {
+				t.Errorf("negotiated %q, want %q", got, want)
+			}
+			tools, err := c.ListTools(t.Context(), nil)
+			if err != nil || len(tools.Tools) == 0 {
+				t.Fatalf("tools/list: %v (%d tools)", err, len(tools.Tools))
+			}
+			if got := c.CallText(t, "test_simple_text", nil); !strings.Contains(got, "test") {
+				t.Errorf("test_simple_text = %q", got)
+			}
+			c.CallText(t, "test_tool_with_progress", nil)
+			if n := len(c.Progress()); n != 3 {
+				t.Errorf("got %d progress notifications, want 3", n)
+			}
+			if got := c.CallText(t, "test_sampling", map[string]any{"prompt": "hi"}); got != "LLM response: echo: hi" {
+				t.Errorf("test_sampling = %q", got)
+			}
+		})
+	}
+}

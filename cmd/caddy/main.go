@@ -1,0 +1,13 @@
+// Command caddy is Caddy with its standard modules and the mcp_bridge module:
+// the same binary that `xcaddy build --with github.com/mcpbridge/caddy-mcp-bridge` produces.
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func main() {
+	caddycmd.Main()
+}
