@@ -1,0 +1,216 @@
+package caddymodule
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("mcp_bridge", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("mcp_bridge", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	mcp_bridge [<matcher>] {
+//		command <program> [<args...>]
+//		env <key> <value>
+//		dir <path>
+//		pool {
+//			min_idle <n>
+//			max_processes <n>
+//			acquire_timeout <duration>
+//			session_idle_timeout <duration>
+//		}
+//		max_message_size <size>
+//		allowed_origins <origin...>
+//		streamable_path <path>
+//		keepalive <duration>|off
+//		stop_timeout <duration>
+//		term_timeout <duration>
+//	}
+//
+// command takes the rest of its line; quoting works as in a shell, but no
+// shell runs it. env is repeatable; values may use placeholders such as
+// {env.API_TOKEN}. Sizes take units (16MiB); durations take Caddy's
+// duration syntax (30s, 30m, 1d).
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		switch d.Val() {
+		case "command":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.Command = shellJoin(args)
+		case "env":
+			var key, val string
+			if !d.AllArgs(&key, &val) {
+				return d.ArgErr()
+			}
+			if h.Env == nil {
+				h.Env = make(map[string]string)
+			}
+			h.Env[key] = val
+		case "dir":
+			if !d.AllArgs(&h.Dir) {
+				return d.ArgErr()
+			}
+		case "pool":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if h.Pool == nil {
+				h.Pool = new(PoolConfig)
+			}
+			if err := h.Pool.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "max_message_size":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			size, err := humanize.ParseBytes(s)
+			if err != nil || size == 0 || size > 1<<30 {
+				return d.Errf("max_message_size: want a size from 1B to 1GiB, got %q", s)
+			}
+			h.MaxMessageSize = int(size)
+		case "allowed_origins":
+			origins := d.RemainingArgs()
+			if len(origins) == 0 {
+				return d.ArgErr()
+			}
+			h.AllowedOrigins = append(h.AllowedOrigins, origins...)
+		case "streamable_path":
+			if !d.AllArgs(&h.StreamablePath) {
+				return d.ArgErr()
+			}
+		case "keepalive":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			if s == "off" {
+				h.Keepalive = -1
+				continue
+			}
+			if err := parseDuration(d, "keepalive", s, &h.Keepalive); err != nil {
+				return err
+			}
+		case "stop_timeout":
+			if err := durationArg(d, &h.StopTimeout); err != nil {
+				return err
+			}
+		case "term_timeout":
+			if err := durationArg(d, &h.TermTimeout); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized mcp_bridge option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+func (p *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "min_idle":
+			n, err := intArg(d)
+			if err != nil {
+				return err
+			}
+			p.MinIdle = &n
+		case "max_processes":
+			n, err := intArg(d)
+			if err != nil {
+				return err
+			}
+			p.MaxProcesses = n
+		case "acquire_timeout":
+			if err := durationArg(d, &p.AcquireTimeout); err != nil {
+				return err
+			}
+		case "session_idle_timeout":
+			if err := durationArg(d, &p.SessionIdleTimeout); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized pool option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+func intArg(d *caddyfile.Dispenser) (int, error) {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, d.Errf("%s: want a whole number, got %q", name, s)
+	}
+	return n, nil
+}
+
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	return parseDuration(d, name, s, dst)
+}
+
+func parseDuration(d *caddyfile.Dispenser, name, s string, dst *caddy.Duration) error {
+	dur, err := caddy.ParseDuration(s)
+	if err != nil || dur <= 0 {
+		return d.Errf("%s: want a positive duration, got %q", name, s)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// shellJoin quotes words so that splitting the result with shell rules
+// gives them back exactly.
+func shellJoin(words []string) string {
+	quoted := make([]string, len(words))
+	for i, w := range words {
+		if w != "" && strings.IndexFunc(w, needsQuote) < 0 {
+			quoted[i] = w
+		} else {
+			quoted[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(quoted, " ")
+}
+
+func needsQuote(r rune) bool {
+	switch {
+	case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		return false
+	}
+	return !strings.ContainsRune("-_./:=@%+,{}", r)
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,272 @@
+// Package caddymodule registers the mcp_bridge HTTP handler: Caddy glue
+// around the bridge package, which does the work.
+package caddymodule
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler puts a stdio MCP server on the network. Each client session gets a
+// child process of its own, taken from a pool of warm spares, and talks to
+// it over Streamable HTTP. Requests to other paths go to the next handler.
+//
+// The children and their sessions belong to a pool shared by every handler
+// instance with the same child configuration (command, env, dir, pool and
+// message size), so `caddy reload` keeps them when that configuration is
+// unchanged.
+type Handler struct {
+	// Command is the command line of the stdio MCP server. It is split into
+	// words with shell quoting rules, but never run by a shell: no
+	// expansion, pipes or redirections. Caddy placeholders such as
+	// {env.HOME} are replaced when the config loads.
+	Command string `json:"command,omitempty"`
+
+	// Env holds environment variables set for the child, on top of Caddy's
+	// own environment. Values may use placeholders such as {env.API_TOKEN}.
+	Env map[string]string `json:"env,omitempty"`
+
+	// Dir is the working directory of the child. Default: Caddy's own.
+	Dir string `json:"dir,omitempty"`
+
+	// Pool sizes the pool of child processes.
+	Pool *PoolConfig `json:"pool,omitempty"`
+
+	// MaxMessageSize is the largest JSON-RPC message, in bytes, passed in
+	// either direction. A larger request body gets 413; a larger line from
+	// the child is dropped and its request answered with an error.
+	// Default: 16 MiB.
+	MaxMessageSize int `json:"max_message_size,omitempty"`
+
+	// AllowedOrigins lists the browser origins that may call the bridge:
+	// exact origins such as "https://app.example.com", patterns such as
+	// "https://*.example.com", or "*". A request with any other Origin
+	// header gets 403, which defeats DNS rebinding. When empty, requests
+	// without an Origin are allowed, and localhost origins on connections
+	// to a loopback address.
+	AllowedOrigins []string `json:"allowed_origins,omitempty"`
+
+	// StreamablePath is the path of the Streamable HTTP endpoint, relative
+	// to the path the handler receives (so behind `handle_path /tools/*` the
+	// default is served at /tools/mcp). Default: /mcp.
+	StreamablePath string `json:"streamable_path,omitempty"`
+
+	// Keepalive is the interval of the comments sent on idle SSE streams so
+	// that clients and proxies do not drop them. Default: 25s; a negative
+	// value disables them.
+	Keepalive caddy.Duration `json:"keepalive,omitempty"`
+
+	// StopTimeout is how long a child may take to exit once its stdin is
+	// closed, before it gets SIGTERM. Default: 2s.
+	StopTimeout caddy.Duration `json:"stop_timeout,omitempty"`
+
+	// TermTimeout is how long a child may take to exit after SIGTERM,
+	// before its whole process group gets SIGKILL. Default: 3s.
+	TermTimeout caddy.Duration `json:"term_timeout,omitempty"`
+
+	backendKey string
+	backend    *bridge.Backend
+	server     *bridge.Server
+	logger     *zap.Logger
+}
+
+// PoolConfig sizes the pool of child processes.
+type PoolConfig struct {
+	// MinIdle is the number of warm spares: children started ahead of
+	// demand, so that a new session does not wait for a cold start.
+	// Default: 1. Set it to 0 to start children only on demand.
+	MinIdle *int `json:"min_idle,omitempty"`
+
+	// MaxProcesses caps the children alive at once, spares included.
+	// Default: no cap.
+	MaxProcesses int `json:"max_processes,omitempty"`
+
+	// AcquireTimeout is how long a new session waits for a child when
+	// MaxProcesses are running, before it gets 503 with Retry-After.
+	// Default: 10s.
+	AcquireTimeout caddy.Duration `json:"acquire_timeout,omitempty"`
+
+	// SessionIdleTimeout ends a session, and its child, after this long
+	// with no request, no response and no open stream. Default: 30m.
+	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.mcp_bridge",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets the handler up. It starts no child: `caddy validate` runs
+// Provision too. The warm spares start on Caddy's "started" event.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	cfg, err := h.backendConfig()
+	if err != nil {
+		return err
+	}
+	h.backendKey, err = configKey(cfg)
+	if err != nil {
+		return err
+	}
+	val, _, err := backends.LoadOrNew(h.backendKey, func() (caddy.Destructor, error) {
+		return backendHandle{bridge.NewBackend(cfg, h.logger)}, nil
+	})
+	if err != nil {
+		return err
+	}
+	h.backend = val.(backendHandle).Backend
+
+	keepalive := time.Duration(h.Keepalive)
+	switch {
+	case keepalive == 0:
+		keepalive = bridge.DefaultKeepalive
+	case keepalive < 0:
+		keepalive = 0
+	}
+	h.server = bridge.NewServer(h.backend, bridge.ServerConfig{
+		StreamablePath: h.StreamablePath,
+		Keepalive:      keepalive,
+		Origins:        bridge.OriginPolicy{Allowed: h.AllowedOrigins},
+	}, h.logger)
+
+	eventsApp, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("loading events app: %v", err)
+	}
+	events := eventsApp.(*caddyevents.App)
+	if err := events.On("started", h); err != nil {
+		return err
+	}
+	return events.On("stopping", h)
+}
+
+// backendConfig is the child configuration, placeholders replaced and
+// defaults applied, so that equal configurations share a pool.
+func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
+	repl := caddy.NewReplacer()
+	argv, err := bridge.SplitCommand(repl.ReplaceAll(h.Command, ""))
+	if err != nil {
+		return bridge.BackendConfig{}, err
+	}
+	env := make([]string, 0, len(h.Env))
+	for k, v := range h.Env {
+		env = append(env, k+"="+repl.ReplaceAll(v, ""))
+	}
+	slices.Sort(env)
+	cfg := bridge.BackendConfig{
+		Process: bridge.ProcessConfig{
+			Argv:              argv,
+			Env:               env,
+			Dir:               repl.ReplaceAll(h.Dir, ""),
+			MaxMessageSize:    h.MaxMessageSize,
+			StdinCloseTimeout: time.Duration(h.StopTimeout),
+			TermTimeout:       time.Duration(h.TermTimeout),
+		},
+		Pool: bridge.PoolConfig{MinIdle: bridge.DefaultMinIdle},
+	}
+	if cfg.Process.MaxMessageSize <= 0 {
+		cfg.Process.MaxMessageSize = bridge.DefaultMaxMessageSize
+	}
+	if p := h.Pool; p != nil {
+		if p.MinIdle != nil {
+			cfg.Pool.MinIdle = *p.MinIdle
+		}
+		cfg.Pool.MaxProcesses = p.MaxProcesses
+		cfg.Pool.AcquireTimeout = time.Duration(p.AcquireTimeout)
+		cfg.SessionIdleTimeout = time.Duration(p.SessionIdleTimeout)
+	}
+	return cfg, nil
+}
+
+// configKey names a child configuration in the pool of backends.
+func configKey(cfg bridge.BackendConfig) (string, error) {
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if strings.TrimSpace(h.Command) == "" {
+		return fmt.Errorf("command is required")
+	}
+	if h.StreamablePath != "" && !strings.HasPrefix(h.StreamablePath, "/") {
+		return fmt.Errorf("streamable_path must start with /: %q", h.StreamablePath)
+	}
+	if h.Pool != nil && h.Pool.MinIdle != nil && h.Pool.MaxProcesses > 0 && *h.Pool.MinIdle > h.Pool.MaxProcesses {
+		return fmt.Errorf("pool: min_idle (%d) exceeds max_processes (%d)", *h.Pool.MinIdle, h.Pool.MaxProcesses)
+	}
+	return nil
+}
+
+// Handle reacts to Caddy's lifecycle events: "started" warms the pool;
+// "stopping" ends this instance's long-lived streams, which Caddy would
+// otherwise wait on forever, and on process exit ends every session and
+// child before Caddy returns.
+func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
+	switch e.Name() {
+	case "started":
+		h.backend.Start()
+	case "stopping":
+		h.server.CloseStreams()
+		if caddy.Exiting() {
+			h.backend.Close()
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this instance's hold on the shared pool; the last
+// holder's release stops the children.
+func (h *Handler) Cleanup() error {
+	if h.server != nil {
+		h.server.CloseStreams()
+	}
+	if h.backendKey != "" {
+		_, err := backends.Delete(h.backendKey)
+		return err
+	}
+	return nil
+}
+
+// ServeHTTP serves the MCP endpoints and passes other paths on.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !h.server.Handles(r) {
+		return next.ServeHTTP(w, r)
+	}
+	h.server.ServeHTTP(w, r)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyevents.Handler         = (*Handler)(nil)
+)
