@@ -54,11 +54,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		switch d.Val() {
 		case "command":
-			args := d.RemainingArgs()
+			args := d.RemainingArgsAsTokens()
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			h.Command = shellJoin(args)
+			h.Command = commandLine(args)
 		case "env":
 			var key, val string
 			if !d.AllArgs(&key, &val) {
@@ -190,18 +190,23 @@ func parseDuration(d *caddyfile.Dispenser, name, s string, dst *caddy.Duration) 
 	return nil
 }
 
-// shellJoin quotes words so that splitting the result with shell rules
-// gives them back exactly.
-func shellJoin(words []string) string {
-	quoted := make([]string, len(words))
-	for i, w := range words {
-		if w != "" && strings.IndexFunc(w, needsQuote) < 0 {
-			quoted[i] = w
+// commandLine rebuilds the command line from the tokens of a command
+// directive, for the bridge to split with shell rules. Caddy's lexer knows
+// double quotes and backticks but not single quotes or backslashes: a token
+// it quoted stays one word, and the others go in as written, so that shell
+// quoting across them still works.
+func commandLine(tokens []caddyfile.Token) string {
+	words := make([]string, len(tokens))
+	for i, tok := range tokens {
+		if !tok.Quoted() {
+			words[i] = tok.Text
+		} else if tok.Text != "" && strings.IndexFunc(tok.Text, needsQuote) < 0 {
+			words[i] = tok.Text
 		} else {
-			quoted[i] = "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+			words[i] = "'" + strings.ReplaceAll(tok.Text, "'", `'\''`) + "'"
 		}
 	}
-	return strings.Join(quoted, " ")
+	return strings.Join(words, " ")
 }
 
 func needsQuote(r rune) bool {

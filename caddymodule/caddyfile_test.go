@@ -1,0 +1,127 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
+)
+
+// TestCaddyfileAdapt adapts each testdata/caddyfile_adapt file (a Caddyfile,
+// a line of dashes, the expected JSON) and compares.
+func TestCaddyfileAdapt(t *testing.T) {
+	files, err := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no adapt tests found: %v", err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			input, want, ok := strings.Cut(string(data), "----------")
+			if !ok {
+				t.Fatal("no ---------- separator")
+			}
+			got, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
+			if err != nil {
+				t.Fatalf("adapt: %v", err)
+			}
+			for _, w := range warnings {
+				t.Errorf("warning: %s", w.String())
+			}
+			var gotVal, wantVal any
+			if err := json.Unmarshal(got, &gotVal); err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal([]byte(want), &wantVal); err != nil {
+				t.Fatalf("expected JSON: %v", err)
+			}
+			if !reflect.DeepEqual(gotVal, wantVal) {
+				pretty, _ := json.MarshalIndent(gotVal, "", "\t")
+				t.Errorf("adapted JSON differs from the expected; got:\n%s", pretty)
+			}
+		})
+	}
+}
+
+// TestCaddyfileErrors says what each bad Caddyfile gets.
+func TestCaddyfileErrors(t *testing.T) {
+	for _, tc := range []struct{ name, input, wantErr string }{
+		{"argument on directive", "mcp_bridge foo {\ncommand x\n}", "wrong argument count"},
+		{"unknown option", "mcp_bridge {\ncommand x\nfrobnicate\n}", `unrecognized mcp_bridge option "frobnicate"`},
+		{"command without program", "mcp_bridge {\ncommand\n}", "wrong argument count"},
+		{"env needs key and value", "mcp_bridge {\nenv KEY\n}", "wrong argument count"},
+		{"bad size", "mcp_bridge {\nmax_message_size lots\n}", "max_message_size"},
+		{"zero size", "mcp_bridge {\nmax_message_size 0\n}", "max_message_size"},
+		{"bad duration", "mcp_bridge {\npool {\nsession_idle_timeout soon\n}\n}", "session_idle_timeout"},
+		{"negative number", "mcp_bridge {\npool {\nmax_processes -1\n}\n}", "max_processes"},
+		{"unknown pool option", "mcp_bridge {\npool {\nsize 3\n}\n}", `unrecognized pool option "size"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("got error %v, want one containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestCommandQuoting checks the words a command line in a Caddyfile gives
+// the child: shell quoting works, Caddy's double quotes and backticks make
+// one word each, and nothing is expanded.
+func TestCommandQuoting(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want []string
+	}{
+		{`npx -y @modelcontextprotocol/server-everything stdio`, []string{"npx", "-y", "@modelcontextprotocol/server-everything", "stdio"}},
+		{`python3 -c 'print("hi; rm -rf /")'`, []string{"python3", "-c", `print("hi; rm -rf /")`}},
+		{`"/opt/my server/bin" --name "it's" $HOME`, []string{"/opt/my server/bin", "--name", "it's", "$HOME"}},
+		{`server "" 'a  b'`, []string{"server", "", "a b"}}, // whitespace between Caddy tokens is one space
+		{"server `raw \"quoted\"` {env.X}", []string{"server", `raw "quoted"`, "{env.X}"}},
+	} {
+		var h Handler
+		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("mcp_bridge {\ncommand " + tc.line + "\n}")); err != nil {
+			t.Fatalf("%s: %v", tc.line, err)
+		}
+		got, err := bridge.SplitCommand(h.Command)
+		if err != nil {
+			t.Fatalf("%s: split %q: %v", tc.line, h.Command, err)
+		}
+		if strings.Join(got, "\x00") != strings.Join(tc.want, "\x00") {
+			t.Errorf("command %s\n gave %q (via %q), want %q", tc.line, got, h.Command, tc.want)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	two, three := 2, 3
+	for _, tc := range []struct {
+		name    string
+		h       Handler
+		wantErr string
+	}{
+		{"ok", Handler{Command: "server"}, ""},
+		{"no command", Handler{}, "command is required"},
+		{"relative path", Handler{Command: "server", StreamablePath: "mcp"}, "must start with /"},
+		{"spares over cap", Handler{Command: "server", Pool: &PoolConfig{MinIdle: &three, MaxProcesses: 2}}, "exceeds max_processes"},
+		{"spares at cap", Handler{Command: "server", Pool: &PoolConfig{MinIdle: &two, MaxProcesses: 2}}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.h.Validate()
+			if (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("Validate() = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}

@@ -1,0 +1,46 @@
+package caddymodule
+
+import (
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// conformanceChecks is how many checks @modelcontextprotocol/conformance
+// 0.1.16 runs in its default server suite.
+const conformanceChecks = 40
+
+var conformanceTotal = regexp.MustCompile(`(?m)^Total: (\d+) passed, (\d+) failed`)
+
+// TestConformance runs the official MCP conformance suite's server
+// scenarios against the bridge, in a real Caddy, fronting the everything-
+// server over stdio. scripts/test installs Node 22 and the suite and says
+// where they are.
+func TestConformance(t *testing.T) {
+	node, suite := os.Getenv("MCPBRIDGE_NODE"), os.Getenv("MCPBRIDGE_CONFORMANCE")
+	if node == "" || suite == "" {
+		if os.Getenv("MCPBRIDGE_REQUIRE_ALL") != "" {
+			t.Fatal("MCPBRIDGE_NODE and MCPBRIDGE_CONFORMANCE must be set (scripts/test sets them)")
+		}
+		t.Skip("set MCPBRIDGE_NODE and MCPBRIDGE_CONFORMANCE, or run scripts/test")
+	}
+	_, base, _ := bridgeCaddy(t, "", "")
+	cmd := exec.Command(node, suite, "server", "--url", base+"/mcp")
+	cmd.Dir = t.TempDir()
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	m := conformanceTotal.FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no summary from the conformance suite (%v):\n%s", err, out)
+	}
+	passed, _ := strconv.Atoi(string(m[1]))
+	failed, _ := strconv.Atoi(string(m[2]))
+	t.Logf("conformance: %s (%v)", strings.TrimSpace(string(m[0])), time.Since(start).Round(time.Millisecond))
+	if passed != conformanceChecks || failed != 0 || err != nil {
+		t.Errorf("conformance: %d passed, %d failed, exit %v; want %d passed\n%s", passed, failed, err, conformanceChecks, out)
+	}
+}
