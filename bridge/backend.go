@@ -101,8 +101,10 @@ func (b *Backend) MaxMessageSize() int { return b.cfg.Process.MaxMessageSize }
 // Pool returns the backend's pool, for status reports.
 func (b *Backend) Pool() *Pool { return b.pool }
 
-// NewSession takes a child from the pool and opens a session on it.
-func (b *Backend) NewSession(ctx context.Context, transport string) (*Session, error) {
+// NewSession takes a child from the pool and opens a session on it. On a
+// single-stream transport (legacy SSE, WebSocket) every message from the
+// child goes to the session's one stream.
+func (b *Backend) NewSession(ctx context.Context, transport string, single bool) (*Session, error) {
 	b.Start()
 	child, err := b.pool.Acquire(ctx)
 	if err != nil {
@@ -111,6 +113,7 @@ func (b *Backend) NewSession(ctx context.Context, transport string) (*Session, e
 	s := &Session{
 		ID:             newSessionID(),
 		Transport:      transport,
+		single:         single,
 		created:        time.Now(),
 		backend:        b,
 		child:          child,

@@ -17,9 +17,24 @@ import (
 // ServerConfig is how one HTTP front serves a Backend. Unlike the
 // BackendConfig it can change on reload without touching sessions.
 type ServerConfig struct {
+	// Transports are the transports served; zero means all of them.
+	Transports Transports
 	// StreamablePath is the Streamable HTTP endpoint, relative to where the
 	// handler is mounted.
 	StreamablePath string
+	// SSEPath is where a legacy SSE client opens its stream, and
+	// MessagePath where it posts its messages.
+	SSEPath, MessagePath string
+	// WSPath is the WebSocket endpoint.
+	WSPath string
+	// MountPrefix, when set, returns the path prefix under which the client
+	// reached the handler (what a handle_path stripped), for the legacy SSE
+	// endpoint event.
+	MountPrefix func(*http.Request) string
+	// PublicBaseURL, when set, makes the legacy SSE endpoint event an
+	// absolute URL: this base (where the handler is mounted, as clients see
+	// it) followed by MessagePath.
+	PublicBaseURL string
 	// Keepalive is the interval of SSE keepalive comments; zero disables them.
 	Keepalive time.Duration
 	// Origins decides which browser origins may call.
@@ -29,7 +44,21 @@ type ServerConfig struct {
 // Defaults of ServerConfig.
 const (
 	DefaultStreamablePath = "/mcp"
+	DefaultSSEPath        = "/sse"
+	DefaultMessagePath    = "/message"
+	DefaultWSPath         = "/ws"
 	DefaultKeepalive      = 25 * time.Second
+)
+
+// Transports is a set of transports.
+type Transports uint8
+
+// The transports.
+const (
+	TransportStreamable Transports = 1 << iota // Streamable HTTP
+	TransportSSE                               // legacy HTTP+SSE (2024-11-05)
+	TransportWebSocket                         // WebSocket, subprotocol "mcp"
+	AllTransports       = TransportStreamable | TransportSSE | TransportWebSocket
 )
 
 // Server is an http.Handler serving MCP transports in front of a Backend.
@@ -46,23 +75,50 @@ type Server struct {
 
 // NewServer returns a Server in front of backend.
 func NewServer(backend *Backend, cfg ServerConfig, logger *zap.Logger) *Server {
-	if cfg.StreamablePath == "" {
-		cfg.StreamablePath = DefaultStreamablePath
+	if cfg.Transports == 0 {
+		cfg.Transports = AllTransports
 	}
+	setDefault(&cfg.StreamablePath, DefaultStreamablePath)
+	setDefault(&cfg.SSEPath, DefaultSSEPath)
+	setDefault(&cfg.MessagePath, DefaultMessagePath)
+	setDefault(&cfg.WSPath, DefaultWSPath)
 	if logger == nil {
 		logger = zap.NewNop()
 	}
 	return &Server{cfg: cfg, backend: backend, logger: logger, closing: make(chan struct{})}
 }
 
+func setDefault(s *string, def string) {
+	if *s == "" {
+		*s = def
+	}
+}
+
+// route returns the transport handler for the request's path, or nil.
+func (s *Server) route(r *http.Request) func(http.ResponseWriter, *http.Request) {
+	t := s.cfg.Transports
+	switch p := r.URL.Path; {
+	case p == s.cfg.StreamablePath && t&TransportStreamable != 0:
+		return s.serveStreamable
+	case p == s.cfg.SSEPath && t&TransportSSE != 0:
+		return s.sseGet
+	case p == s.cfg.MessagePath && t&TransportSSE != 0:
+		return s.ssePost
+	case p == s.cfg.WSPath && t&TransportWebSocket != 0:
+		return s.serveWebSocket
+	}
+	return nil
+}
+
 // Handles reports whether the request's path is one this Server serves.
 func (s *Server) Handles(r *http.Request) bool {
-	return r.URL.Path == s.cfg.StreamablePath
+	return s.route(r) != nil
 }
 
 // ServeHTTP serves the transports; other paths get 404.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !s.Handles(r) {
+	serve := s.route(r)
+	if serve == nil {
 		http.NotFound(w, r)
 		return
 	}
@@ -71,7 +127,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, CodeInvalidRequest, "origin not allowed")
 		return
 	}
-	s.serveStreamable(w, r)
+	serve(w, r)
 }
 
 // CloseStreams ends the long-lived GET streams this Server holds open, so

@@ -25,14 +25,17 @@ var errSessionEnded = errors.New("session ended")
 type Session struct {
 	ID        string
 	Transport string
-	created   time.Time
-	backend   *Backend
-	child     *Process
-	logger    *zap.Logger
+	// single marks transports with one stream for everything (legacy SSE,
+	// WebSocket): all the child's messages go to the standalone stream.
+	single  bool
+	created time.Time
+	backend *Backend
+	child   *Process
+	logger  *zap.Logger
 
 	mu              sync.Mutex
 	protocolVersion string
-	pending         map[string]*stream // client request id → the stream awaiting its response
+	pending         map[string]*stream // client request id → the stream awaiting its response (nil: the standalone stream)
 	progress        map[string]*stream // progress token → the stream of its request
 	requestStreams  map[*stream]struct{}
 	standalone      *stream // the GET stream, if open
@@ -149,6 +152,25 @@ func (s *Session) send(msg []byte) error {
 	return s.child.Send(msg)
 }
 
+// forward sends a client message of a single-stream transport (legacy SSE,
+// WebSocket) to the child, remembering the id of a request so that it can
+// be failed if the child exits before answering. These transports carry
+// session protocols only: the stateless protocol's server/discover is
+// answered "method not found", so that a dual-era client falls back to
+// initialize, and the child never sees a stateless request first.
+func (s *Session) forward(msg []byte, env *Envelope) error {
+	if env.Kind() == KindRequest {
+		if env.MethodName() == "server/discover" {
+			s.fromChild(ErrorResponse(env.ID, CodeMethodNotFound, "server/discover is not served on this transport; send initialize"))
+			return nil
+		}
+		s.mu.Lock()
+		s.pending[string(env.ID)] = nil
+		s.mu.Unlock()
+	}
+	return s.send(msg)
+}
+
 func (s *Session) touch() {
 	s.mu.Lock()
 	s.lastActive = time.Now()
@@ -170,16 +192,22 @@ func (s *Session) fromChild(msg []byte) {
 	last := false
 	switch env.Kind() {
 	case KindResponse:
-		target = s.pending[string(env.ID)]
-		if target == nil {
+		owner, ok := s.pending[string(env.ID)]
+		if !ok && !s.single {
 			s.mu.Unlock()
 			s.logger.Debug("dropped a response to no pending request", zap.ByteString("id", env.ID))
 			return
 		}
 		delete(s.pending, string(env.ID))
-		target.pending--
-		last = target.pending == 0
+		if owner != nil {
+			owner.pending--
+			last = owner.pending == 0
+			target = owner
+		}
 	case KindNotification:
+		if s.single {
+			break
+		}
 		method := env.MethodName()
 		switch method {
 		case "notifications/progress":
@@ -188,7 +216,9 @@ func (s *Session) fromChild(msg []byte) {
 			target = s.soleRequestStreamLocked()
 		}
 	case KindRequest:
-		target = s.soleRequestStreamLocked()
+		if !s.single {
+			target = s.soleRequestStreamLocked()
+		}
 	default:
 		s.mu.Unlock()
 		s.logger.Warn("child sent an invalid JSON-RPC message; dropped")
@@ -238,7 +268,12 @@ func (s *Session) onChildExit() {
 	s.mu.Lock()
 	failed := make(map[*stream][][]byte)
 	for id, st := range s.pending {
-		failed[st] = append(failed[st], []byte(id))
+		if st == nil {
+			st = s.standalone
+		}
+		if st != nil {
+			failed[st] = append(failed[st], []byte(id))
+		}
 	}
 	s.mu.Unlock()
 	for st, ids := range failed {

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // streamQueueLen is how many messages may wait for a stream's writer before
@@ -142,4 +144,79 @@ func keepalive(interval time.Duration) (<-chan time.Time, func()) {
 	}
 	t := time.NewTicker(interval)
 	return t.C, t.Stop
+}
+
+// streamMode is what a stream carries.
+type streamMode uint8
+
+const (
+	streamResponse   streamMode = iota // a POST's responses
+	streamInitialize                   // a POST's response to initialize
+	streamStandalone                   // a session's GET stream
+	streamLegacy                       // a legacy SSE session's only stream
+)
+
+// writeStream writes a stream as SSE until its last message, the client
+// leaving, the session ending, or (for a long-lived stream) this Server
+// closing its streams. A POST stream ends with its last response, so a
+// reload lets it finish. A legacy stream opens with the endpoint event.
+func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Session, st *stream, mode streamMode) {
+	sw := newSSEWriter(w)
+	w.WriteHeader(http.StatusOK)
+	var err error
+	eventName := ""
+	switch {
+	case mode == streamLegacy:
+		eventName = "message"
+		err = sw.event("", "endpoint", []byte(s.endpointURI(r, sess)))
+	case sess.ProtocolVersion() >= version20251125:
+		// A priming event: the client may resume from here if cut off.
+		err = sw.event(st.nextEventID(), "", nil)
+	default:
+		err = sw.rc.Flush()
+	}
+	ping, stopPing := keepalive(s.cfg.Keepalive)
+	defer stopPing()
+	var closing <-chan struct{}
+	if mode == streamStandalone || mode == streamLegacy {
+		closing = s.closing
+	}
+	for err == nil {
+		select {
+		case m := <-st.queue:
+			initFailed := m.last && mode == streamInitialize && !s.finishInitialize(sess, m.data)
+			err = sw.event(st.nextEventID(), eventName, m.data)
+			if initFailed {
+				sess.end("initialize failed")
+			}
+			if m.last {
+				return
+			}
+		case <-ping:
+			err = sw.comment("ping")
+		case <-r.Context().Done():
+			return
+		case <-st.closed:
+			s.drain(sw, st, eventName)
+			return
+		case <-closing:
+			return
+		}
+	}
+	s.logger.Debug("stream write failed; client gone", zap.String("session", sess.ID[:8]), zap.Error(err))
+}
+
+// drain writes what is still queued on a stream that was closed, such as
+// the errors for requests whose child exited.
+func (s *Server) drain(sw *sseWriter, st *stream, eventName string) {
+	for {
+		select {
+		case m := <-st.queue:
+			if sw.event(st.nextEventID(), eventName, m.data) != nil {
+				return
+			}
+		default:
+			return
+		}
+	}
 }

@@ -2,8 +2,6 @@ package bridge
 
 import (
 	"net/http"
-
-	"go.uber.org/zap"
 )
 
 // Protocol revisions of the Streamable HTTP transport with sessions.
@@ -119,7 +117,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		var err error
-		if sess, err = s.backend.NewSession(r.Context(), "streamable"); err != nil {
+		if sess, err = s.backend.NewSession(r.Context(), "streamable", false); err != nil {
 			writeAcquireError(w, err)
 			return
 		}
@@ -195,75 +193,6 @@ func (s *Server) streamableDelete(w http.ResponseWriter, r *http.Request) {
 	}
 	sess.end("client deleted the session")
 	w.WriteHeader(http.StatusOK)
-}
-
-// streamMode is what a stream carries.
-type streamMode uint8
-
-const (
-	streamResponse   streamMode = iota // a POST's responses
-	streamInitialize                   // a POST's response to initialize
-	streamStandalone                   // a session's GET stream
-)
-
-// writeStream writes a stream as SSE until its last message, the client
-// leaving, the session ending, or (for a GET stream) this Server closing
-// its streams. A POST stream ends with its last response, so a reload lets
-// it finish.
-func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Session, st *stream, mode streamMode) {
-	sw := newSSEWriter(w)
-	w.WriteHeader(http.StatusOK)
-	var err error
-	if sess.ProtocolVersion() >= version20251125 {
-		// A priming event: the client may resume from here if cut off.
-		err = sw.event(st.nextEventID(), "", nil)
-	} else {
-		err = sw.rc.Flush()
-	}
-	ping, stopPing := keepalive(s.cfg.Keepalive)
-	defer stopPing()
-	var closing <-chan struct{}
-	if mode == streamStandalone {
-		closing = s.closing
-	}
-	for err == nil {
-		select {
-		case m := <-st.queue:
-			initFailed := m.last && mode == streamInitialize && !s.finishInitialize(sess, m.data)
-			err = sw.event(st.nextEventID(), "", m.data)
-			if initFailed {
-				sess.end("initialize failed")
-			}
-			if m.last {
-				return
-			}
-		case <-ping:
-			err = sw.comment("ping")
-		case <-r.Context().Done():
-			return
-		case <-st.closed:
-			s.drain(sw, st)
-			return
-		case <-closing:
-			return
-		}
-	}
-	s.logger.Debug("stream write failed; client gone", zap.String("session", sess.ID[:8]), zap.Error(err))
-}
-
-// drain writes what is still queued on a stream that was closed, such as
-// the errors for requests whose child exited.
-func (s *Server) drain(sw *sseWriter, st *stream) {
-	for {
-		select {
-		case m := <-st.queue:
-			if sw.event(st.nextEventID(), "", m.data) != nil {
-				return
-			}
-		default:
-			return
-		}
-	}
 }
 
 // finishInitialize records the protocol version the child negotiated, and

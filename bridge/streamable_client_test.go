@@ -58,3 +58,40 @@ func TestStreamableGoSDKClient(t *testing.T) {
 		})
 	}
 }
+
+// TestSingleStreamTransports drives the legacy SSE and the WebSocket
+// transports with the go-sdk client (over WebSocket through a frame
+// adapter): tools, progress and sampling work, and the session ends with
+// its connection.
+func TestSingleStreamTransports(t *testing.T) {
+	srv, backend := startBridge(t, PoolConfig{MinIdle: 1})
+	for name, transport := range map[string]mcp.Transport{
+		"sse": &mcp.SSEClientTransport{Endpoint: srv.URL + "/sse"},
+		"ws":  &mcptest.WebSocketTransport{URL: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := mcptest.Connect(t, transport, "")
+			if got := c.InitializeResult().ProtocolVersion; got != "2025-11-25" {
+				t.Errorf("negotiated %q, want 2025-11-25", got)
+			}
+			if got := c.CallText(t, "test_simple_text", nil); !strings.Contains(got, "test") {
+				t.Errorf("test_simple_text = %q", got)
+			}
+			c.CallText(t, "test_tool_with_progress", nil)
+			if n := len(c.Progress()); n != 3 {
+				t.Errorf("got %d progress notifications, want 3", n)
+			}
+			if got := c.CallText(t, "test_sampling", map[string]any{"prompt": "hi"}); got != "LLM response: echo: hi" {
+				t.Errorf("test_sampling = %q", got)
+			}
+			c.Close()
+			deadline := time.Now().Add(5 * time.Second)
+			for backend.SessionCount() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("the session outlived its connection")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}

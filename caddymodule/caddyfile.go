@@ -36,7 +36,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //		max_message_size <size>
 //		allowed_origins <origin...>
+//		transports streamable|sse|ws...
 //		streamable_path <path>
+//		sse_path <path>
+//		message_path <path>
+//		ws_path <path>
+//		public_base_url <url>
 //		keepalive <duration>|off
 //		stop_timeout <duration>
 //		term_timeout <duration>
@@ -98,8 +103,29 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.AllowedOrigins = append(h.AllowedOrigins, origins...)
+		case "transports":
+			h.Transports = d.RemainingArgs()
+			if len(h.Transports) == 0 {
+				return d.ArgErr()
+			}
 		case "streamable_path":
 			if !d.AllArgs(&h.StreamablePath) {
+				return d.ArgErr()
+			}
+		case "sse_path":
+			if !d.AllArgs(&h.SSEPath) {
+				return d.ArgErr()
+			}
+		case "message_path":
+			if !d.AllArgs(&h.MessagePath) {
+				return d.ArgErr()
+			}
+		case "ws_path":
+			if !d.AllArgs(&h.WSPath) {
+				return d.ArgErr()
+			}
+		case "public_base_url":
+			if !d.AllArgs(&h.PublicBaseURL) {
 				return d.ArgErr()
 			}
 		case "keepalive":

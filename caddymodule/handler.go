@@ -64,10 +64,32 @@ type Handler struct {
 	// to a loopback address.
 	AllowedOrigins []string `json:"allowed_origins,omitempty"`
 
+	// Transports lists the transports served: "streamable" (Streamable
+	// HTTP), "sse" (the legacy HTTP+SSE transport of 2024-11-05) and "ws"
+	// (WebSocket). Default: all three.
+	Transports []string `json:"transports,omitempty"`
+
 	// StreamablePath is the path of the Streamable HTTP endpoint, relative
 	// to the path the handler receives (so behind `handle_path /tools/*` the
 	// default is served at /tools/mcp). Default: /mcp.
 	StreamablePath string `json:"streamable_path,omitempty"`
+
+	// SSEPath is where a legacy SSE client opens its stream. Default: /sse.
+	SSEPath string `json:"sse_path,omitempty"`
+
+	// MessagePath is where a legacy SSE client posts its messages; the
+	// stream's first event names it. Default: /message.
+	MessagePath string `json:"message_path,omitempty"`
+
+	// WSPath is the WebSocket endpoint. Default: /ws.
+	WSPath string `json:"ws_path,omitempty"`
+
+	// PublicBaseURL makes the legacy SSE endpoint event an absolute URL:
+	// this base, where clients reach the handler (for example
+	// "https://example.com/tools"), followed by MessagePath. By default the
+	// event carries a path built from the path the client requested, which
+	// stays right under handle_path or uri strip_prefix.
+	PublicBaseURL string `json:"public_base_url,omitempty"`
 
 	// Keepalive is the interval of the comments sent on idle SSE streams so
 	// that clients and proxies do not drop them. Default: 25s; a negative
@@ -144,8 +166,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	case keepalive < 0:
 		keepalive = 0
 	}
+	transports, err := parseTransports(h.Transports)
+	if err != nil {
+		return err
+	}
 	h.server = bridge.NewServer(h.backend, bridge.ServerConfig{
+		Transports:     transports,
 		StreamablePath: h.StreamablePath,
+		SSEPath:        h.SSEPath,
+		MessagePath:    h.MessagePath,
+		WSPath:         h.WSPath,
+		MountPrefix:    mountPrefix,
+		PublicBaseURL:  h.PublicBaseURL,
 		Keepalive:      keepalive,
 		Origins:        bridge.OriginPolicy{Allowed: h.AllowedOrigins},
 	}, h.logger)
@@ -199,6 +231,38 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 	return cfg, nil
 }
 
+var transportNames = map[string]bridge.Transports{
+	"streamable": bridge.TransportStreamable,
+	"sse":        bridge.TransportSSE,
+	"ws":         bridge.TransportWebSocket,
+}
+
+func parseTransports(names []string) (bridge.Transports, error) {
+	var t bridge.Transports
+	for _, name := range names {
+		bit, ok := transportNames[name]
+		if !ok {
+			return 0, fmt.Errorf("unknown transport %q: want streamable, sse or ws", name)
+		}
+		t |= bit
+	}
+	return t, nil
+}
+
+// mountPrefix is the part of the path the client requested that Caddy
+// stripped before this handler (handle_path, uri strip_prefix).
+func mountPrefix(r *http.Request) string {
+	orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request)
+	if !ok {
+		return ""
+	}
+	prefix, found := strings.CutSuffix(orig.URL.Path, r.URL.Path)
+	if !found {
+		return ""
+	}
+	return prefix
+}
+
 // configKey names a child configuration in the pool of backends.
 func configKey(cfg bridge.BackendConfig) (string, error) {
 	b, err := json.Marshal(cfg)
@@ -214,8 +278,13 @@ func (h *Handler) Validate() error {
 	if strings.TrimSpace(h.Command) == "" {
 		return fmt.Errorf("command is required")
 	}
-	if h.StreamablePath != "" && !strings.HasPrefix(h.StreamablePath, "/") {
-		return fmt.Errorf("streamable_path must start with /: %q", h.StreamablePath)
+	for name, path := range map[string]string{"streamable_path": h.StreamablePath, "sse_path": h.SSEPath, "message_path": h.MessagePath, "ws_path": h.WSPath} {
+		if path != "" && !strings.HasPrefix(path, "/") {
+			return fmt.Errorf("%s must start with /: %q", name, path)
+		}
+	}
+	if _, err := parseTransports(h.Transports); err != nil {
+		return err
 	}
 	if h.Pool != nil && h.Pool.MinIdle != nil && h.Pool.MaxProcesses > 0 && *h.Pool.MinIdle > h.Pool.MaxProcesses {
 		return fmt.Errorf("pool: min_idle (%d) exceeds max_processes (%d)", *h.Pool.MinIdle, h.Pool.MaxProcesses)

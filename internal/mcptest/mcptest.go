@@ -143,8 +143,9 @@ func Connect(t testing.TB, transport mcp.Transport, version string) *Client {
 			c.mu.Unlock()
 		},
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	// The SSE transport's stream lives as long as the connect context, so
+	// it is the test's, not one with a timeout.
+	ctx := t.Context()
 	var opts *mcp.ClientSessionOptions
 	if version != "" {
 		opts = &mcp.ClientSessionOptions{ProtocolVersion: version}

@@ -1,0 +1,94 @@
+package bridge
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// The legacy HTTP+SSE transport of protocol revision 2024-11-05: a GET opens
+// a session's one stream, whose first event names the URI to POST messages
+// to; every message from the child goes down that stream.
+
+func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", "GET")
+		writeError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+		return
+	}
+	if accept := r.Header.Get("Accept"); accept != "" && !accepts(accept, "text/event-stream") {
+		writeError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list text/event-stream")
+		return
+	}
+	sess, err := s.backend.NewSession(r.Context(), "sse", true)
+	if err != nil {
+		writeAcquireError(w, err)
+		return
+	}
+	defer sess.end("SSE stream closed")
+	st, err := sess.openStandalone()
+	if err != nil {
+		writeError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+		return
+	}
+	defer sess.closeStandalone(st)
+	s.writeStream(w, r, sess, st, streamLegacy)
+}
+
+// endpointURI is the URI the client posts its messages to. It is built from
+// the path the client requested, so that it stays right when the handler is
+// mounted under a prefix, or absolute from the configured public base URL.
+func (s *Server) endpointURI(r *http.Request, sess *Session) string {
+	query := "?sessionId=" + url.QueryEscape(sess.ID)
+	if s.cfg.PublicBaseURL != "" {
+		return strings.TrimSuffix(s.cfg.PublicBaseURL, "/") + s.cfg.MessagePath + query
+	}
+	prefix := ""
+	if s.cfg.MountPrefix != nil {
+		prefix = s.cfg.MountPrefix(r)
+	}
+	return prefix + s.cfg.MessagePath + query
+}
+
+func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		writeError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+		return
+	}
+	id := r.URL.Query().Get("sessionId")
+	if id == "" {
+		writeError(w, http.StatusBadRequest, CodeInvalidRequest, "missing sessionId query parameter")
+		return
+	}
+	sess := s.backend.Session(id)
+	if sess == nil || sess.Transport != "sse" {
+		writeError(w, http.StatusNotFound, CodeSessionNotFound, "session not found")
+		return
+	}
+	body, ok := readBody(w, r, s.backend.MaxMessageSize())
+	if !ok {
+		return
+	}
+	msgs, _, ok := parseMessages(w, body)
+	if !ok {
+		return
+	}
+	envs := make([]Envelope, len(msgs))
+	for i, msg := range msgs {
+		env, err := ParseEnvelope(msg)
+		if err != nil || env.Kind() == KindInvalid {
+			writeErrorID(w, http.StatusBadRequest, env.ID, CodeInvalidRequest, "invalid JSON-RPC message")
+			return
+		}
+		envs[i] = env
+	}
+	for i, msg := range msgs {
+		if sess.forward(msg, &envs[i]) != nil {
+			writeError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+			return
+		}
+	}
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write([]byte("Accepted"))
+}

@@ -1,0 +1,130 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/zap"
+)
+
+// The WebSocket transport: no MCP revision defines it; this follows the
+// SDKs' practice. The subprotocol is "mcp", and each text frame carries one
+// JSON-RPC message in either direction.
+
+const wsSubprotocol = "mcp"
+
+func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	// Caddy sets read and write deadlines on requests; a WebSocket outlives them.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+
+	sess, err := s.backend.NewSession(r.Context(), "ws", true)
+	if err != nil {
+		writeAcquireError(w, err)
+		return
+	}
+	defer sess.end("WebSocket closed")
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols: []string{wsSubprotocol},
+		// The Server checked the Origin already, against its own policy.
+		InsecureSkipVerify: true,
+	})
+	if err != nil {
+		s.logger.Debug("WebSocket upgrade failed", zap.Error(err))
+		return
+	}
+	defer conn.CloseNow()
+	conn.SetReadLimit(int64(s.backend.MaxMessageSize()))
+	st, err := sess.openStandalone()
+	if err != nil {
+		conn.Close(websocket.StatusGoingAway, "session ended")
+		return
+	}
+	defer sess.closeStandalone(st)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		defer cancel()
+		s.wsRead(ctx, conn, sess)
+	}()
+	s.wsWrite(ctx, conn, sess, st)
+}
+
+// wsRead forwards the client's frames to the child until the connection
+// ends. A binary frame closes it with 1003; a frame over the size limit
+// with 1009 (the library does that).
+func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *Session) {
+	for {
+		typ, data, err := conn.Read(ctx)
+		if err != nil {
+			return
+		}
+		if typ != websocket.MessageText {
+			conn.Close(websocket.StatusUnsupportedData, "binary frames are not supported; send JSON-RPC as text")
+			return
+		}
+		if !json.Valid(data) {
+			if conn.Write(ctx, websocket.MessageText, ErrorResponse(nil, CodeParseError, "parse error: the frame is not valid JSON")) != nil {
+				return
+			}
+			continue
+		}
+		env, err := ParseEnvelope(data)
+		if err != nil || env.Kind() == KindInvalid {
+			if conn.Write(ctx, websocket.MessageText, ErrorResponse(env.ID, CodeInvalidRequest, "invalid JSON-RPC message")) != nil {
+				return
+			}
+			continue
+		}
+		if sess.forward(data, &env) != nil {
+			return
+		}
+	}
+}
+
+// wsWrite sends the child's messages as text frames and pings the client
+// every keepalive interval, until the session or the connection ends.
+func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, sess *Session, st *stream) {
+	ping, stopPing := keepalive(s.cfg.Keepalive)
+	defer stopPing()
+	for {
+		select {
+		case m := <-st.queue:
+			if err := conn.Write(ctx, websocket.MessageText, m.data); err != nil {
+				return
+			}
+		case <-ping:
+			pingCtx, cancel := context.WithTimeout(ctx, max(s.cfg.Keepalive, time.Second))
+			err := conn.Ping(pingCtx)
+			cancel()
+			if err != nil {
+				s.logger.Debug("WebSocket ping failed; client gone", zap.Error(err))
+				return
+			}
+		case <-st.closed:
+			s.wsDrain(ctx, conn, st)
+			conn.Close(websocket.StatusGoingAway, "session ended")
+			return
+		case <-ctx.Done(): // the client closed the connection
+			return
+		}
+	}
+}
+
+func (s *Server) wsDrain(ctx context.Context, conn *websocket.Conn, st *stream) {
+	for {
+		select {
+		case m := <-st.queue:
+			if conn.Write(ctx, websocket.MessageText, m.data) != nil {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
