@@ -29,8 +29,9 @@ type Backend struct {
 	logger *zap.Logger
 	pool   *Pool
 
-	mu       sync.RWMutex
-	sessions map[string]*Session
+	mu           sync.RWMutex
+	sessions     map[string]*Session
+	perPrincipal map[string]int // open sessions by principal
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -51,11 +52,12 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 		logger = zap.NewNop()
 	}
 	return &Backend{
-		cfg:      cfg,
-		logger:   logger,
-		pool:     NewPool(cfg.Pool, cfg.Process, logger),
-		sessions: make(map[string]*Session),
-		stop:     make(chan struct{}),
+		cfg:          cfg,
+		logger:       logger,
+		pool:         NewPool(cfg.Pool, cfg.Process, logger),
+		sessions:     make(map[string]*Session),
+		perPrincipal: make(map[string]int),
+		stop:         make(chan struct{}),
 	}
 }
 
@@ -101,19 +103,35 @@ func (b *Backend) MaxMessageSize() int { return b.cfg.Process.MaxMessageSize }
 // Pool returns the backend's pool, for status reports.
 func (b *Backend) Pool() *Pool { return b.pool }
 
-// NewSession takes a child from the pool and opens a session on it. On a
-// single-stream transport (legacy SSE, WebSocket) every message from the
-// child goes to the session's one stream.
-func (b *Backend) NewSession(ctx context.Context, transport string, single bool) (*Session, error) {
+// SessionOptions describe a new session.
+type SessionOptions struct {
+	// Transport names the transport, for logs and status.
+	Transport string
+	// Single marks a single-stream transport (legacy SSE, WebSocket): every
+	// message from the child goes to the session's one stream.
+	Single bool
+	// Principal is who opens the session (see WithPrincipal).
+	Principal string
+	// MaxPerPrincipal caps the principal's open sessions; zero means no cap.
+	MaxPerPrincipal int
+}
+
+// NewSession takes a child from the pool and opens a session on it.
+func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (*Session, error) {
 	b.Start()
+	if !b.reserve(opts.Principal, opts.MaxPerPrincipal) {
+		return nil, ErrTooManySessions
+	}
 	child, err := b.pool.Acquire(ctx)
 	if err != nil {
+		b.release(opts.Principal)
 		return nil, err
 	}
 	s := &Session{
 		ID:             newSessionID(),
-		Transport:      transport,
-		single:         single,
+		Transport:      opts.Transport,
+		Principal:      opts.Principal,
+		single:         opts.Single,
 		created:        time.Now(),
 		backend:        b,
 		child:          child,
@@ -128,15 +146,38 @@ func (b *Backend) NewSession(ctx context.Context, transport string, single bool)
 	b.sessions[s.ID] = s
 	b.mu.Unlock()
 	child.Attach(s.fromChild, s.onOversize, s.onChildExit)
-	s.logger.Info("session opened", zap.String("transport", transport))
+	s.logger.Info("session opened", zap.String("transport", opts.Transport), zap.String("principal", opts.Principal))
 	return s, nil
 }
 
-// Session looks a session up by id.
-func (b *Backend) Session(id string) *Session {
+// reserve counts a session for principal, unless it is at max already.
+func (b *Backend) reserve(principal string, max int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if max > 0 && b.perPrincipal[principal] >= max {
+		return false
+	}
+	b.perPrincipal[principal]++
+	return true
+}
+
+func (b *Backend) release(principal string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.perPrincipal[principal]--; b.perPrincipal[principal] <= 0 {
+		delete(b.perPrincipal, principal)
+	}
+}
+
+// Session looks a session up by id, for its principal: a session is
+// invisible to anyone else.
+func (b *Backend) Session(id, principal string) *Session {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	return b.sessions[id]
+	if s := b.sessions[id]; s != nil && s.Principal == principal {
+		return s
+	}
+	return nil
 }
 
 // SessionCount is the number of open sessions.
@@ -152,6 +193,7 @@ func (b *Backend) removeSession(s *Session) {
 		delete(b.sessions, s.ID)
 	}
 	b.mu.Unlock()
+	b.release(s.Principal)
 }
 
 func (b *Backend) reapIdle() {

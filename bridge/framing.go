@@ -67,8 +67,9 @@ func (lr *LineReader) readLine() ([]byte, error) {
 		case err == nil:
 			chunk = chunk[:len(chunk)-1]
 		case errors.Is(err, bufio.ErrBufferFull):
-		case errors.Is(err, io.EOF) && (len(chunk) > 0 || len(lr.long) > 0):
-			// A last line without a newline still counts.
+		case errors.Is(err, io.EOF) && (len(chunk) > 0 || len(lr.long) > 0 || tooLarge):
+			// A last line without a newline still counts, even when an
+			// oversize one ended exactly at the end of the buffer.
 		default:
 			return nil, err
 		}

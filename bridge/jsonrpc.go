@@ -17,6 +17,7 @@ const (
 	CodeSessionNotFound = -32001
 	CodeServerBusy      = -32002
 	CodeServerExited    = -32003
+	CodeUnauthorized    = -32004
 )
 
 // Kind is what a JSON-RPC message is, judged by its envelope alone.
@@ -105,7 +106,7 @@ func (e *Envelope) Kind() Kind {
 // MethodName returns the method without its quotes. Method names are plain
 // ASCII in practice; an escaped one is decoded.
 func (e *Envelope) MethodName() string {
-	if len(e.Method) < 2 {
+	if len(e.Method) < 2 || e.Method[0] != '"' {
 		return ""
 	}
 	inner := e.Method[1 : len(e.Method)-1]
@@ -131,13 +132,13 @@ func validID(id []byte) bool {
 }
 
 // Member returns the raw value of the named top-level member of a JSON
-// object, or nil. obj must be valid JSON.
+// object, or nil. obj must be valid JSON. A duplicated member counts by its
+// last occurrence, as in ParseEnvelope and encoding/json.
 func Member(obj []byte, name string) []byte {
 	var found []byte
 	scanObject(obj, func(key, val []byte) bool {
 		if string(key) == name {
 			found = val
-			return false
 		}
 		return true
 	})
@@ -172,14 +173,17 @@ func ErrorResponse(id []byte, code int, message string) []byte {
 	b = append(b, `,"error":{"code":`...)
 	b = strconv.AppendInt(b, int64(code), 10)
 	b = append(b, `,"message":`...)
-	b = strconv.AppendQuote(b, message)
+	// Not strconv.AppendQuote: its \x and \a escapes are not JSON, and the
+	// message may hold any bytes (a client's header, a child's version).
+	quoted, _ := json.Marshal(message)
+	b = append(b, quoted...)
 	return append(b, "}}"...)
 }
 
 var errTruncated = errors.New("truncated JSON")
 
 // scanObject calls visit with each top-level member of the JSON object obj,
-// in order, until visit returns false. Keys are raw (still escaped).
+// in order, until visit returns false. Keys are decoded: "\u0069d" is "id".
 func scanObject(obj []byte, visit func(key, val []byte) bool) error {
 	i := skipSpace(obj, 0)
 	if i >= len(obj) || obj[i] != '{' {
@@ -202,6 +206,13 @@ func scanObject(obj []byte, visit func(key, val []byte) bool) error {
 			return err
 		}
 		key := obj[i+1 : keyEnd-1]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			var s string
+			if json.Unmarshal(obj[i:keyEnd], &s) != nil {
+				return errTruncated
+			}
+			key = []byte(s)
+		}
 		i = skipSpace(obj, keyEnd)
 		if i >= len(obj) || obj[i] != ':' {
 			return errTruncated

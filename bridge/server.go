@@ -6,6 +6,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,15 +40,22 @@ type ServerConfig struct {
 	Keepalive time.Duration
 	// Origins decides which browser origins may call.
 	Origins OriginPolicy
+	// MaxSessionsPerPrincipal caps the sessions one principal may hold
+	// open; zero means no cap. Beyond it, a new session gets 429.
+	MaxSessionsPerPrincipal int
+	// BodyReadTimeout cuts a request body that takes longer than this to
+	// arrive (a slowloris client); zero means DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
 }
 
 // Defaults of ServerConfig.
 const (
-	DefaultStreamablePath = "/mcp"
-	DefaultSSEPath        = "/sse"
-	DefaultMessagePath    = "/message"
-	DefaultWSPath         = "/ws"
-	DefaultKeepalive      = 25 * time.Second
+	DefaultStreamablePath  = "/mcp"
+	DefaultSSEPath         = "/sse"
+	DefaultMessagePath     = "/message"
+	DefaultWSPath          = "/ws"
+	DefaultKeepalive       = 25 * time.Second
+	DefaultBodyReadTimeout = 30 * time.Second
 )
 
 // Transports is a set of transports.
@@ -82,6 +90,9 @@ func NewServer(backend *Backend, cfg ServerConfig, logger *zap.Logger) *Server {
 	setDefault(&cfg.SSEPath, DefaultSSEPath)
 	setDefault(&cfg.MessagePath, DefaultMessagePath)
 	setDefault(&cfg.WSPath, DefaultWSPath)
+	if cfg.BodyReadTimeout <= 0 {
+		cfg.BodyReadTimeout = DefaultBodyReadTimeout
+	}
 	if logger == nil {
 		logger = zap.NewNop()
 	}
@@ -124,7 +135,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !s.cfg.Origins.Allow(r) {
 		s.logger.Info("refused a request from a disallowed origin", zap.String("origin", r.Header.Get("Origin")))
-		writeError(w, http.StatusForbidden, CodeInvalidRequest, "origin not allowed")
+		WriteError(w, http.StatusForbidden, CodeInvalidRequest, "origin not allowed")
 		return
 	}
 	serve(w, r)
@@ -137,9 +148,9 @@ func (s *Server) CloseStreams() {
 	s.closeOnce.Do(func() { close(s.closing) })
 }
 
-// writeError writes a JSON-RPC error response with no id as the body of an
-// HTTP error.
-func writeError(w http.ResponseWriter, status, code int, message string) {
+// WriteError writes an HTTP error whose body is a JSON-RPC error response
+// with no id, as MCP transports answer requests they refuse.
+func WriteError(w http.ResponseWriter, status, code int, message string) {
 	writeErrorID(w, status, nil, code, message)
 }
 
@@ -151,32 +162,59 @@ func writeErrorID(w http.ResponseWriter, status int, id []byte, code int, messag
 	_, _ = w.Write(body)
 }
 
+// newSession opens a session for the request's principal, answering the
+// client itself when it cannot.
+func (s *Server) newSession(w http.ResponseWriter, r *http.Request, transport string, single bool) *Session {
+	sess, err := s.backend.NewSession(r.Context(), SessionOptions{
+		Transport:       transport,
+		Single:          single,
+		Principal:       PrincipalFrom(r.Context()),
+		MaxPerPrincipal: s.cfg.MaxSessionsPerPrincipal,
+	})
+	if err != nil {
+		writeAcquireError(w, err)
+		return nil
+	}
+	return sess
+}
+
 // writeAcquireError answers a session that could not get a child.
 func writeAcquireError(w http.ResponseWriter, err error) {
 	switch {
+	case errors.Is(err, ErrTooManySessions):
+		w.Header().Set("Retry-After", "60")
+		WriteError(w, http.StatusTooManyRequests, CodeServerBusy, "too many open sessions for this client; end one first")
 	case errors.Is(err, ErrPoolExhausted):
 		w.Header().Set("Retry-After", "5")
-		writeError(w, http.StatusServiceUnavailable, CodeServerBusy, "all MCP server processes are busy; retry later")
+		WriteError(w, http.StatusServiceUnavailable, CodeServerBusy, "all MCP server processes are busy; retry later")
 	case errors.Is(err, ErrPoolClosed):
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, CodeServerBusy, "the MCP server is restarting; retry")
+		WriteError(w, http.StatusServiceUnavailable, CodeServerBusy, "the MCP server is restarting; retry")
 	default:
 		w.Header().Set("Retry-After", "5")
-		writeError(w, http.StatusServiceUnavailable, CodeServerBusy, "the MCP server could not be started")
+		WriteError(w, http.StatusServiceUnavailable, CodeServerBusy, "the MCP server could not be started")
 	}
 }
 
-// readBody reads a request body up to limit bytes, answering 413 or 400
-// itself when it cannot.
-func readBody(w http.ResponseWriter, r *http.Request, limit int) ([]byte, bool) {
+// readBody reads a request body up to the message size limit and within
+// the body read timeout, answering 413, 408 or 400 itself when it cannot.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	limit := s.backend.MaxMessageSize()
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(limit)))
+	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			writeError(w, http.StatusRequestEntityTooLarge, CodeInvalidRequest,
+		switch {
+		case errors.As(err, &tooLarge):
+			WriteError(w, http.StatusRequestEntityTooLarge, CodeInvalidRequest,
 				"request body exceeds max_message_size ("+strconv.Itoa(limit)+" bytes)")
-		} else {
-			writeError(w, http.StatusBadRequest, CodeParseError, "could not read the request body")
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			w.Header().Set("Connection", "close")
+			WriteError(w, http.StatusRequestTimeout, CodeInvalidRequest, "request body too slow")
+		default:
+			WriteError(w, http.StatusBadRequest, CodeParseError, "could not read the request body")
 		}
 		return nil, false
 	}
@@ -207,7 +245,7 @@ func accepts(header, mediaType string) bool {
 // elements of a batch. It answers the client itself when the body is bad.
 func parseMessages(w http.ResponseWriter, body []byte) (msgs [][]byte, batch, ok bool) {
 	if !json.Valid(body) {
-		writeError(w, http.StatusBadRequest, CodeParseError, "parse error: the body is not valid JSON")
+		WriteError(w, http.StatusBadRequest, CodeParseError, "parse error: the body is not valid JSON")
 		return nil, false, false
 	}
 	i := skipSpace(body, 0)
@@ -223,7 +261,7 @@ func parseMessages(w http.ResponseWriter, body []byte) (msgs [][]byte, batch, ok
 		}
 	}
 	if len(msgs) == 0 {
-		writeError(w, http.StatusBadRequest, CodeInvalidRequest, "empty batch")
+		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "empty batch")
 		return nil, true, false
 	}
 	return msgs, true, true

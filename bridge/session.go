@@ -25,6 +25,7 @@ var errSessionEnded = errors.New("session ended")
 type Session struct {
 	ID        string
 	Transport string
+	Principal string
 	// single marks transports with one stream for everything (legacy SSE,
 	// WebSocket): all the child's messages go to the standalone stream.
 	single  bool

@@ -13,22 +13,21 @@ import (
 func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET")
-		writeError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+		WriteError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
 		return
 	}
 	if accept := r.Header.Get("Accept"); accept != "" && !accepts(accept, "text/event-stream") {
-		writeError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list text/event-stream")
+		WriteError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list text/event-stream")
 		return
 	}
-	sess, err := s.backend.NewSession(r.Context(), "sse", true)
-	if err != nil {
-		writeAcquireError(w, err)
+	sess := s.newSession(w, r, "sse", true)
+	if sess == nil {
 		return
 	}
 	defer sess.end("SSE stream closed")
 	st, err := sess.openStandalone()
 	if err != nil {
-		writeError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 		return
 	}
 	defer sess.closeStandalone(st)
@@ -53,20 +52,20 @@ func (s *Server) endpointURI(r *http.Request, sess *Session) string {
 func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
-		writeError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+		WriteError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
 		return
 	}
 	id := r.URL.Query().Get("sessionId")
 	if id == "" {
-		writeError(w, http.StatusBadRequest, CodeInvalidRequest, "missing sessionId query parameter")
+		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "missing sessionId query parameter")
 		return
 	}
-	sess := s.backend.Session(id)
+	sess := s.backend.Session(id, PrincipalFrom(r.Context()))
 	if sess == nil || sess.Transport != "sse" {
-		writeError(w, http.StatusNotFound, CodeSessionNotFound, "session not found")
+		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session not found")
 		return
 	}
-	body, ok := readBody(w, r, s.backend.MaxMessageSize())
+	body, ok := s.readBody(w, r)
 	if !ok {
 		return
 	}
@@ -85,7 +84,7 @@ func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 	}
 	for i, msg := range msgs {
 		if sess.forward(msg, &envs[i]) != nil {
-			writeError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+			WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 			return
 		}
 	}

@@ -34,7 +34,7 @@ func (s *Server) serveStreamable(w http.ResponseWriter, r *http.Request) {
 		s.streamableDelete(w, r)
 	default:
 		w.Header().Set("Allow", "GET, POST, DELETE")
-		writeError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+		WriteError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
 	}
 }
 
@@ -47,10 +47,10 @@ func checkVersion(w http.ResponseWriter, r *http.Request) bool {
 	case v == "" || sessionVersions[v]:
 		return true
 	case v >= versionModern:
-		writeError(w, http.StatusBadRequest, CodeInvalidRequest,
+		WriteError(w, http.StatusBadRequest, CodeInvalidRequest,
 			"this endpoint serves MCP sessions: send initialize (protocol 2025-11-25 or earlier)")
 	default:
-		writeError(w, http.StatusBadRequest, CodeInvalidRequest, "unsupported MCP-Protocol-Version: "+v)
+		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "unsupported MCP-Protocol-Version: "+v)
 	}
 	return false
 }
@@ -60,12 +60,12 @@ func checkVersion(w http.ResponseWriter, r *http.Request) bool {
 func (s *Server) lookupSession(w http.ResponseWriter, r *http.Request) *Session {
 	id := r.Header.Get(headerSessionID)
 	if id == "" {
-		writeError(w, http.StatusBadRequest, CodeInvalidRequest, "missing Mcp-Session-Id header")
+		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "missing Mcp-Session-Id header")
 		return nil
 	}
-	sess := s.backend.Session(id)
-	if sess == nil {
-		writeError(w, http.StatusNotFound, CodeSessionNotFound, "session not found")
+	sess := s.backend.Session(id, PrincipalFrom(r.Context()))
+	if sess == nil || sess.Transport != "streamable" {
+		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session not found")
 		return nil
 	}
 	return sess
@@ -73,18 +73,18 @@ func (s *Server) lookupSession(w http.ResponseWriter, r *http.Request) *Session 
 
 func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	if !hasMediaType(r.Header.Get("Content-Type"), "application/json") {
-		writeError(w, http.StatusUnsupportedMediaType, CodeInvalidRequest, "Content-Type must be application/json")
+		WriteError(w, http.StatusUnsupportedMediaType, CodeInvalidRequest, "Content-Type must be application/json")
 		return
 	}
 	accept := r.Header.Get("Accept")
 	if !accepts(accept, "application/json") || !accepts(accept, "text/event-stream") {
-		writeError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list application/json and text/event-stream")
+		WriteError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list application/json and text/event-stream")
 		return
 	}
 	if !checkVersion(w, r) {
 		return
 	}
-	body, ok := readBody(w, r, s.backend.MaxMessageSize())
+	body, ok := s.readBody(w, r)
 	if !ok {
 		return
 	}
@@ -113,12 +113,10 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	var sess *Session
 	if initialize {
 		if batch {
-			writeError(w, http.StatusBadRequest, CodeInvalidRequest, "initialize must not be part of a batch")
+			WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "initialize must not be part of a batch")
 			return
 		}
-		var err error
-		if sess, err = s.backend.NewSession(r.Context(), "streamable", false); err != nil {
-			writeAcquireError(w, err)
+		if sess = s.newSession(w, r, "streamable", false); sess == nil {
 			return
 		}
 	} else {
@@ -126,7 +124,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if v := sess.ProtocolVersion(); batch && v >= version20250618 {
-			writeError(w, http.StatusBadRequest, CodeInvalidRequest, "batches are not supported in protocol version "+v)
+			WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "batches are not supported in protocol version "+v)
 			return
 		}
 	}
@@ -134,7 +132,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	if len(ids) == 0 {
 		for _, msg := range msgs {
 			if sess.send(msg) != nil {
-				writeError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+				WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 				return
 			}
 		}
@@ -145,7 +143,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	st, err := sess.openRequestStream(ids, tokens)
 	if err != nil {
 		if err == errSessionEnded {
-			writeError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+			WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 		} else {
 			writeErrorID(w, http.StatusBadRequest, ids[0], CodeInvalidRequest, err.Error())
 		}
@@ -167,7 +165,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 	if !accepts(r.Header.Get("Accept"), "text/event-stream") {
-		writeError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list text/event-stream")
+		WriteError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list text/event-stream")
 		return
 	}
 	if !checkVersion(w, r) {
@@ -179,7 +177,7 @@ func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 	}
 	st, err := sess.openStandalone()
 	if err != nil {
-		writeError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 		return
 	}
 	defer sess.closeStandalone(st)

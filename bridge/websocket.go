@@ -22,9 +22,8 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	_ = rc.SetReadDeadline(time.Time{})
 	_ = rc.SetWriteDeadline(time.Time{})
 
-	sess, err := s.backend.NewSession(r.Context(), "ws", true)
-	if err != nil {
-		writeAcquireError(w, err)
+	sess := s.newSession(w, r, "ws", true)
+	if sess == nil {
 		return
 	}
 	defer sess.end("WebSocket closed")

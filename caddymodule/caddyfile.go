@@ -45,11 +45,23 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		keepalive <duration>|off
 //		stop_timeout <duration>
 //		term_timeout <duration>
+//		api_key <key...>
+//		api_key_file <path>
+//		api_key_query
+//		resource_metadata <url>
+//		cors {
+//			allow_credentials
+//			max_age <duration>
+//			allow_headers <header...>
+//		}
+//		max_sessions_per_key <n>
+//		body_read_timeout <duration>
 //	}
 //
 // command takes the rest of its line; quoting works as in a shell, but no
 // shell runs it. env is repeatable; values may use placeholders such as
-// {env.API_TOKEN}. Sizes take units (16MiB); durations take Caddy's
+// {env.API_TOKEN}, and so may api_key. A bare cors line turns CORS answers
+// on with defaults. Sizes take units (16MiB); durations take Caddy's
 // duration syntax (30s, 30m, 1d).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -148,6 +160,43 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := durationArg(d, &h.TermTimeout); err != nil {
 				return err
 			}
+		case "api_key":
+			keys := d.RemainingArgs()
+			if len(keys) == 0 {
+				return d.ArgErr()
+			}
+			h.APIKeys = append(h.APIKeys, keys...)
+		case "api_key_file":
+			if !d.AllArgs(&h.APIKeyFile) {
+				return d.ArgErr()
+			}
+		case "api_key_query":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.APIKeyQuery = true
+		case "resource_metadata":
+			if !d.AllArgs(&h.ResourceMetadata) {
+				return d.ArgErr()
+			}
+		case "cors":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.CORS = new(CORSConfig)
+			if err := h.CORS.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "max_sessions_per_key":
+			n, err := intArg(d)
+			if err != nil {
+				return err
+			}
+			h.MaxSessionsPerKey = n
+		case "body_read_timeout":
+			if err := durationArg(d, &h.BodyReadTimeout); err != nil {
+				return err
+			}
 		default:
 			return d.Errf("unrecognized mcp_bridge option %q", d.Val())
 		}
@@ -180,6 +229,31 @@ func (p *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		default:
 			return d.Errf("unrecognized pool option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+func (c *CORSConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "allow_credentials":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			c.AllowCredentials = true
+		case "max_age":
+			if err := durationArg(d, &c.MaxAge); err != nil {
+				return err
+			}
+		case "allow_headers":
+			headers := d.RemainingArgs()
+			if len(headers) == 0 {
+				return d.ArgErr()
+			}
+			c.AllowHeaders = append(c.AllowHeaders, headers...)
+		default:
+			return d.Errf("unrecognized cors option %q", d.Val())
 		}
 	}
 	return nil

@@ -104,6 +104,40 @@ type Handler struct {
 	// before its whole process group gets SIGKILL. Default: 3s.
 	TermTimeout caddy.Duration `json:"term_timeout,omitempty"`
 
+	// APIKeys are keys that clients may present, as `Authorization: Bearer
+	// <key>` or `X-API-Key: <key>`. Placeholders such as {env.MCP_API_KEY}
+	// are replaced. When any key is configured (here or in APIKeyFile),
+	// every request to the bridge needs one.
+	APIKeys []string `json:"api_keys,omitempty"`
+
+	// APIKeyFile is a file of keys (see `caddy mcp-bridge key`). If it does
+	// not exist, a new random key is written to it, mode 0600.
+	APIKeyFile string `json:"api_key_file,omitempty"`
+
+	// APIKeyQuery also accepts the key as the api_key query parameter, for
+	// clients that cannot set headers. Keys in URLs end up in logs and
+	// browser history, so it is off by default; when used, the bridge
+	// removes the parameter from the request it passes on.
+	APIKeyQuery bool `json:"api_key_query,omitempty"`
+
+	// ResourceMetadata is the URL of the OAuth protected resource metadata
+	// (RFC 9728), named in the WWW-Authenticate header of 401 answers.
+	ResourceMetadata string `json:"resource_metadata,omitempty"`
+
+	// CORS, when set, answers CORS preflights and adds CORS headers for
+	// the origins in AllowedOrigins.
+	CORS *CORSConfig `json:"cors,omitempty"`
+
+	// MaxSessionsPerKey caps the sessions one API key may hold open; a new
+	// session beyond it gets 429. Default: no cap.
+	MaxSessionsPerKey int `json:"max_sessions_per_key,omitempty"`
+
+	// BodyReadTimeout cuts a request body that takes longer than this to
+	// arrive, such as a slowloris client's. Default: 30s.
+	BodyReadTimeout caddy.Duration `json:"body_read_timeout,omitempty"`
+
+	keys       []apiKey
+	origins    bridge.OriginPolicy
 	backendKey string
 	backend    *bridge.Backend
 	server     *bridge.Server
@@ -170,6 +204,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := h.loadKeys(); err != nil {
+		return err
+	}
+	h.origins = bridge.OriginPolicy{Allowed: h.AllowedOrigins}
 	h.server = bridge.NewServer(h.backend, bridge.ServerConfig{
 		Transports:     transports,
 		StreamablePath: h.StreamablePath,
@@ -179,7 +217,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		MountPrefix:    mountPrefix,
 		PublicBaseURL:  h.PublicBaseURL,
 		Keepalive:      keepalive,
-		Origins:        bridge.OriginPolicy{Allowed: h.AllowedOrigins},
+		Origins:        h.origins,
+
+		MaxSessionsPerPrincipal: h.MaxSessionsPerKey,
+		BodyReadTimeout:         time.Duration(h.BodyReadTimeout),
 	}, h.logger)
 
 	eventsApp, err := ctx.App("events")
@@ -191,6 +232,35 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	return events.On("stopping", h)
+}
+
+// loadKeys gathers the accepted API keys, creating the key file if needed.
+func (h *Handler) loadKeys() error {
+	repl := caddy.NewReplacer()
+	h.keys = h.keys[:0]
+	for _, raw := range h.APIKeys {
+		key := repl.ReplaceAll(raw, "")
+		if key == "" {
+			return fmt.Errorf("api_key %q is empty once placeholders are replaced", raw)
+		}
+		h.keys = append(h.keys, apiKey{hash: sha256.Sum256([]byte(key)), name: keyName(key)})
+	}
+	if h.APIKeyFile == "" {
+		return nil
+	}
+	path := repl.ReplaceAll(h.APIKeyFile, "")
+	entries, created, err := loadOrCreateKeyFile(path, time.Now())
+	if err != nil {
+		return err
+	}
+	if created {
+		h.logger.Info("generated a new API key; show it with `caddy mcp-bridge key show`", zap.String("file", path))
+	}
+	for _, e := range entries {
+		// One name for all of the file's keys: sessions survive a rotation.
+		h.keys = append(h.keys, apiKey{hash: sha256.Sum256([]byte(e.key)), name: "file:" + path})
+	}
+	return nil
 }
 
 // backendConfig is the child configuration, placeholders replaced and
@@ -286,6 +356,9 @@ func (h *Handler) Validate() error {
 	if _, err := parseTransports(h.Transports); err != nil {
 		return err
 	}
+	if h.CORS != nil && h.CORS.AllowCredentials && slices.Contains(h.AllowedOrigins, "*") {
+		return fmt.Errorf("cors allow_credentials cannot be combined with allowed_origins *: name the origins")
+	}
 	if h.Pool != nil && h.Pool.MinIdle != nil && h.Pool.MaxProcesses > 0 && *h.Pool.MinIdle > h.Pool.MaxProcesses {
 		return fmt.Errorf("pool: min_idle (%d) exceeds max_processes (%d)", *h.Pool.MinIdle, h.Pool.MaxProcesses)
 	}
@@ -322,11 +395,35 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP serves the MCP endpoints and passes other paths on.
+// ServeHTTP serves the MCP endpoints and passes other paths on. In order:
+// the Origin check (403), CORS preflights (answered before any key is
+// asked for, as browsers send none), the API key (401), then the bridge,
+// which never sees the client's credentials.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if !h.server.Handles(r) {
 		return next.ServeHTTP(w, r)
 	}
+	if !h.origins.Allow(r) {
+		h.logger.Info("refused a request from a disallowed origin", zap.String("origin", r.Header.Get("Origin")))
+		bridge.WriteError(w, http.StatusForbidden, bridge.CodeInvalidRequest, "origin not allowed")
+		return nil
+	}
+	if h.CORS != nil {
+		if isPreflight(r) {
+			h.CORS.preflight(w, r)
+			return nil
+		}
+		h.CORS.allowOrigin(w, r)
+	}
+	if len(h.keys) > 0 {
+		name, ok := h.authenticate(r)
+		if !ok {
+			h.unauthorized(w, r)
+			return nil
+		}
+		r = r.WithContext(bridge.WithPrincipal(r.Context(), name))
+	}
+	stripCredentials(r)
 	h.server.ServeHTTP(w, r)
 	return nil
 }

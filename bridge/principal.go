@@ -1,0 +1,28 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+)
+
+// A principal is who a request comes from, as the layer in front of the
+// bridge authenticated it (an API key's name, never the key). A session
+// belongs to the principal that opened it: another principal presenting
+// its id is told it does not exist.
+
+type principalKey struct{}
+
+// WithPrincipal returns a context that names the request's principal.
+func WithPrincipal(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, principalKey{}, name)
+}
+
+// PrincipalFrom returns the principal named in ctx, or "".
+func PrincipalFrom(ctx context.Context) string {
+	name, _ := ctx.Value(principalKey{}).(string)
+	return name
+}
+
+// ErrTooManySessions is returned when a principal already holds as many
+// sessions as it may.
+var ErrTooManySessions = errors.New("too many sessions for this client")
