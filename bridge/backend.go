@@ -13,7 +13,10 @@ import (
 // sessions survive a config reload.
 type BackendConfig struct {
 	Process ProcessConfig
-	Pool    PoolConfig
+	// Pool sizes the children of isolated sessions, one child each.
+	Pool PoolConfig
+	// Shared, when set, puts sessions on shared children instead.
+	Shared *SharedPoolConfig `json:",omitempty"`
 	// SessionIdleTimeout ends a session with no open stream, no request in
 	// flight and no traffic for this long.
 	SessionIdleTimeout time.Duration
@@ -27,7 +30,8 @@ const DefaultSessionIdleTimeout = 30 * time.Minute
 type Backend struct {
 	cfg    BackendConfig
 	logger *zap.Logger
-	pool   *Pool
+	pool   *Pool       // isolated sessions
+	shared *SharedPool // shared sessions (then pool is nil)
 
 	mu           sync.RWMutex
 	sessions     map[string]*Session
@@ -51,21 +55,30 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	return &Backend{
+	b := &Backend{
 		cfg:          cfg,
 		logger:       logger,
-		pool:         NewPool(cfg.Pool, cfg.Process, logger),
 		sessions:     make(map[string]*Session),
 		perPrincipal: make(map[string]int),
 		stop:         make(chan struct{}),
 	}
+	if cfg.Shared != nil {
+		b.shared = NewSharedPool(*cfg.Shared, cfg.Process, logger)
+	} else {
+		b.pool = NewPool(cfg.Pool, cfg.Process, logger)
+	}
+	return b
 }
 
 // Start starts the warm spares and the idle-session reaper. It is
 // idempotent.
 func (b *Backend) Start() {
 	b.startOnce.Do(func() {
-		b.pool.Start()
+		if b.shared != nil {
+			b.shared.Start()
+		} else {
+			b.pool.Start()
+		}
 		b.janitor.Add(1)
 		go b.reapIdle()
 	})
@@ -77,31 +90,33 @@ func (b *Backend) Close() {
 	b.closeOnce.Do(func() {
 		close(b.stop)
 		b.janitor.Wait()
-		b.pool.Close()
 		b.mu.RLock()
 		sessions := make([]*Session, 0, len(b.sessions))
 		for _, s := range b.sessions {
 			sessions = append(sessions, s)
 		}
 		b.mu.RUnlock()
-		var wg sync.WaitGroup
 		for _, s := range sessions {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				s.end("shutdown")
-				<-s.child.Done()
-			}()
+			s.end("shutdown")
 		}
-		wg.Wait()
+		if b.shared != nil {
+			b.shared.Close()
+		} else {
+			b.pool.Close() // waits for the sessions' children too
+		}
 	})
 }
 
 // MaxMessageSize is the largest message passed in either direction.
 func (b *Backend) MaxMessageSize() int { return b.cfg.Process.MaxMessageSize }
 
-// Pool returns the backend's pool, for status reports.
-func (b *Backend) Pool() *Pool { return b.pool }
+// Stats counts the backend's children.
+func (b *Backend) Stats() PoolStats {
+	if b.shared != nil {
+		return b.shared.Stats()
+	}
+	return b.pool.Stats()
+}
 
 // SessionOptions describe a new session.
 type SessionOptions struct {
@@ -122,11 +137,6 @@ func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (*Session
 	if !b.reserve(opts.Principal, opts.MaxPerPrincipal) {
 		return nil, ErrTooManySessions
 	}
-	child, err := b.pool.Acquire(ctx)
-	if err != nil {
-		b.release(opts.Principal)
-		return nil, err
-	}
 	s := &Session{
 		ID:             newSessionID(),
 		Transport:      opts.Transport,
@@ -134,18 +144,35 @@ func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (*Session
 		single:         opts.Single,
 		created:        time.Now(),
 		backend:        b,
-		child:          child,
 		pending:        make(map[string]*stream),
 		progress:       make(map[string]*stream),
 		requestStreams: make(map[*stream]struct{}),
 		lastActive:     time.Now(),
 		done:           make(chan struct{}),
 	}
-	s.logger = b.logger.With(zap.String("session", s.ID[:8]), zap.Int("pid", child.Pid()))
+	var child *Process
+	if b.shared != nil {
+		member, err := b.shared.Attach(ctx, s.fromChild, s.onChildExit)
+		if err != nil {
+			b.release(opts.Principal)
+			return nil, err
+		}
+		s.up = member
+	} else {
+		var err error
+		if child, err = b.pool.Acquire(ctx); err != nil {
+			b.release(opts.Principal)
+			return nil, err
+		}
+		s.up = ownChild{proc: child, pool: b.pool}
+	}
+	s.logger = b.logger.With(zap.String("session", s.ID[:8]), zap.Int("pid", s.up.Pid()))
 	b.mu.Lock()
 	b.sessions[s.ID] = s
 	b.mu.Unlock()
-	child.Attach(s.fromChild, s.onOversize, s.onChildExit)
+	if child != nil {
+		child.Attach(s.fromChild, s.onOversize, s.onChildExit)
+	}
 	s.logger.Info("session opened", zap.String("transport", opts.Transport), zap.String("principal", opts.Principal))
 	return s, nil
 }

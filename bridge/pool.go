@@ -138,8 +138,8 @@ func (p *Pool) Release(child *Process) {
 	p.mu.Unlock()
 }
 
-// Close stops the idle spares and refuses new work. Children handed out
-// are stopped by whoever holds them.
+// Close stops the idle spares, refuses new work, and waits until every
+// child handed out has been released (and so stopped) by its holder.
 func (p *Pool) Close() {
 	p.mu.Lock()
 	p.closed = true
@@ -156,6 +156,15 @@ func (p *Pool) Close() {
 		}()
 	}
 	wg.Wait()
+	for {
+		p.mu.Lock()
+		busy, freed := p.busy, p.freed
+		p.mu.Unlock()
+		if busy == 0 {
+			return
+		}
+		<-freed
+	}
 }
 
 // PoolStats is a snapshot of the pool.

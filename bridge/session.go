@@ -31,7 +31,7 @@ type Session struct {
 	single  bool
 	created time.Time
 	backend *Backend
-	child   *Process
+	up      upstream
 	logger  *zap.Logger
 
 	mu              sync.Mutex
@@ -44,6 +44,7 @@ type Session struct {
 	lastActive      time.Time
 	nextStream      int
 	ended           bool
+	exited          bool // the child is gone: a new request would get no answer
 	done            chan struct{}
 }
 
@@ -74,7 +75,7 @@ func (s *Session) Done() <-chan struct{} { return s.done }
 func (s *Session) openRequestStream(ids [][]byte, tokens [][]byte) (*stream, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ended {
+	if s.ended || s.exited {
 		return nil, errSessionEnded
 	}
 	for _, id := range ids {
@@ -147,10 +148,31 @@ func (s *Session) closeStandalone(st *stream) {
 	s.mu.Unlock()
 }
 
+// upstream is a session's way to its child: a child of its own
+// (isolated), or a share of one through its multiplexer (shared).
+type upstream interface {
+	// Send forwards a client message; it takes ownership of msg.
+	Send(msg []byte, env *Envelope) error
+	// Release lets go of the child once the session has ended.
+	Release()
+	Pid() int
+}
+
+// ownChild is the upstream of an isolated session: messages go to the
+// child unchanged, and the child is stopped when the session ends.
+type ownChild struct {
+	proc *Process
+	pool *Pool
+}
+
+func (o ownChild) Send(msg []byte, _ *Envelope) error { return o.proc.Send(msg) }
+func (o ownChild) Release()                           { o.pool.Release(o.proc) }
+func (o ownChild) Pid() int                           { return o.proc.Pid() }
+
 // send forwards a client message to the child.
-func (s *Session) send(msg []byte) error {
+func (s *Session) send(msg []byte, env *Envelope) error {
 	s.touch()
-	return s.child.Send(msg)
+	return s.up.Send(msg, env)
 }
 
 // forward sends a client message of a single-stream transport (legacy SSE,
@@ -169,7 +191,7 @@ func (s *Session) forward(msg []byte, env *Envelope) error {
 		s.pending[string(env.ID)] = nil
 		s.mu.Unlock()
 	}
-	return s.send(msg)
+	return s.send(msg, env)
 }
 
 func (s *Session) touch() {
@@ -267,6 +289,9 @@ func (s *Session) onOversize(prefix []byte) {
 // onChildExit fails the requests in flight and ends the session.
 func (s *Session) onChildExit() {
 	s.mu.Lock()
+	// From here until end, a request would be registered after the failures
+	// below were collected and answered by nothing: refuse it instead.
+	s.exited = true
 	failed := make(map[*stream][][]byte)
 	for id, st := range s.pending {
 		if st == nil {
@@ -309,7 +334,7 @@ func (s *Session) end(reason string) {
 	close(s.done)
 	s.backend.removeSession(s)
 	s.logger.Info("session closed", zap.String("reason", reason))
-	go s.backend.pool.Release(s.child)
+	go s.up.Release()
 }
 
 // idleSince reports when the session last saw traffic, and whether it is

@@ -94,13 +94,15 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	}
 	var ids, tokens [][]byte
 	initialize := false
-	for _, msg := range msgs {
+	envs := make([]Envelope, len(msgs))
+	for i, msg := range msgs {
 		env, err := ParseEnvelope(msg)
 		kind := env.Kind()
 		if err != nil || kind == KindInvalid {
 			writeErrorID(w, http.StatusBadRequest, env.ID, CodeInvalidRequest, "invalid JSON-RPC message")
 			return
 		}
+		envs[i] = env
 		if kind == KindRequest {
 			ids = append(ids, env.ID)
 			if tok := Member(Member(env.Params, "_meta"), "progressToken"); tok != nil {
@@ -130,8 +132,8 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if len(ids) == 0 {
-		for _, msg := range msgs {
-			if sess.send(msg) != nil {
+		for i, msg := range msgs {
+			if sess.send(msg, &envs[i]) != nil {
 				WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 				return
 			}
@@ -150,8 +152,8 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer sess.closeRequestStream(st)
-	for _, msg := range msgs {
-		if sess.send(msg) != nil {
+	for i, msg := range msgs {
+		if sess.send(msg, &envs[i]) != nil {
 			break // the child is gone; its exit fails the stream's requests
 		}
 	}

@@ -29,7 +29,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		env <key> <value>
 //		dir <path>
 //		pool {
+//			isolation session|shared
 //			min_idle <n>
+//			sessions_per_process <n>
+//			min_processes <n>
+//			process_idle_timeout <duration>
 //			max_processes <n>
 //			acquire_timeout <duration>
 //			session_idle_timeout <duration>
@@ -207,12 +211,32 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func (p *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch d.Val() {
+		case "isolation":
+			if !d.AllArgs(&p.Isolation) {
+				return d.ArgErr()
+			}
 		case "min_idle":
 			n, err := intArg(d)
 			if err != nil {
 				return err
 			}
 			p.MinIdle = &n
+		case "sessions_per_process":
+			n, err := intArg(d)
+			if err != nil {
+				return err
+			}
+			p.SessionsPerProcess = n
+		case "min_processes":
+			n, err := intArg(d)
+			if err != nil {
+				return err
+			}
+			p.MinProcesses = n
+		case "process_idle_timeout":
+			if err := durationArg(d, &p.ProcessIdleTimeout); err != nil {
+				return err
+			}
 		case "max_processes":
 			n, err := intArg(d)
 			if err != nil {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
 // conformanceChecks is how many checks @modelcontextprotocol/conformance
@@ -28,7 +30,17 @@ func TestConformance(t *testing.T) {
 		}
 		t.Skip("set MCPBRIDGE_NODE and MCPBRIDGE_CONFORMANCE, or run scripts/test")
 	}
-	_, base, _ := bridgeCaddy(t, "", "")
+	for name, pool := range map[string]string{
+		"isolation=session": "",
+		// Every scenario's session lands on the one shared child.
+		"isolation=shared": "pool {\n\t\t\tisolation shared\n\t\t\tsessions_per_process 1000\n\t\t\tmax_processes 1\n\t\t}",
+	} {
+		t.Run(name, func(t *testing.T) { runConformance(t, node, suite, pool) })
+	}
+}
+
+func runConformance(t *testing.T, node, suite, pool string) {
+	_, base, exe := bridgeCaddy(t, pool, "")
 	cmd := exec.Command(node, suite, "server", "--url", base+"/mcp")
 	cmd.Dir = t.TempDir()
 	start := time.Now()
@@ -42,5 +54,10 @@ func TestConformance(t *testing.T) {
 	t.Logf("conformance: %s (%v)", strings.TrimSpace(string(m[0])), time.Since(start).Round(time.Millisecond))
 	if passed != conformanceChecks || failed != 0 || err != nil {
 		t.Errorf("conformance: %d passed, %d failed, exit %v; want %d passed\n%s", passed, failed, err, conformanceChecks, out)
+	}
+	if pool != "" {
+		if n := len(mcptest.Processes(exe)); n != 1 {
+			t.Errorf("%d shared children ran the suite, want 1", n)
+		}
 	}
 }

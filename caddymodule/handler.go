@@ -146,10 +146,27 @@ type Handler struct {
 
 // PoolConfig sizes the pool of child processes.
 type PoolConfig struct {
-	// MinIdle is the number of warm spares: children started ahead of
-	// demand, so that a new session does not wait for a cold start.
-	// Default: 1. Set it to 0 to start children only on demand.
+	// Isolation is "session" (the default): each session gets a child of
+	// its own, or "shared": sessions are multiplexed onto a few children,
+	// for servers that keep no per-client state.
+	Isolation string `json:"isolation,omitempty"`
+
+	// MinIdle is the number of warm spares in session isolation: children
+	// started ahead of demand, so that a new session does not wait for a
+	// cold start. Default: 1. Set it to 0 to start children only on demand.
 	MinIdle *int `json:"min_idle,omitempty"`
+
+	// SessionsPerProcess is how many sessions a shared child carries at
+	// most. Default: 64.
+	SessionsPerProcess int `json:"sessions_per_process,omitempty"`
+
+	// MinProcesses is how many shared children run even with no session.
+	// Default: 0.
+	MinProcesses int `json:"min_processes,omitempty"`
+
+	// ProcessIdleTimeout stops a shared child beyond MinProcesses that has
+	// had no session for this long. Default: 5m.
+	ProcessIdleTimeout caddy.Duration `json:"process_idle_timeout,omitempty"`
 
 	// MaxProcesses caps the children alive at once, spares included.
 	// Default: no cap.
@@ -297,6 +314,16 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 		cfg.Pool.MaxProcesses = p.MaxProcesses
 		cfg.Pool.AcquireTimeout = time.Duration(p.AcquireTimeout)
 		cfg.SessionIdleTimeout = time.Duration(p.SessionIdleTimeout)
+		if p.Isolation == "shared" {
+			cfg.Shared = &bridge.SharedPoolConfig{
+				SessionsPerProcess: p.SessionsPerProcess,
+				MinProcesses:       p.MinProcesses,
+				MaxProcesses:       p.MaxProcesses,
+				IdleTimeout:        time.Duration(p.ProcessIdleTimeout),
+				AcquireTimeout:     time.Duration(p.AcquireTimeout),
+			}
+			cfg.Pool = bridge.PoolConfig{}
+		}
 	}
 	return cfg, nil
 }
@@ -359,8 +386,18 @@ func (h *Handler) Validate() error {
 	if h.CORS != nil && h.CORS.AllowCredentials && slices.Contains(h.AllowedOrigins, "*") {
 		return fmt.Errorf("cors allow_credentials cannot be combined with allowed_origins *: name the origins")
 	}
-	if h.Pool != nil && h.Pool.MinIdle != nil && h.Pool.MaxProcesses > 0 && *h.Pool.MinIdle > h.Pool.MaxProcesses {
-		return fmt.Errorf("pool: min_idle (%d) exceeds max_processes (%d)", *h.Pool.MinIdle, h.Pool.MaxProcesses)
+	if p := h.Pool; p != nil {
+		switch p.Isolation {
+		case "", "session", "shared":
+		default:
+			return fmt.Errorf("pool: isolation must be session or shared, not %q", p.Isolation)
+		}
+		if p.MinIdle != nil && p.MaxProcesses > 0 && *p.MinIdle > p.MaxProcesses {
+			return fmt.Errorf("pool: min_idle (%d) exceeds max_processes (%d)", *p.MinIdle, p.MaxProcesses)
+		}
+		if p.MaxProcesses > 0 && p.MinProcesses > p.MaxProcesses {
+			return fmt.Errorf("pool: min_processes (%d) exceeds max_processes (%d)", p.MinProcesses, p.MaxProcesses)
+		}
 	}
 	return nil
 }

@@ -1,0 +1,528 @@
+package bridge
+
+import (
+	"encoding/json"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Mux carries many sessions over one child (isolation "shared"). Requests
+// get bridge-unique ids and progress tokens on the way in, restored byte
+// for byte on the way out; what the child sends is routed to the session
+// it belongs to: responses and progress by id and token, resource updates
+// to subscribers, list changes to all, log messages by each session's
+// level, and server requests to the one session with requests in flight.
+type Mux struct {
+	child  *Process
+	logger *zap.Logger
+
+	mu       sync.Mutex
+	nextID   bridgeID
+	requests map[bridgeID]muxRequest // requests forwarded to the child
+	tokens   map[bridgeID]muxRequest // progress tokens forwarded, by their bridge token
+	asked    map[string]*MuxMember   // the child's requests → the session asked
+	members  map[*MuxMember]struct{}
+	subs     map[string]map[*MuxMember]struct{} // resource URI → subscribers
+	level    int                                // the log level the child was last set to; -1 none
+
+	// The child is initialized once, by its first session; later sessions
+	// are answered from initResult.
+	initState   muxInitState
+	initResult  []byte
+	initDone    chan struct{} // closed when initialize has been answered
+	initialized bool          // notifications/initialized was forwarded
+	exited      bool
+	retired     bool // stopped on purpose (idle, shutdown): not a crash
+	lastUsed    time.Time
+	onRelease   func() // a session left: the pool has room again
+}
+
+type muxInitState uint8
+
+const (
+	initNone muxInitState = iota
+	initPending
+	initOK
+)
+
+// muxRequest is a forwarded request (or token) and whose it is. A nil
+// member marks the bridge's own requests, whose answers are dropped.
+type muxRequest struct {
+	member *MuxMember
+	id     []byte // the session's own id (or token), raw
+	init   bool   // this is the child's initialize
+}
+
+// MuxMember is one session's attachment to a Mux.
+type MuxMember struct {
+	mux      *Mux
+	deliver  func([]byte)
+	onExit   func()
+	inflight int
+	level    int // the session's log level; -1 when it never set one
+	subs     map[string]bool
+}
+
+// NewMux starts routing a child's messages. onExit runs once the child's
+// stdout ends, after every member's onExit; onRelease after a session
+// leaves.
+func NewMux(child *Process, logger *zap.Logger, onExit func(*Mux), onRelease func()) *Mux {
+	m := &Mux{
+		child:    child,
+		logger:   logger.With(zap.Int("pid", child.Pid())),
+		requests: make(map[bridgeID]muxRequest),
+		tokens:   make(map[bridgeID]muxRequest),
+		asked:    make(map[string]*MuxMember),
+		members:  make(map[*MuxMember]struct{}),
+		subs:     make(map[string]map[*MuxMember]struct{}),
+		level:     -1,
+		initDone:  make(chan struct{}),
+		lastUsed:  time.Now(),
+		onRelease: onRelease,
+	}
+	child.Attach(m.fromChild, m.onOversize, func() {
+		m.mu.Lock()
+		m.exited = true
+		if m.initState == initPending {
+			m.initState = initNone
+			close(m.initDone) // sessions waiting on initialize get an error
+		}
+		members := make([]*MuxMember, 0, len(m.members))
+		for mem := range m.members {
+			members = append(members, mem)
+		}
+		m.mu.Unlock()
+		for _, mem := range members {
+			mem.onExit()
+		}
+		onExit(m)
+	})
+	return m
+}
+
+// Attach adds a session, unless the child is gone. deliver gets the
+// child's messages for it, with the session's own ids; onExit runs if the
+// child exits.
+func (m *Mux) Attach(deliver func([]byte), onExit func()) *MuxMember {
+	mem := &MuxMember{mux: m, deliver: deliver, onExit: onExit, level: -1, subs: make(map[string]bool)}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.exited || m.retired {
+		return nil
+	}
+	m.members[mem] = struct{}{}
+	m.lastUsed = time.Now()
+	return mem
+}
+
+// Load is the number of sessions on the child, and whether it can take
+// more at all.
+func (m *Mux) Load() (int, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.members), !m.exited && !m.retired
+}
+
+// retire marks the child as stopped on purpose and stops it.
+func (m *Mux) retire() {
+	m.mu.Lock()
+	m.retired = true
+	m.mu.Unlock()
+	m.child.Stop()
+}
+
+// idleSince reports when the mux last had a session, if it has none now.
+func (m *Mux) idleSince() (time.Time, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lastUsed, len(m.members) == 0
+}
+
+// Pid is the child's pid.
+func (mem *MuxMember) Pid() int { return mem.mux.child.Pid() }
+
+// Send forwards one of the session's messages to the child.
+func (mem *MuxMember) Send(msg []byte, env *Envelope) error {
+	m := mem.mux
+	switch env.Kind() {
+	case KindRequest:
+		switch env.MethodName() {
+		case "initialize":
+			return m.initialize(mem, msg, env)
+		case "logging/setLevel":
+			return m.setLevel(mem, env)
+		case "resources/subscribe", "resources/unsubscribe":
+			return m.subscription(mem, msg, env)
+		}
+		return m.forwardRequest(mem, msg, env, false)
+	case KindNotification:
+		switch env.MethodName() {
+		case "notifications/initialized":
+			m.mu.Lock()
+			first := !m.initialized
+			m.initialized = true
+			m.mu.Unlock()
+			if !first {
+				return nil
+			}
+		case "notifications/cancelled":
+			return m.cancel(mem, msg, env)
+		}
+		return m.child.Send(msg)
+	case KindResponse:
+		m.mu.Lock()
+		owner := m.asked[string(env.ID)]
+		if owner == mem {
+			delete(m.asked, string(env.ID))
+		}
+		m.mu.Unlock()
+		if owner != mem {
+			m.logger.Debug("dropped a client's answer to a request it was not asked", zap.ByteString("id", env.ID))
+			return nil
+		}
+		return m.child.Send(msg)
+	}
+	return nil
+}
+
+// forwardRequest gives the request a bridge id (and its progress token a
+// bridge token) and sends it to the child.
+func (m *Mux) forwardRequest(mem *MuxMember, msg []byte, env *Envelope, init bool) error {
+	m.mu.Lock()
+	if m.exited {
+		m.mu.Unlock()
+		return errSessionEnded
+	}
+	m.nextID++
+	id := m.nextID
+	m.requests[id] = muxRequest{member: mem, id: env.ID, init: init}
+	mem.inflight++
+	splices := []splice{{old: env.ID, new: id.raw()}}
+	if tok := progressTokenOf(env.Params); tok != nil {
+		m.tokens[id] = muxRequest{member: mem, id: tok}
+		splices = append(splices, splice{old: tok, new: id.raw()})
+	}
+	m.lastUsed = time.Now()
+	m.mu.Unlock()
+	return m.child.Send(applySplices(msg, splices...))
+}
+
+// sendOwn sends a request of the bridge's own; its answer is dropped.
+func (m *Mux) sendOwn(method string, params []byte) {
+	m.mu.Lock()
+	m.nextID++
+	id := m.nextID
+	m.requests[id] = muxRequest{}
+	m.mu.Unlock()
+	msg := []byte(`{"jsonrpc":"2.0","id":` + string(id.raw()) + `,"method":"` + method + `","params":` + string(params) + `}`)
+	_ = m.child.Send(msg)
+}
+
+// answer replies to a session's request from the bridge.
+func (mem *MuxMember) answer(id, result []byte) error {
+	mem.deliver(responseWithResult(id, result))
+	return nil
+}
+
+// initialize forwards the first session's initialize and answers later
+// ones from its result, which describes the same child.
+func (m *Mux) initialize(mem *MuxMember, msg []byte, env *Envelope) error {
+	m.mu.Lock()
+	switch m.initState {
+	case initNone:
+		m.initState = initPending
+		m.mu.Unlock()
+		return m.forwardRequest(mem, msg, env, true)
+	case initPending:
+		done := m.initDone
+		m.mu.Unlock()
+		<-done
+		m.mu.Lock()
+	}
+	result := m.initResult
+	m.mu.Unlock()
+	if result == nil {
+		mem.deliver(ErrorResponse(env.ID, CodeInternalError, "the shared MCP server failed to initialize"))
+		return nil
+	}
+	if asked := StringValue(Member(env.Params, "protocolVersion")); asked != StringValue(Member(result, "protocolVersion")) {
+		m.logger.Info("a session asked for another protocol version than the shared child negotiated; it gets the child's",
+			zap.String("asked", asked), zap.String("negotiated", StringValue(Member(result, "protocolVersion"))))
+	}
+	return mem.answer(env.ID, result)
+}
+
+// Log levels of MCP, least severe first.
+var logLevels = map[string]int{
+	"debug": 0, "info": 1, "notice": 2, "warning": 3, "error": 4, "critical": 5, "alert": 6, "emergency": 7,
+}
+
+var logLevelNames = []string{"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"}
+
+// setLevel keeps the session's log level and sets the child to the most
+// verbose level any session asked for.
+func (m *Mux) setLevel(mem *MuxMember, env *Envelope) error {
+	level, ok := logLevels[StringValue(Member(env.Params, "level"))]
+	if !ok {
+		mem.deliver(ErrorResponse(env.ID, CodeInvalidParams, "unknown log level"))
+		return nil
+	}
+	m.mu.Lock()
+	mem.level = level
+	changed := m.updateLevelLocked()
+	m.mu.Unlock()
+	if changed >= 0 {
+		m.sendOwn("logging/setLevel", []byte(`{"level":"`+logLevelNames[changed]+`"}`))
+	}
+	return mem.answer(env.ID, []byte("{}"))
+}
+
+// updateLevelLocked recomputes the child's level; it returns the new level
+// when the child must be told, else -1.
+func (m *Mux) updateLevelLocked() int {
+	lowest := -1
+	for mem := range m.members {
+		if mem.level >= 0 && (lowest < 0 || mem.level < lowest) {
+			lowest = mem.level
+		}
+	}
+	if lowest < 0 || lowest == m.level {
+		return -1
+	}
+	m.level = lowest
+	return lowest
+}
+
+// subscription reference-counts resource subscriptions: the child sees
+// the first subscribe to a URI and the last unsubscribe.
+func (m *Mux) subscription(mem *MuxMember, msg []byte, env *Envelope) error {
+	uri := StringValue(Member(env.Params, "uri"))
+	subscribe := env.MethodName() == "resources/subscribe"
+	m.mu.Lock()
+	subs := m.subs[uri]
+	forward := false
+	if subscribe && !mem.subs[uri] {
+		mem.subs[uri] = true
+		if subs == nil {
+			subs = make(map[*MuxMember]struct{})
+			m.subs[uri] = subs
+		}
+		subs[mem] = struct{}{}
+		forward = len(subs) == 1
+	} else if !subscribe && mem.subs[uri] {
+		delete(mem.subs, uri)
+		delete(subs, mem)
+		if len(subs) == 0 {
+			delete(m.subs, uri)
+			forward = true
+		}
+	}
+	m.mu.Unlock()
+	if forward {
+		return m.forwardRequest(mem, msg, env, false)
+	}
+	return mem.answer(env.ID, []byte("{}"))
+}
+
+// cancel forwards a session's cancellation with the bridge id of the
+// request it names.
+func (m *Mux) cancel(mem *MuxMember, msg []byte, env *Envelope) error {
+	requestID := Member(env.Params, "requestId")
+	m.mu.Lock()
+	var target []byte
+	for id, req := range m.requests {
+		if req.member == mem && string(req.id) == string(requestID) {
+			target = id.raw()
+			break
+		}
+	}
+	m.mu.Unlock()
+	if target == nil {
+		return nil // already answered, or never sent
+	}
+	return m.child.Send(applySplices(msg, splice{old: requestID, new: target}))
+}
+
+// Release detaches an ended session: its requests in flight are cancelled
+// at the child and its subscriptions released.
+func (mem *MuxMember) Release() {
+	m := mem.mux
+	m.mu.Lock()
+	if _, ok := m.members[mem]; !ok {
+		m.mu.Unlock()
+		return
+	}
+	delete(m.members, mem)
+	var cancelled []bridgeID
+	for id, req := range m.requests {
+		if req.member == mem {
+			cancelled = append(cancelled, id)
+			m.requests[id] = muxRequest{} // its answer, if any, is dropped
+		}
+	}
+	for id, req := range m.tokens {
+		if req.member == mem {
+			delete(m.tokens, id)
+		}
+	}
+	for id, owner := range m.asked {
+		if owner == mem {
+			delete(m.asked, id)
+		}
+	}
+	var unsubscribe []string
+	for uri := range mem.subs {
+		delete(m.subs[uri], mem)
+		if len(m.subs[uri]) == 0 {
+			delete(m.subs, uri)
+			unsubscribe = append(unsubscribe, uri)
+		}
+	}
+	level := m.updateLevelLocked()
+	m.lastUsed = time.Now()
+	exited := m.exited
+	m.mu.Unlock()
+	m.onRelease()
+	if exited {
+		return
+	}
+	for _, id := range cancelled {
+		_ = m.child.Send([]byte(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + string(id.raw()) + `,"reason":"the client's session ended"}}`))
+	}
+	for _, uri := range unsubscribe {
+		params, _ := json.Marshal(map[string]string{"uri": uri})
+		m.sendOwn("resources/unsubscribe", params)
+	}
+	if level >= 0 {
+		m.sendOwn("logging/setLevel", []byte(`{"level":"`+logLevelNames[level]+`"}`))
+	}
+}
+
+// fromChild routes one message of the child.
+func (m *Mux) fromChild(msg []byte) {
+	env, err := ParseEnvelope(msg)
+	if err != nil {
+		return
+	}
+	switch env.Kind() {
+	case KindResponse:
+		m.routeResponse(msg, &env)
+	case KindRequest:
+		m.routeRequest(msg, &env)
+	case KindNotification:
+		m.routeNotification(msg, &env)
+	}
+}
+
+func (m *Mux) routeResponse(msg []byte, env *Envelope) {
+	id, ok := parseBridgeID(env.ID)
+	m.mu.Lock()
+	req, found := m.requests[id]
+	if !ok || !found {
+		m.mu.Unlock()
+		m.logger.Debug("dropped a response to no request of the bridge", zap.ByteString("id", env.ID))
+		return
+	}
+	delete(m.requests, id)
+	delete(m.tokens, id)
+	if req.member != nil {
+		req.member.inflight--
+	}
+	if req.init {
+		if env.Result != nil {
+			m.initResult = env.Result
+			m.initState = initOK
+		} else {
+			m.initState = initNone // the next session tries again
+		}
+		close(m.initDone)
+		m.initDone = make(chan struct{})
+	}
+	m.mu.Unlock()
+	if req.member != nil {
+		req.member.deliver(applySplices(msg, splice{old: env.ID, new: req.id}))
+	}
+}
+
+// routeRequest hands a server-to-client request to the only session with
+// requests in flight; with none or several, the bridge cannot know whose
+// client should answer, and refuses it.
+func (m *Mux) routeRequest(msg []byte, env *Envelope) {
+	m.mu.Lock()
+	var target *MuxMember
+	busy := 0
+	for mem := range m.members {
+		if mem.inflight > 0 {
+			busy++
+			target = mem
+		}
+	}
+	if busy == 1 {
+		m.asked[string(env.ID)] = target
+	}
+	m.mu.Unlock()
+	if busy != 1 {
+		m.logger.Warn("refused a request of the shared MCP server: it cannot be tied to one client",
+			zap.String("method", env.MethodName()), zap.Int("sessions_with_requests_in_flight", busy))
+		_ = m.child.Send(ErrorResponse(env.ID, CodeInternalError,
+			"the bridge shares this server between clients and cannot tell which one to ask: exactly one must have a request in flight"))
+		return
+	}
+	target.deliver(msg)
+}
+
+func (m *Mux) routeNotification(msg []byte, env *Envelope) {
+	method := env.MethodName()
+	switch {
+	case method == "notifications/progress":
+		tok := Member(env.Params, "progressToken")
+		id, _ := parseBridgeID(tok)
+		m.mu.Lock()
+		req, ok := m.tokens[id]
+		m.mu.Unlock()
+		if ok && req.member != nil {
+			req.member.deliver(applySplices(msg, splice{old: tok, new: req.id}))
+		}
+	case method == "notifications/resources/updated":
+		uri := StringValue(Member(env.Params, "uri"))
+		m.each(msg, func(mem *MuxMember) bool { return mem.subs[uri] })
+	case method == "notifications/message":
+		level, ok := logLevels[StringValue(Member(env.Params, "level"))]
+		m.each(msg, func(mem *MuxMember) bool { return ok && mem.level >= 0 && level >= mem.level })
+	case method == "notifications/cancelled":
+		requestID := Member(env.Params, "requestId")
+		m.mu.Lock()
+		owner := m.asked[string(requestID)]
+		delete(m.asked, string(requestID))
+		m.mu.Unlock()
+		if owner != nil {
+			owner.deliver(msg)
+		}
+	default: // list_changed and anything else about the server as a whole
+		m.each(msg, func(*MuxMember) bool { return true })
+	}
+}
+
+// each delivers msg to the members that want it; wants runs under m.mu.
+func (m *Mux) each(msg []byte, wants func(*MuxMember) bool) {
+	m.mu.Lock()
+	var to []*MuxMember
+	for mem := range m.members {
+		if wants(mem) {
+			to = append(to, mem)
+		}
+	}
+	m.mu.Unlock()
+	for _, mem := range to {
+		mem.deliver(msg)
+	}
+}
+
+// onOversize answers the request whose response was too large.
+func (m *Mux) onOversize(prefix []byte) {
+	if id := Member(prefix, "id"); id != nil && validID(id) {
+		m.fromChild(ErrorResponse(id, CodeInternalError, "the MCP server's response exceeds max_message_size"))
+	}
+}
