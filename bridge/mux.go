@@ -70,13 +70,13 @@ type MuxMember struct {
 // leaves.
 func NewMux(child *Process, logger *zap.Logger, onExit func(*Mux), onRelease func()) *Mux {
 	m := &Mux{
-		child:    child,
-		logger:   logger.With(zap.Int("pid", child.Pid())),
-		requests: make(map[bridgeID]muxRequest),
-		tokens:   make(map[bridgeID]muxRequest),
-		asked:    make(map[string]*MuxMember),
-		members:  make(map[*MuxMember]struct{}),
-		subs:     make(map[string]map[*MuxMember]struct{}),
+		child:     child,
+		logger:    logger.With(zap.Int("pid", child.Pid())),
+		requests:  make(map[bridgeID]muxRequest),
+		tokens:    make(map[bridgeID]muxRequest),
+		asked:     make(map[string]*MuxMember),
+		members:   make(map[*MuxMember]struct{}),
+		subs:      make(map[string]map[*MuxMember]struct{}),
 		level:     -1,
 		initDone:  make(chan struct{}),
 		lastUsed:  time.Now(),
