@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,10 +21,16 @@ type BackendConfig struct {
 	// SessionIdleTimeout ends a session with no open stream, no request in
 	// flight and no traffic for this long.
 	SessionIdleTimeout time.Duration
+	// DrainTimeout bounds how long Shutdown lets requests in flight finish.
+	// It is not part of what makes two configurations share a Backend.
+	DrainTimeout time.Duration `json:"-"`
 }
 
-// DefaultSessionIdleTimeout is the default of SessionIdleTimeout.
-const DefaultSessionIdleTimeout = 30 * time.Minute
+// Defaults of BackendConfig.
+const (
+	DefaultSessionIdleTimeout = 30 * time.Minute
+	DefaultDrainTimeout       = 30 * time.Second
+)
 
 // Backend owns a pool of children and the sessions that run on them. It
 // outlives the HTTP handlers in front of it.
@@ -32,11 +39,13 @@ type Backend struct {
 	logger *zap.Logger
 	pool   *Pool       // isolated sessions
 	shared *SharedPool // shared sessions (then pool is nil)
+	prober *prober
 
 	mu           sync.RWMutex
 	sessions     map[string]*Session
 	perPrincipal map[string]int // open sessions by principal
 
+	draining  atomic.Bool
 	startOnce sync.Once
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -48,6 +57,9 @@ type Backend struct {
 func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 	if cfg.SessionIdleTimeout <= 0 {
 		cfg.SessionIdleTimeout = DefaultSessionIdleTimeout
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
 	}
 	if cfg.Process.MaxMessageSize <= 0 {
 		cfg.Process.MaxMessageSize = DefaultMaxMessageSize
@@ -61,6 +73,7 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 		sessions:     make(map[string]*Session),
 		perPrincipal: make(map[string]int),
 		stop:         make(chan struct{}),
+		prober:       &prober{proc: cfg.Process, logger: logger},
 	}
 	if cfg.Shared != nil {
 		b.shared = NewSharedPool(*cfg.Shared, cfg.Process, logger)
@@ -107,6 +120,30 @@ func (b *Backend) Close() {
 	})
 }
 
+// Shutdown stops taking sessions, lets the requests in flight finish for
+// up to DrainTimeout, then closes the backend.
+func (b *Backend) Shutdown() {
+	b.draining.Store(true)
+	deadline := time.Now().Add(b.cfg.DrainTimeout)
+	for b.inFlight() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.Close()
+}
+
+// inFlight counts the requests sessions are waiting on.
+func (b *Backend) inFlight() int {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	n := 0
+	for _, s := range b.sessions {
+		s.mu.Lock()
+		n += len(s.pending)
+		s.mu.Unlock()
+	}
+	return n
+}
+
 // MaxMessageSize is the largest message passed in either direction.
 func (b *Backend) MaxMessageSize() int { return b.cfg.Process.MaxMessageSize }
 
@@ -134,6 +171,9 @@ type SessionOptions struct {
 // NewSession takes a child from the pool and opens a session on it.
 func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (*Session, error) {
 	b.Start()
+	if b.draining.Load() {
+		return nil, ErrPoolClosed
+	}
 	if !b.reserve(opts.Principal, opts.MaxPerPrincipal) {
 		return nil, ErrTooManySessions
 	}

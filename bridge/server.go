@@ -28,6 +28,8 @@ type ServerConfig struct {
 	SSEPath, MessagePath string
 	// WSPath is the WebSocket endpoint.
 	WSPath string
+	// HealthPath serves the health report; it needs no API key.
+	HealthPath string
 	// MountPrefix, when set, returns the path prefix under which the client
 	// reached the handler (what a handle_path stripped), for the legacy SSE
 	// endpoint event.
@@ -54,6 +56,7 @@ const (
 	DefaultSSEPath         = "/sse"
 	DefaultMessagePath     = "/message"
 	DefaultWSPath          = "/ws"
+	DefaultHealthPath      = "/health"
 	DefaultKeepalive       = 25 * time.Second
 	DefaultBodyReadTimeout = 30 * time.Second
 )
@@ -90,6 +93,7 @@ func NewServer(backend *Backend, cfg ServerConfig, logger *zap.Logger) *Server {
 	setDefault(&cfg.SSEPath, DefaultSSEPath)
 	setDefault(&cfg.MessagePath, DefaultMessagePath)
 	setDefault(&cfg.WSPath, DefaultWSPath)
+	setDefault(&cfg.HealthPath, DefaultHealthPath)
 	if cfg.BodyReadTimeout <= 0 {
 		cfg.BodyReadTimeout = DefaultBodyReadTimeout
 	}
@@ -117,8 +121,16 @@ func (s *Server) route(r *http.Request) func(http.ResponseWriter, *http.Request)
 		return s.ssePost
 	case p == s.cfg.WSPath && t&TransportWebSocket != 0:
 		return s.serveWebSocket
+	case p == s.cfg.HealthPath:
+		return s.serveHealth
 	}
 	return nil
+}
+
+// IsHealthCheck reports whether the request is for the health report,
+// which is public.
+func (s *Server) IsHealthCheck(r *http.Request) bool {
+	return r.URL.Path == s.cfg.HealthPath
 }
 
 // Handles reports whether the request's path is one this Server serves.
@@ -141,9 +153,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	serve(w, r)
 }
 
-// CloseStreams ends the long-lived GET streams this Server holds open, so
-// that a shutdown or reload does not wait on them; clients reconnect. It
-// does not end sessions.
+// CloseStreams ends the Streamable HTTP GET streams this Server holds
+// open, so that a reload does not leave them with the old configuration:
+// clients reconnect, to the same sessions. It ends no session.
 func (s *Server) CloseStreams() {
 	s.closeOnce.Do(func() { close(s.closing) })
 }
@@ -248,18 +260,10 @@ func parseMessages(w http.ResponseWriter, body []byte) (msgs [][]byte, batch, ok
 		WriteError(w, http.StatusBadRequest, CodeParseError, "parse error: the body is not valid JSON")
 		return nil, false, false
 	}
-	i := skipSpace(body, 0)
-	if body[i] != '[' {
+	if body[skipSpace(body, 0)] != '[' {
 		return [][]byte{body}, false, true
 	}
-	for i = skipSpace(body, i+1); i < len(body) && body[i] != ']'; {
-		end, _ := skipValue(body, i)
-		msgs = append(msgs, body[i:end:end])
-		i = skipSpace(body, end)
-		if i < len(body) && body[i] == ',' {
-			i = skipSpace(body, i+1)
-		}
-	}
+	_ = scanArray(body, func(msg []byte) { msgs = append(msgs, msg[:len(msg):len(msg)]) })
 	if len(msgs) == 0 {
 		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "empty batch")
 		return nil, true, false

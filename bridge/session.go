@@ -228,10 +228,13 @@ func (s *Session) fromChild(msg []byte) {
 			target = owner
 		}
 	case KindNotification:
+		method := env.MethodName()
+		if method == "notifications/tools/list_changed" {
+			s.backend.prober.markStale()
+		}
 		if s.single {
 			break
 		}
-		method := env.MethodName()
 		switch method {
 		case "notifications/progress":
 			target = s.progress[string(Member(env.Params, "progressToken"))]

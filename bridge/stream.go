@@ -157,8 +157,8 @@ const (
 )
 
 // writeStream writes a stream as SSE until its last message, the client
-// leaving, the session ending, or (for a long-lived stream) this Server
-// closing its streams. A POST stream ends with its last response, so a
+// leaving, the session ending, or (for a GET stream) this Server closing
+// its streams. A POST stream ends with its last response, so a
 // reload lets it finish. A legacy stream opens with the endpoint event.
 func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Session, st *stream, mode streamMode) {
 	sw := newSSEWriter(w)
@@ -177,8 +177,11 @@ func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Sessi
 	}
 	ping, stopPing := keepalive(s.cfg.Keepalive)
 	defer stopPing()
+	// A GET stream is closed when this Server stops serving (the client
+	// reconnects, to the same session); a legacy stream is the session
+	// itself, so it stays with the old instance through a reload.
 	var closing <-chan struct{}
-	if mode == streamStandalone || mode == streamLegacy {
+	if mode == streamStandalone {
 		closing = s.closing
 	}
 	for err == nil {

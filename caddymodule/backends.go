@@ -17,11 +17,12 @@ type backendHandle struct {
 	*bridge.Backend
 }
 
-// Destruct stops the backend's children in the background: Caddy calls it
-// under its config lock, which must not wait for children to exit. On
-// process exit the "stopping" event has already stopped them.
+// Destruct retires the backend in the background: requests in flight
+// finish (up to the drain timeout), then the children stop. Caddy calls it
+// under its config lock, which must not wait for that. On process exit the
+// "stopping" event has already done it.
 func (b backendHandle) Destruct() error {
-	go b.Close()
+	go b.Shutdown()
 	return nil
 }
 

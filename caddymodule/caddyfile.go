@@ -45,6 +45,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		sse_path <path>
 //		message_path <path>
 //		ws_path <path>
+//		health_path <path>
 //		public_base_url <url>
 //		keepalive <duration>|off
 //		stop_timeout <duration>
@@ -60,6 +61,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //		max_sessions_per_key <n>
 //		body_read_timeout <duration>
+//		drain_timeout <duration>
+//		stream_close_delay <duration>
 //	}
 //
 // command takes the rest of its line; quoting works as in a shell, but no
@@ -140,6 +143,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&h.WSPath) {
 				return d.ArgErr()
 			}
+		case "health_path":
+			if !d.AllArgs(&h.HealthPath) {
+				return d.ArgErr()
+			}
 		case "public_base_url":
 			if !d.AllArgs(&h.PublicBaseURL) {
 				return d.ArgErr()
@@ -199,6 +206,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.MaxSessionsPerKey = n
 		case "body_read_timeout":
 			if err := durationArg(d, &h.BodyReadTimeout); err != nil {
+				return err
+			}
+		case "drain_timeout":
+			if err := durationArg(d, &h.DrainTimeout); err != nil {
+				return err
+			}
+		case "stream_close_delay":
+			if err := durationArg(d, &h.StreamCloseDelay); err != nil {
 				return err
 			}
 		default:

@@ -84,6 +84,11 @@ type Handler struct {
 	// WSPath is the WebSocket endpoint. Default: /ws.
 	WSPath string `json:"ws_path,omitempty"`
 
+	// HealthPath serves a JSON health report (status, children, sessions,
+	// tools); it is public, with no API key. 200 when a child can be
+	// started and initialized, else 503. Default: /health.
+	HealthPath string `json:"health_path,omitempty"`
+
 	// PublicBaseURL makes the legacy SSE endpoint event an absolute URL:
 	// this base, where clients reach the handler (for example
 	// "https://example.com/tools"), followed by MessagePath. By default the
@@ -135,6 +140,19 @@ type Handler struct {
 	// BodyReadTimeout cuts a request body that takes longer than this to
 	// arrive, such as a slowloris client's. Default: 30s.
 	BodyReadTimeout caddy.Duration `json:"body_read_timeout,omitempty"`
+
+	// DrainTimeout is how long requests in flight may take to finish when
+	// their pool is retired (the child configuration changed or the
+	// handler was removed on reload, or Caddy is stopping), before the
+	// children are stopped. Default: 30s.
+	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
+
+	// StreamCloseDelay is how long, after a reload, the old configuration's
+	// Streamable HTTP GET streams stay open before they are closed; their
+	// clients reconnect to the same sessions under the new configuration.
+	// Legacy SSE and WebSocket connections stay open through reloads.
+	// Default: 0 (closed at once).
+	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
 
 	keys       []apiKey
 	origins    bridge.OriginPolicy
@@ -231,6 +249,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		SSEPath:        h.SSEPath,
 		MessagePath:    h.MessagePath,
 		WSPath:         h.WSPath,
+		HealthPath:     h.HealthPath,
 		MountPrefix:    mountPrefix,
 		PublicBaseURL:  h.PublicBaseURL,
 		Keepalive:      keepalive,
@@ -302,7 +321,8 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 			StdinCloseTimeout: time.Duration(h.StopTimeout),
 			TermTimeout:       time.Duration(h.TermTimeout),
 		},
-		Pool: bridge.PoolConfig{MinIdle: bridge.DefaultMinIdle},
+		Pool:         bridge.PoolConfig{MinIdle: bridge.DefaultMinIdle},
+		DrainTimeout: time.Duration(h.DrainTimeout),
 	}
 	if cfg.Process.MaxMessageSize <= 0 {
 		cfg.Process.MaxMessageSize = bridge.DefaultMaxMessageSize
@@ -375,7 +395,10 @@ func (h *Handler) Validate() error {
 	if strings.TrimSpace(h.Command) == "" {
 		return fmt.Errorf("command is required")
 	}
-	for name, path := range map[string]string{"streamable_path": h.StreamablePath, "sse_path": h.SSEPath, "message_path": h.MessagePath, "ws_path": h.WSPath} {
+	for name, path := range map[string]string{
+		"streamable_path": h.StreamablePath, "sse_path": h.SSEPath, "message_path": h.MessagePath,
+		"ws_path": h.WSPath, "health_path": h.HealthPath,
+	} {
 		if path != "" && !strings.HasPrefix(path, "/") {
 			return fmt.Errorf("%s must start with /: %q", name, path)
 		}
@@ -402,29 +425,29 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Handle reacts to Caddy's lifecycle events: "started" warms the pool;
-// "stopping" ends this instance's long-lived streams, which Caddy would
-// otherwise wait on forever, and on process exit ends every session and
-// child before Caddy returns.
+// Handle reacts to Caddy's lifecycle events. "started" warms the pool.
+// "stopping" comes on reload and on exit: on reload this instance's GET
+// streams close after StreamCloseDelay (Caddy would wait on them forever);
+// on exit every stream ends now, requests in flight get up to
+// DrainTimeout, and the children are stopped before Caddy returns.
 func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 	switch e.Name() {
 	case "started":
 		h.backend.Start()
 	case "stopping":
-		h.server.CloseStreams()
 		if caddy.Exiting() {
-			h.backend.Close()
+			h.server.CloseStreams()
+			h.backend.Shutdown()
+			return nil
 		}
+		time.AfterFunc(time.Duration(h.StreamCloseDelay), h.server.CloseStreams)
 	}
 	return nil
 }
 
 // Cleanup releases this instance's hold on the shared pool; the last
-// holder's release stops the children.
+// holder's release drains and stops it.
 func (h *Handler) Cleanup() error {
-	if h.server != nil {
-		h.server.CloseStreams()
-	}
 	if h.backendKey != "" {
 		_, err := backends.Delete(h.backendKey)
 		return err
@@ -432,13 +455,17 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP serves the MCP endpoints and passes other paths on. In order:
-// the Origin check (403), CORS preflights (answered before any key is
+// ServeHTTP serves the MCP endpoints and passes other paths on. The health
+// report is public; for the rest, in order: the Origin check (403), CORS preflights (answered before any key is
 // asked for, as browsers send none), the API key (401), then the bridge,
 // which never sees the client's credentials.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if !h.server.Handles(r) {
 		return next.ServeHTTP(w, r)
+	}
+	if h.server.IsHealthCheck(r) {
+		h.server.ServeHTTP(w, r)
+		return nil
 	}
 	if !h.origins.Allow(r) {
 		h.logger.Info("refused a request from a disallowed origin", zap.String("origin", r.Header.Get("Origin")))

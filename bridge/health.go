@@ -1,0 +1,81 @@
+package bridge
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// Health is the report of GET <mount>/health.
+type Health struct {
+	// Status is "ok", or "unavailable" when no child can be started.
+	Status     string          `json:"status"`
+	Transports []string        `json:"transports"`
+	Isolation  string          `json:"isolation"`
+	Processes  HealthProcesses `json:"processes"`
+	Sessions   int             `json:"sessions"`
+	// Tools is the number of tools a child reports, from the last probe;
+	// -1 before the first probe has finished.
+	Tools     int    `json:"tools"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// HealthProcesses counts the children.
+type HealthProcesses struct {
+	Running  int `json:"running"`
+	Idle     int `json:"idle"`
+	Starting int `json:"starting"`
+}
+
+// Health reports on the backend. It starts a probe of a child of its own
+// when it has none, or when a child said its tools changed.
+func (b *Backend) Health() Health {
+	b.Start()
+	stats := b.Stats()
+	probe := b.prober.result()
+	h := Health{
+		Status:    "ok",
+		Isolation: "session",
+		Processes: HealthProcesses{Running: stats.Busy + stats.Idle, Idle: stats.Idle, Starting: stats.Starting},
+		Sessions:  b.SessionCount(),
+		Tools:     probe.Tools,
+	}
+	if b.shared != nil {
+		h.Isolation = "shared"
+	}
+	if probe.CheckedAt.IsZero() {
+		h.Tools = -1
+	}
+	switch {
+	case probe.Err != nil:
+		h.Status, h.LastError = "unavailable", probe.Err.Error()
+	case stats.LastError != nil && h.Processes.Running == 0:
+		h.Status, h.LastError = "unavailable", stats.LastError.Error()
+	}
+	return h
+}
+
+// serveHealth answers the health path: 200 when children can be started,
+// else 503.
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		WriteError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+		return
+	}
+	h := s.backend.Health()
+	for _, t := range []struct {
+		bit  Transports
+		name string
+	}{{TransportStreamable, "streamable"}, {TransportSSE, "sse"}, {TransportWebSocket, "ws"}} {
+		if s.cfg.Transports&t.bit != 0 {
+			h.Transports = append(h.Transports, t.name)
+		}
+	}
+	body, _ := json.Marshal(h)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if h.Status != "ok" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_, _ = w.Write(body)
+}

@@ -1,0 +1,185 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// probeTimeout bounds one probe: a child that cannot initialize and list
+// its tools within it counts as broken.
+const probeTimeout = 30 * time.Second
+
+// Probe is what the bridge last learned from a child of its own: that one
+// can be started and initialized, and how many tools it offers.
+type Probe struct {
+	Tools     int
+	CheckedAt time.Time
+	Err       error
+}
+
+// prober runs probes, one at a time, and keeps the last result. A tools
+// list_changed from any child marks the result stale.
+type prober struct {
+	proc   ProcessConfig
+	logger *zap.Logger
+
+	mu      sync.Mutex
+	last    Probe
+	stale   bool
+	running chan struct{} // closed when the probe under way ends
+}
+
+// firstProbeWait is how long a report waits for the very first probe.
+const firstProbeWait = 5 * time.Second
+
+// result returns the last probe, starting a new one in the background if
+// it is stale or missing; with none finished yet, it waits a little for
+// the first.
+func (p *prober) result() Probe {
+	p.mu.Lock()
+	if (p.last.CheckedAt.IsZero() || p.stale) && p.running == nil {
+		p.startLocked()
+	}
+	first, done := p.last.CheckedAt.IsZero(), p.running
+	p.mu.Unlock()
+	if first && done != nil {
+		select {
+		case <-done:
+		case <-time.After(firstProbeWait):
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.last
+}
+
+// refresh runs a probe now and waits for it.
+func (p *prober) refresh() Probe {
+	p.mu.Lock()
+	if p.running == nil {
+		p.startLocked()
+	}
+	done := p.running
+	p.mu.Unlock()
+	<-done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.last
+}
+
+func (p *prober) markStale() {
+	p.mu.Lock()
+	p.stale = true
+	p.mu.Unlock()
+}
+
+func (p *prober) startLocked() {
+	done := make(chan struct{})
+	p.running = done
+	p.stale = false
+	go func() {
+		res := probeChild(p.proc, p.logger)
+		p.mu.Lock()
+		p.last = res
+		p.running = nil
+		p.mu.Unlock()
+		close(done)
+	}()
+}
+
+// probeChild starts a child, initializes it as a client would, counts its
+// tools (following pagination), and stops it.
+func probeChild(cfg ProcessConfig, logger *zap.Logger) Probe {
+	res := Probe{CheckedAt: time.Now()}
+	child, err := StartProcess(cfg, logger.With(zap.Bool("probe", true)))
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	defer child.Stop()
+	responses := make(chan []byte, 16)
+	child.Attach(func(msg []byte) {
+		if env, err := ParseEnvelope(msg); err == nil && env.Kind() == KindResponse {
+			responses <- msg
+		}
+	}, func([]byte) {}, func() { close(responses) })
+
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	defer cancel()
+	call := func(id int, method, params string) ([]byte, error) {
+		msg := `{"jsonrpc":"2.0","id":` + strconv.Itoa(id) + `,"method":"` + method + `","params":` + params + `}`
+		if err := child.Send([]byte(msg)); err != nil {
+			return nil, err
+		}
+		for {
+			select {
+			case resp, ok := <-responses:
+				if !ok {
+					return nil, exitError(child)
+				}
+				if string(Member(resp, "id")) != strconv.Itoa(id) {
+					continue
+				}
+				if e := Member(resp, "error"); e != nil {
+					return nil, fmt.Errorf("%s: %s", method, StringValue(Member(e, "message")))
+				}
+				return Member(resp, "result"), nil
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%s: no answer within %v", method, probeTimeout)
+			}
+		}
+	}
+	if _, err := call(1, "initialize", `{"protocolVersion":"`+version20251125+`","capabilities":{},"clientInfo":{"name":"caddy-mcp-bridge-probe","version":"1"}}`); err != nil {
+		res.Err = err
+		return res
+	}
+	_ = child.Send([]byte(`{"jsonrpc":"2.0","method":"notifications/initialized"}`))
+	cursor := ""
+	for id := 2; id < 100; id++ {
+		params := "{}"
+		if cursor != "" {
+			params = `{"cursor":` + strconv.Quote(cursor) + `}`
+		}
+		result, err := call(id, "tools/list", params)
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) || res.Tools == 0 {
+				res.Err = err
+			}
+			return res
+		}
+		if err := scanArray(Member(result, "tools"), func([]byte) { res.Tools++ }); err != nil {
+			res.Err = fmt.Errorf("tools/list: %v", err)
+			return res
+		}
+		if cursor = StringValue(Member(result, "nextCursor")); cursor == "" {
+			return res
+		}
+	}
+	return res
+}
+
+// scanArray calls visit with each element of a JSON array.
+func scanArray(arr []byte, visit func([]byte)) error {
+	i := skipSpace(arr, 0)
+	if i >= len(arr) || arr[i] != '[' {
+		return errors.New("not an array")
+	}
+	for i = skipSpace(arr, i+1); i < len(arr) && arr[i] != ']'; {
+		end, err := skipValue(arr, i)
+		if err != nil {
+			return err
+		}
+		visit(arr[i:end])
+		i = skipSpace(arr, end)
+		if i < len(arr) && arr[i] == ',' {
+			i = skipSpace(arr, i+1)
+		}
+	}
+	return nil
+}
