@@ -40,6 +40,7 @@ type Backend struct {
 	pool   *Pool       // isolated sessions
 	shared *SharedPool // shared sessions (then pool is nil)
 	prober *prober
+	exits  exitLog
 
 	mu           sync.RWMutex
 	sessions     map[string]*Session
@@ -77,6 +78,7 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 	}
 	if cfg.Shared != nil {
 		b.shared = NewSharedPool(*cfg.Shared, cfg.Process, logger)
+		b.shared.exits = &b.exits
 	} else {
 		b.pool = NewPool(cfg.Pool, cfg.Process, logger)
 	}

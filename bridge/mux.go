@@ -143,6 +143,9 @@ func (m *Mux) idleSince() (time.Time, bool) {
 // Pid is the child's pid.
 func (mem *MuxMember) Pid() int { return mem.mux.child.Pid() }
 
+// Started is when the child started.
+func (mem *MuxMember) Started() time.Time { return mem.mux.child.Started() }
+
 // Send forwards one of the session's messages to the child.
 func (mem *MuxMember) Send(msg []byte, env *Envelope) error {
 	m := mem.mux

@@ -167,6 +167,13 @@ func (p *Pool) Close() {
 	}
 }
 
+// idleChildren returns the warm spares.
+func (p *Pool) idleChildren() []*Process {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]*Process(nil), p.idle...)
+}
+
 // PoolStats is a snapshot of the pool.
 type PoolStats struct {
 	Idle, Starting, Busy int

@@ -156,6 +156,7 @@ type upstream interface {
 	// Release lets go of the child once the session has ended.
 	Release()
 	Pid() int
+	Started() time.Time
 }
 
 // ownChild is the upstream of an isolated session: messages go to the
@@ -168,6 +169,7 @@ type ownChild struct {
 func (o ownChild) Send(msg []byte, _ *Envelope) error { return o.proc.Send(msg) }
 func (o ownChild) Release()                           { o.pool.Release(o.proc) }
 func (o ownChild) Pid() int                           { return o.proc.Pid() }
+func (o ownChild) Started() time.Time                 { return o.proc.Started() }
 
 // send forwards a client message to the child.
 func (s *Session) send(msg []byte, env *Envelope) error {
@@ -292,6 +294,9 @@ func (s *Session) onOversize(prefix []byte) {
 // onChildExit fails the requests in flight and ends the session.
 func (s *Session) onChildExit() {
 	s.mu.Lock()
+	if own, ok := s.up.(ownChild); ok && !s.ended {
+		s.backend.exits.note(own.proc) // not stopped by the bridge: a crash
+	}
 	// From here until end, a request would be registered after the failures
 	// below were collected and answered by nothing: refuse it instead.
 	s.exited = true

@@ -46,6 +46,7 @@ type SharedPool struct {
 	lastErr  error
 	stop     chan struct{}
 	janitor  sync.WaitGroup
+	exits    *exitLog // where crashes are counted, if set
 }
 
 // NewSharedPool returns a pool that starts nothing until Start or Attach.
@@ -148,6 +149,19 @@ func (p *SharedPool) Close() {
 	wg.Wait()
 }
 
+// idleChildren returns the children that carry no session.
+func (p *SharedPool) idleChildren() []*Process {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var idle []*Process
+	for _, m := range p.muxes {
+		if load, _ := m.Load(); load == 0 {
+			idle = append(idle, m.child)
+		}
+	}
+	return idle
+}
+
 // Stats returns the pool's counts: children with sessions are busy.
 func (p *SharedPool) Stats() PoolStats {
 	p.mu.Lock()
@@ -232,6 +246,9 @@ func (p *SharedPool) onChildExit(m *Mux) {
 		p.failures = 0
 	}
 	p.lastErr = exitError(m.child)
+	if p.exits != nil {
+		p.exits.note(m.child)
+	}
 	p.logger.Warn("shared MCP server exited", zap.Int("pid", m.child.Pid()), zap.Error(m.child.ExitErr()))
 	p.notifyLocked()
 	p.refillLocked()
