@@ -24,6 +24,8 @@ type BackendConfig struct {
 	// DrainTimeout bounds how long Shutdown lets requests in flight finish.
 	// It is not part of what makes two configurations share a Backend.
 	DrainTimeout time.Duration `json:"-"`
+	// Observer, if set, is told what metrics count.
+	Observer Observer `json:"-"`
 }
 
 // Defaults of BackendConfig.
@@ -41,6 +43,7 @@ type Backend struct {
 	shared *SharedPool // shared sessions (then pool is nil)
 	prober *prober
 	exits  exitLog
+	obs    Observer
 
 	mu           sync.RWMutex
 	sessions     map[string]*Session
@@ -68,13 +71,19 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
+	probeProcess := cfg.Process // the probe's children are not the pool's
+	cfg.Process.Observer = cfg.Observer
 	b := &Backend{
 		cfg:          cfg,
 		logger:       logger,
 		sessions:     make(map[string]*Session),
 		perPrincipal: make(map[string]int),
 		stop:         make(chan struct{}),
-		prober:       &prober{proc: cfg.Process, logger: logger},
+		prober:       &prober{proc: probeProcess, logger: logger},
+		obs:          cfg.Observer,
 	}
 	if cfg.Shared != nil {
 		b.shared = NewSharedPool(*cfg.Shared, cfg.Process, logger)
@@ -171,7 +180,9 @@ type SessionOptions struct {
 }
 
 // NewSession takes a child from the pool and opens a session on it.
-func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (*Session, error) {
+func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (_ *Session, err error) {
+	start := time.Now()
+	defer func() { b.obs.SessionStart(sessionStartOutcome(err), time.Since(start)) }()
 	b.Start()
 	if b.draining.Load() {
 		return nil, ErrPoolClosed
@@ -187,6 +198,7 @@ func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (*Session
 		created:        time.Now(),
 		backend:        b,
 		pending:        make(map[string]*stream),
+		sent:           make(map[string]sentRequest),
 		progress:       make(map[string]*stream),
 		requestStreams: make(map[*stream]struct{}),
 		lastActive:     time.Now(),
@@ -194,14 +206,13 @@ func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (*Session
 	}
 	var child *Process
 	if b.shared != nil {
-		member, err := b.shared.Attach(ctx, s.fromChild, s.onChildExit)
-		if err != nil {
+		var member *MuxMember
+		if member, err = b.shared.Attach(ctx, s.fromChild, s.onChildExit); err != nil {
 			b.release(opts.Principal)
 			return nil, err
 		}
 		s.up = member
 	} else {
-		var err error
 		if child, err = b.pool.Acquire(ctx); err != nil {
 			b.release(opts.Principal)
 			return nil, err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +34,8 @@ type ProcessConfig struct {
 	// TermTimeout is how long a child may take to exit after SIGTERM before
 	// its process group gets SIGKILL.
 	TermTimeout time.Duration
+	// Observer, if set, is told when the child starts and exits.
+	Observer Observer `json:"-"`
 }
 
 // Default shutdown timeouts.
@@ -75,6 +78,7 @@ type Process struct {
 	stdin   io.WriteCloser
 
 	attachOnce sync.Once
+	stopping   atomic.Bool   // the bridge is stopping it: an exit is no crash
 	done       chan struct{} // closed once the process has exited
 	waitErr    error
 	started    time.Time
@@ -134,6 +138,9 @@ func StartProcess(cfg ProcessConfig, logger *zap.Logger) (*Process, error) {
 	}
 	go p.logStderr(stderrR)
 	go p.wait()
+	if cfg.Observer != nil {
+		cfg.Observer.ChildStarted()
+	}
 	return p, nil
 }
 
@@ -146,8 +153,16 @@ func (p *Process) Started() time.Time { return p.started }
 // Done is closed when the child has exited.
 func (p *Process) Done() <-chan struct{} { return p.done }
 
-// ExitErr is the child's exit status; valid once Done is closed.
-func (p *Process) ExitErr() error { return p.waitErr }
+// ExitErr is the child's exit status once Done is closed, and nil before:
+// the end of its stdout may come before the child has been reaped.
+func (p *Process) ExitErr() error {
+	select {
+	case <-p.done:
+		return p.waitErr
+	default:
+		return nil
+	}
+}
 
 // Exited reports whether the child has exited.
 func (p *Process) Exited() bool {
@@ -217,6 +232,9 @@ func (p *Process) wait() {
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
 	p.waitErr = p.cmd.Wait()
 	close(p.done)
+	if p.cfg.Observer != nil {
+		p.cfg.Observer.ChildExited(!p.stopping.Load())
+	}
 }
 
 func (p *Process) logStderr(r io.ReadCloser) {
@@ -234,6 +252,7 @@ func (p *Process) logStderr(r io.ReadCloser) {
 // Stop ends the child: it closes stdin and waits, then sends SIGTERM to the
 // process group and waits, then SIGKILL. It returns once the child is gone.
 func (p *Process) Stop() {
+	p.stopping.Store(true)
 	p.writeMu.Lock()
 	_ = p.stdin.Close()
 	p.writeMu.Unlock()
@@ -252,6 +271,7 @@ func (p *Process) Stop() {
 
 // Kill ends the child at once with SIGKILL to its process group.
 func (p *Process) Kill() {
+	p.stopping.Store(true)
 	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
 	<-p.done
 }

@@ -36,8 +36,9 @@ type Session struct {
 
 	mu              sync.Mutex
 	protocolVersion string
-	pending         map[string]*stream // client request id → the stream awaiting its response (nil: the standalone stream)
-	progress        map[string]*stream // progress token → the stream of its request
+	pending         map[string]*stream     // client request id → the stream awaiting its response (nil: the standalone stream)
+	sent            map[string]sentRequest // client request id → what metrics need of it
+	progress        map[string]*stream     // progress token → the stream of its request
 	requestStreams  map[*stream]struct{}
 	standalone      *stream // the GET stream, if open
 	backlog         [][]byte
@@ -107,6 +108,7 @@ func (s *Session) closeRequestStream(st *stream) {
 	for id, owner := range s.pending {
 		if owner == st {
 			delete(s.pending, id)
+			delete(s.sent, id)
 		}
 	}
 	for tok, owner := range s.progress {
@@ -171,9 +173,22 @@ func (o ownChild) Release()                           { o.pool.Release(o.proc) }
 func (o ownChild) Pid() int                           { return o.proc.Pid() }
 func (o ownChild) Started() time.Time                 { return o.proc.Started() }
 
+// sentRequest is what metrics need of a request in flight.
+type sentRequest struct {
+	method string
+	at     time.Time
+}
+
 // send forwards a client message to the child.
 func (s *Session) send(msg []byte, env *Envelope) error {
-	s.touch()
+	now := time.Now()
+	s.mu.Lock()
+	s.lastActive = now
+	if env.Kind() == KindRequest {
+		s.sent[string(env.ID)] = sentRequest{method: MetricMethod(env.MethodName()), at: now}
+	}
+	s.mu.Unlock()
+	s.backend.obs.MessageBytes("in", len(msg))
 	return s.up.Send(msg, env)
 }
 
@@ -211,6 +226,7 @@ func (s *Session) fromChild(msg []byte) {
 	if err != nil {
 		return // json.Valid passed, so only a non-object gets here
 	}
+	s.backend.obs.MessageBytes("out", len(msg))
 	s.mu.Lock()
 	s.lastActive = time.Now()
 	var target *stream
@@ -224,6 +240,14 @@ func (s *Session) fromChild(msg []byte) {
 			return
 		}
 		delete(s.pending, string(env.ID))
+		if req, ok := s.sent[string(env.ID)]; ok {
+			delete(s.sent, string(env.ID))
+			outcome := "ok"
+			if env.Error != nil {
+				outcome = "error"
+			}
+			s.backend.obs.RequestDone(req.method, outcome, time.Since(req.at))
+		}
 		if owner != nil {
 			owner.pending--
 			last = owner.pending == 0

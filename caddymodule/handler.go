@@ -220,6 +220,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	cfg.Observer = poolObserver{pool: h.backendKey[:12]}
 	val, _, err := backends.LoadOrNew(h.backendKey, func() (caddy.Destructor, error) {
 		return backendHandle{bridge.NewBackend(cfg, h.logger)}, nil
 	})
@@ -259,6 +260,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		BodyReadTimeout:         time.Duration(h.BodyReadTimeout),
 	}, h.logger)
 
+	if err := registerMetrics(ctx); err != nil {
+		return err
+	}
 	eventsApp, err := ctx.App("events")
 	if err != nil {
 		return fmt.Errorf("loading events app: %v", err)

@@ -1,0 +1,136 @@
+package caddymodule
+
+import (
+	"errors"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
+)
+
+// The collectors are created once and registered on each config load's
+// registry (Caddy gives every load a new one). Their "pool" label is the
+// first 12 hex digits of a pool's config hash, as the admin API shows it.
+var (
+	childSpawns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "child_spawns_total",
+		Help: "Child processes started.",
+	}, []string{"pool"})
+	childExits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "child_exits_total",
+		Help: "Child processes that exited; crashed is true when the bridge did not stop them.",
+	}, []string{"pool", "crashed"})
+	requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "requests_total",
+		Help: "Client requests answered by the child, by method and outcome (ok or error).",
+	}, []string{"pool", "method", "outcome"})
+	requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "request_duration_seconds",
+		Help:    "Time from a client request to the child's answer.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+	}, []string{"pool", "method"})
+	messageBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "message_bytes_total",
+		Help: "JSON-RPC message bytes from clients (in) and to clients (out).",
+	}, []string{"pool", "direction"})
+	sessionStarts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "session_starts_total",
+		Help: "Sessions asked for, by outcome: ok, busy (503), too_many (429), closed, error.",
+	}, []string{"pool", "outcome"})
+	acquireWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "session_start_wait_seconds",
+		Help:    "Time a new session waited for a child.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+	}, []string{"pool"})
+
+	sessionsDesc = prometheus.NewDesc("caddy_mcp_bridge_sessions",
+		"Open sessions, by transport.", []string{"pool", "transport"}, nil)
+	childrenDesc = prometheus.NewDesc("caddy_mcp_bridge_children",
+		"Child processes, by state: busy (carrying sessions), idle, starting.", []string{"pool", "state"}, nil)
+)
+
+// registerMetrics adds the bridge's collectors to a config load's registry.
+func registerMetrics(ctx caddy.Context) error {
+	registry := ctx.GetMetricsRegistry()
+	if registry == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{
+		childSpawns, childExits, requests, requestDuration, messageBytes, sessionStarts, acquireWait, stateCollector{},
+	} {
+		if err := registry.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// stateCollector reports the gauges from the pools themselves at scrape
+// time, so that nothing needs keeping in step.
+type stateCollector struct{}
+
+func (stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- sessionsDesc
+	ch <- childrenDesc
+}
+
+func (stateCollector) Collect(ch chan<- prometheus.Metric) {
+	backends.Range(func(key, value any) bool {
+		pool := key.(string)[:12]
+		b := value.(backendHandle)
+		sessions := map[string]int{"streamable": 0, "sse": 0, "ws": 0}
+		for _, s := range b.Status().Sessions {
+			sessions[s.Transport]++
+		}
+		for transport, n := range sessions {
+			ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(n), pool, transport)
+		}
+		st := b.Stats()
+		for state, n := range map[string]int{"busy": st.Busy, "idle": st.Idle, "starting": st.Starting} {
+			ch <- prometheus.MustNewConstMetric(childrenDesc, prometheus.GaugeValue, float64(n), pool, state)
+		}
+		return true
+	})
+}
+
+// poolObserver feeds one pool's events to the collectors.
+type poolObserver struct {
+	pool string
+}
+
+func (o poolObserver) ChildStarted() { childSpawns.WithLabelValues(o.pool).Inc() }
+
+func (o poolObserver) ChildExited(crashed bool) {
+	label := "false"
+	if crashed {
+		label = "true"
+	}
+	childExits.WithLabelValues(o.pool, label).Inc()
+}
+
+func (o poolObserver) RequestDone(method, outcome string, d time.Duration) {
+	requests.WithLabelValues(o.pool, method, outcome).Inc()
+	requestDuration.WithLabelValues(o.pool, method).Observe(d.Seconds())
+}
+
+func (o poolObserver) MessageBytes(direction string, n int) {
+	messageBytes.WithLabelValues(o.pool, direction).Add(float64(n))
+}
+
+func (o poolObserver) SessionStart(outcome string, d time.Duration) {
+	sessionStarts.WithLabelValues(o.pool, outcome).Inc()
+	if outcome == "ok" {
+		acquireWait.WithLabelValues(o.pool).Observe(d.Seconds())
+	}
+}
+
+// Interface guards
+var (
+	_ bridge.Observer      = poolObserver{}
+	_ prometheus.Collector = stateCollector{}
+)
