@@ -10,6 +10,9 @@ import (
 	"go.uber.org/zap"
 )
 
+// debugMessageBytes is how much of each message debug logs show.
+const debugMessageBytes = 2048
+
 // backlogLen caps the messages kept for a session's GET stream while none is
 // open; the oldest is dropped (and logged) beyond it.
 const backlogLen = 256
@@ -189,6 +192,9 @@ func (s *Session) send(msg []byte, env *Envelope) error {
 	}
 	s.mu.Unlock()
 	s.backend.obs.MessageBytes("in", len(msg))
+	if ce := s.logger.Check(zap.DebugLevel, "message from client"); ce != nil {
+		ce.Write(zap.ByteString("message", msg[:min(len(msg), debugMessageBytes)]))
+	}
 	return s.up.Send(msg, env)
 }
 
@@ -227,6 +233,9 @@ func (s *Session) fromChild(msg []byte) {
 		return // json.Valid passed, so only a non-object gets here
 	}
 	s.backend.obs.MessageBytes("out", len(msg))
+	if ce := s.logger.Check(zap.DebugLevel, "message to client"); ce != nil {
+		ce.Write(zap.ByteString("message", msg[:min(len(msg), debugMessageBytes)]))
+	}
 	s.mu.Lock()
 	s.lastActive = time.Now()
 	var target *stream

@@ -14,20 +14,25 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "mcp-bridge",
-		Usage: "key show|rotate [--config <path>] [--file <path>]",
-		Short: "Tools for the mcp_bridge module",
+		Usage: "serve|status|check|key ...",
+		Short: "Run and operate stdio MCP servers behind Caddy",
 		Long: `
-Tools for operators of the mcp_bridge module.
+Tools for the mcp_bridge module.
 
-  caddy mcp-bridge key show     prints the current key of an API key file
-  caddy mcp-bridge key rotate   writes a new key, optionally keeping the old
-                                one valid for --overlap; run caddy reload after
-
-The key file is the one given with --file, or else the one api_key_file names
-in the config (--config, default ./Caddyfile).
+  caddy mcp-bridge serve --stdio "<command>" [--listen :8765] [--domain <name>]
+        [--api-key-file <path>] [--cors <origin>]... [--isolation session|shared]
+      puts a stdio MCP server on the network in one command, with automatic
+      HTTPS when --domain is given.
+  caddy mcp-bridge status [--address <admin>]
+      shows the pools, children and sessions of a running Caddy.
+  caddy mcp-bridge check --url <url> [--api-key <key>]
+      connects as an MCP client and lists the tools; exits 0 if that works.
+  caddy mcp-bridge key show|rotate [--config <path>] [--file <path>] [--overlap <duration>]
+      prints or replaces the key of an api_key_file; run caddy reload after
+      a rotation.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(keyCommand())
+			cmd.AddCommand(serveCommand(), statusCommand(), checkCommand(), keyCommand())
 		},
 	})
 }

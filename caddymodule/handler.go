@@ -222,7 +222,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	cfg.Observer = poolObserver{pool: h.backendKey[:12]}
 	val, _, err := backends.LoadOrNew(h.backendKey, func() (caddy.Destructor, error) {
-		return backendHandle{bridge.NewBackend(cfg, h.logger)}, nil
+		return backendHandle{bridge.NewBackend(cfg, h.logger.With(zap.String("pool", h.backendKey[:12])))}, nil
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,133 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/spf13/cobra"
+)
+
+func statusCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the pools, children and sessions of a running Caddy",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			address, _ := cmd.Flags().GetString("address")
+			return printStatus(cmd.OutOrStdout(), address)
+		},
+	}
+	cmd.Flags().String("address", "localhost:2019", "Caddy's admin endpoint")
+	return cmd
+}
+
+func printStatus(out io.Writer, address string) error {
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + address + "/mcp_bridge/")
+	if err != nil {
+		return fmt.Errorf("asking Caddy's admin endpoint at %s: %v", address, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fmt.Errorf("admin endpoint answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	var report struct {
+		Pools []poolStatus `json:"pools"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&report); err != nil {
+		return err
+	}
+	if len(report.Pools) == 0 {
+		fmt.Fprintln(out, "no mcp_bridge pools are running")
+		return nil
+	}
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	for i, p := range report.Pools {
+		if i > 0 {
+			fmt.Fprintln(tw)
+		}
+		fmt.Fprintf(tw, "POOL\tISOLATION\tCHILDREN\tSESSIONS\tCRASHES\tCOMMAND\n")
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", p.ConfigHash, p.Isolation, len(p.Children), len(p.Sessions), p.Crashes, strings.Join(p.Command, " "))
+		if p.LastExit != "" || p.LastError != "" {
+			fmt.Fprintf(tw, "  last exit: %s  last error: %s\n", p.LastExit, p.LastError)
+		}
+		if len(p.Sessions) > 0 {
+			fmt.Fprintf(tw, "\n  SESSION\tTRANSPORT\tPROTOCOL\tKEY\tPID\tAGE\tIDLE\tIN FLIGHT\n")
+			for _, s := range p.Sessions {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\n", s.ID, s.Transport, s.ProtocolVersion, s.Key, s.PID,
+					seconds(s.AgeSeconds), seconds(s.IdleSeconds), s.InFlight)
+			}
+		}
+	}
+	return tw.Flush()
+}
+
+func seconds(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(time.Second).String()
+}
+
+func checkCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "check --url <url>",
+		Short: "Connect as an MCP client and list the tools; exit 0 if that works",
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			url, _ := cmd.Flags().GetString("url")
+			key, _ := cmd.Flags().GetString("api-key")
+			timeout, _ := cmd.Flags().GetDuration("timeout")
+			if url == "" {
+				return fmt.Errorf("--url is required, such as http://localhost:8765/mcp")
+			}
+			return check(cmd.Context(), cmd.OutOrStdout(), url, key, timeout)
+		},
+	}
+	cmd.Flags().String("url", "", "the Streamable HTTP endpoint, such as https://mcp.example.com/mcp")
+	cmd.Flags().String("api-key", "", "the API key to present, as Authorization: Bearer")
+	cmd.Flags().Duration("timeout", 30*time.Second, "give up after this long")
+	return cmd
+}
+
+// bearer adds an API key to every request.
+type bearer struct {
+	key  string
+	next http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.key)
+	return b.next.RoundTrip(r)
+}
+
+func check(ctx context.Context, out io.Writer, url, key string, timeout time.Duration) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	httpClient := &http.Client{}
+	if key != "" {
+		httpClient.Transport = bearer{key: key, next: http.DefaultTransport}
+	}
+	client := mcp.NewClient(&mcp.Implementation{Name: "caddy-mcp-bridge-check", Version: "1"}, nil)
+	start := time.Now()
+	session, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: httpClient, DisableStandaloneSSE: true}, nil)
+	if err != nil {
+		return fmt.Errorf("connecting to %s: %v", url, err)
+	}
+	defer session.Close()
+	tools, err := session.ListTools(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("listing tools: %v", err)
+	}
+	info := session.InitializeResult()
+	fmt.Fprintf(out, "ok: %s %s, protocol %s, %d tools, in %v\n", info.ServerInfo.Name, info.ServerInfo.Version,
+		info.ProtocolVersion, len(tools.Tools), time.Since(start).Round(time.Millisecond))
+	return nil
+}
