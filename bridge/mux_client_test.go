@@ -56,7 +56,7 @@ func TestSharedGoSDKClients(t *testing.T) {
 			for range 5 {
 				c.CallText(t, "test_tool_with_progress", nil)
 			}
-			progress := c.Progress()
+			progress := c.WaitProgress(15)
 			if len(progress) != 15 {
 				t.Errorf("client %d got %d progress notifications, want 15", i, len(progress))
 			}

@@ -20,6 +20,9 @@ type PoolConfig struct {
 	// AcquireTimeout is how long a new session waits for a child when the
 	// cap is reached.
 	AcquireTimeout time.Duration
+	// HealthCheck, when set, pings each warm spare this often and replaces
+	// one that does not answer.
+	HealthCheck time.Duration
 }
 
 // Pool defaults.
@@ -51,6 +54,8 @@ type Pool struct {
 	started  bool
 	lastErr  error
 	failures int // spawn failures in a row, for backoff
+	stop     chan struct{}
+	checker  sync.WaitGroup
 }
 
 // NewPool returns a pool that starts nothing until Start or Acquire.
@@ -61,7 +66,7 @@ func NewPool(cfg PoolConfig, proc ProcessConfig, logger *zap.Logger) *Pool {
 	if cfg.AcquireTimeout <= 0 {
 		cfg.AcquireTimeout = DefaultAcquireTimeout
 	}
-	return &Pool{cfg: cfg, proc: proc, logger: logger, freed: make(chan struct{})}
+	return &Pool{cfg: cfg, proc: proc, logger: logger, freed: make(chan struct{}), stop: make(chan struct{})}
 }
 
 // Start begins keeping MinIdle warm spares. It is idempotent.
@@ -73,6 +78,55 @@ func (p *Pool) Start() {
 	}
 	p.started = true
 	p.refillLocked()
+	if p.cfg.HealthCheck > 0 {
+		p.checker.Add(1)
+		go p.checkSpares()
+	}
+}
+
+// checkSpares pings the warm spares, one at a time, every HealthCheck, and
+// replaces those that do not answer.
+func (p *Pool) checkSpares() {
+	defer p.checker.Done()
+	t := time.NewTicker(p.cfg.HealthCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		spares := len(p.idle)
+		p.mu.Unlock()
+		for range spares {
+			p.mu.Lock()
+			if len(p.idle) == 0 || p.closed {
+				p.mu.Unlock()
+				break
+			}
+			child := p.idle[0] // the oldest; Acquire takes the newest
+			p.idle = p.idle[1:]
+			p.starting++ // out for a check: still counts against the cap
+			p.mu.Unlock()
+			err := child.Ping(min(p.cfg.HealthCheck, 5*time.Second))
+			p.mu.Lock()
+			p.starting--
+			if err == nil && !p.closed {
+				p.idle = append(p.idle, child)
+				p.notifyLocked()
+				p.mu.Unlock()
+				continue
+			}
+			if err != nil {
+				p.lastErr = err
+				p.logger.Warn("warm spare failed its health check; replacing it", zap.Int("pid", child.Pid()), zap.Error(err))
+			}
+			p.refillLocked()
+			p.mu.Unlock()
+			child.Kill()
+		}
+	}
 }
 
 // Acquire takes a started child, starting one if none is idle and the cap
@@ -142,11 +196,15 @@ func (p *Pool) Release(child *Process) {
 // child handed out has been released (and so stopped) by its holder.
 func (p *Pool) Close() {
 	p.mu.Lock()
+	if !p.closed {
+		close(p.stop)
+	}
 	p.closed = true
 	idle := p.idle
 	p.idle = nil
 	p.notifyLocked()
 	p.mu.Unlock()
+	p.checker.Wait()
 	var wg sync.WaitGroup
 	for _, child := range idle {
 		wg.Add(1)

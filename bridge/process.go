@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -74,6 +75,8 @@ type Process struct {
 	logger *zap.Logger
 
 	stdout  *os.File
+	lines   *LineReader
+	early   [][]byte // read by Ping before Attach, for the session
 	writeMu sync.Mutex
 	stdin   io.WriteCloser
 
@@ -132,6 +135,7 @@ func StartProcess(cfg ProcessConfig, logger *zap.Logger) (*Process, error) {
 		cmd:     cmd,
 		logger:  logger.With(zap.Int("pid", cmd.Process.Pid)),
 		stdout:  stdoutR,
+		lines:   NewLineReader(stdoutR, cfg.MaxMessageSize),
 		stdin:   stdin,
 		done:    make(chan struct{}),
 		started: time.Now(),
@@ -187,7 +191,11 @@ func (p *Process) Attach(onMessage func([]byte), onOversize func(prefix []byte),
 func (p *Process) readStdout(onMessage func([]byte), onOversize func([]byte), onClose func()) {
 	defer onClose()
 	defer p.stdout.Close()
-	lr := NewLineReader(p.stdout, p.cfg.MaxMessageSize)
+	for _, msg := range p.early {
+		onMessage(msg)
+	}
+	p.early = nil
+	lr := p.lines
 	for {
 		line, err := lr.Next()
 		switch {
@@ -205,6 +213,42 @@ func (p *Process) readStdout(onMessage func([]byte), onOversize func([]byte), on
 			continue
 		}
 		onMessage(line)
+	}
+}
+
+// earlyLimit caps what Ping keeps of a spare's unprompted messages.
+const earlyLimit = 64
+
+// Ping asks a child that is not attached yet whether it still answers: it
+// sends an MCP ping and waits for any answer to it (an error counts: the
+// child is alive). Messages the child sent meanwhile are kept for Attach.
+// It must not run concurrently with Attach.
+func (p *Process) Ping(timeout time.Duration) error {
+	id := `"mcpbridge-ping-` + strconv.FormatInt(time.Now().UnixNano(), 36) + `"`
+	if err := p.Send([]byte(`{"jsonrpc":"2.0","id":` + id + `,"method":"ping"}`)); err != nil {
+		return err
+	}
+	if err := p.stdout.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	defer p.stdout.SetReadDeadline(time.Time{})
+	for {
+		line, err := p.lines.Next()
+		switch {
+		case errors.Is(err, ErrMessageTooLarge):
+			continue
+		case err != nil:
+			return fmt.Errorf("no answer to ping: %w", err)
+		}
+		if !json.Valid(line) {
+			continue
+		}
+		if string(Member(line, "id")) == id {
+			return nil
+		}
+		if len(p.early) < earlyLimit {
+			p.early = append(p.early, line)
+		}
 	}
 }
 

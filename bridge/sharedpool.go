@@ -245,7 +245,12 @@ func (p *SharedPool) onChildExit(m *Mux) {
 	} else {
 		p.failures = 0
 	}
-	p.lastErr = exitError(m.child)
+	go func() { // the child may not be reaped yet: record its status once it is
+		<-m.child.Done()
+		p.mu.Lock()
+		p.lastErr = exitError(m.child)
+		p.mu.Unlock()
+	}()
 	if p.exits != nil {
 		p.exits.note(m.child)
 	}

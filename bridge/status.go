@@ -48,13 +48,15 @@ type exitLog struct {
 	last    atomic.Pointer[string]
 }
 
+// note counts a crash. Its stdout may close before the child is reaped, so
+// the exit status is recorded once it is.
 func (l *exitLog) note(child *Process) {
 	l.crashes.Add(1)
-	msg := "exited"
-	if err := child.ExitErr(); err != nil {
-		msg = err.Error()
-	}
-	l.last.Store(&msg)
+	go func() {
+		<-child.Done()
+		msg := exitError(child).Error()
+		l.last.Store(&msg)
+	}()
 }
 
 // Status returns a snapshot of the backend.

@@ -49,7 +49,7 @@ func TestStreamableGoSDKClient(t *testing.T) {
 				t.Errorf("test_simple_text = %q", got)
 			}
 			c.CallText(t, "test_tool_with_progress", nil)
-			if n := len(c.Progress()); n != 3 {
+			if n := len(c.WaitProgress(3)); n != 3 {
 				t.Errorf("got %d progress notifications, want 3", n)
 			}
 			if got := c.CallText(t, "test_sampling", map[string]any{"prompt": "hi"}); got != "LLM response: echo: hi" {
@@ -78,7 +78,7 @@ func TestSingleStreamTransports(t *testing.T) {
 				t.Errorf("test_simple_text = %q", got)
 			}
 			c.CallText(t, "test_tool_with_progress", nil)
-			if n := len(c.Progress()); n != 3 {
+			if n := len(c.WaitProgress(3)); n != 3 {
 				t.Errorf("got %d progress notifications, want 3", n)
 			}
 			if got := c.CallText(t, "test_sampling", map[string]any{"prompt": "hi"}); got != "LLM response: echo: hi" {

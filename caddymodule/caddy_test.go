@@ -65,7 +65,7 @@ func TestCaddyGoSDKClient(t *testing.T) {
 			if got := client.CallText(t, "test_tool_with_progress", nil); got != "progress-test_tool_with_progress" {
 				t.Errorf("test_tool_with_progress = %q", got)
 			}
-			if p := client.Progress(); len(p) != 3 || p[2].Progress != 100 {
+			if p := client.WaitProgress(3); len(p) != 3 || p[2].Progress != 100 {
 				t.Errorf("progress notifications: %+v", p)
 			}
 			if got := client.CallText(t, "test_sampling", map[string]any{"prompt": "ping"}); got != "LLM response: echo: ping" {

@@ -37,6 +37,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			max_processes <n>
 //			acquire_timeout <duration>
 //			session_idle_timeout <duration>
+//			health_check <interval>
 //		}
 //		max_message_size <size>
 //		allowed_origins <origin...>
@@ -264,6 +265,10 @@ func (p *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "session_idle_timeout":
 			if err := durationArg(d, &p.SessionIdleTimeout); err != nil {
+				return err
+			}
+		case "health_check":
+			if err := durationArg(d, &p.HealthCheck); err != nil {
 				return err
 			}
 		default:

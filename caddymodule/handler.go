@@ -198,6 +198,11 @@ type PoolConfig struct {
 	// SessionIdleTimeout ends a session, and its child, after this long
 	// with no request, no response and no open stream. Default: 30m.
 	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
+
+	// HealthCheck, when set, pings each warm spare this often (an MCP
+	// ping, which servers answer before initialize) and replaces one that
+	// does not answer within 5s. Default: off.
+	HealthCheck caddy.Duration `json:"health_check,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -337,6 +342,7 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 		}
 		cfg.Pool.MaxProcesses = p.MaxProcesses
 		cfg.Pool.AcquireTimeout = time.Duration(p.AcquireTimeout)
+		cfg.Pool.HealthCheck = time.Duration(p.HealthCheck)
 		cfg.SessionIdleTimeout = time.Duration(p.SessionIdleTimeout)
 		if p.Isolation == "shared" {
 			cfg.Shared = &bridge.SharedPoolConfig{

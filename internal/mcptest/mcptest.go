@@ -120,6 +120,20 @@ func (c *Client) Progress() []*mcp.ProgressNotificationParams {
 	return append([]*mcp.ProgressNotificationParams(nil), c.progress...)
 }
 
+// WaitProgress returns the progress notifications once n have arrived, or
+// what arrived within a few seconds. The go-sdk client runs notification
+// handlers apart from the call, so the last may land just after its result.
+func (c *Client) WaitProgress(n int) []*mcp.ProgressNotificationParams {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p := c.Progress()
+		if len(p) >= n || time.Now().After(deadline) {
+			return p
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // Connect connects a go-sdk client over transport, asking for protocol
 // version (empty means the SDK's default). The client answers sampling and
 // elicitation requests and records progress.

@@ -1,0 +1,84 @@
+package bridge
+
+import (
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+)
+
+// TestPoolHealthCheck: a spare that answers pings is kept; one that does
+// not (sleep never reads its stdin) is replaced, again and again.
+func TestPoolHealthCheck(t *testing.T) {
+	t.Run("answering spare is kept", func(t *testing.T) {
+		exe := mcptest.EverythingServer(t)
+		pool := NewPool(PoolConfig{MinIdle: 1, HealthCheck: 30 * time.Millisecond}, ProcessConfig{Argv: []string{exe}}, zaptest.NewLogger(t))
+		pool.Start()
+		defer func() { pool.Close(); mcptest.WaitNoProcesses(t, exe, 5*time.Second) }()
+		first := waitSpare(t, pool)
+		time.Sleep(300 * time.Millisecond) // several checks
+		child, err := pool.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pool.Release(child)
+		if child.Pid() != first {
+			t.Errorf("the spare was replaced (pid %d, now %d) although it answered", first, child.Pid())
+		}
+		// It was pinged before being handed out, and still serves a session.
+		got := make(chan []byte, 1)
+		child.Attach(func(m []byte) { got <- m }, func([]byte) {}, func() {})
+		child.Send([]byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`))
+		select {
+		case m := <-got:
+			if Member(m, "result") == nil {
+				t.Errorf("initialize after pings: %s", m)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no answer to initialize")
+		}
+	})
+	t.Run("silent spare is replaced", func(t *testing.T) {
+		pool := NewPool(PoolConfig{MinIdle: 1, HealthCheck: 50 * time.Millisecond}, ProcessConfig{Argv: []string{"sleep", "1000"}}, zaptest.NewLogger(t))
+		pool.Start()
+		defer pool.Close()
+		first := waitSpare(t, pool)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if pids := idlePids(pool); len(pids) == 1 && pids[0] != first {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the silent spare was never replaced")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := pool.Stats().LastError; err == nil {
+			t.Error("no last error recorded for the failed check")
+		}
+	})
+}
+
+func idlePids(p *Pool) []int {
+	var pids []int
+	for _, c := range p.idleChildren() {
+		pids = append(pids, c.Pid())
+	}
+	return pids
+}
+
+func waitSpare(t *testing.T, p *Pool) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if pids := idlePids(p); len(pids) == 1 {
+			return pids[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no warm spare")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

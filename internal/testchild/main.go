@@ -1,0 +1,157 @@
+// Command testchild is a minimal stdio MCP server for the bridge's tests.
+// By default it answers initialize with a valid InitializeResult (echoing the
+// requested protocol version), answers any other request with
+// {"echo": <params>}, and ignores notifications and responses. It exits when
+// its stdin closes. Flags make it misbehave in the ways the bridge must
+// survive.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const maxLine = 64 << 20
+
+var (
+	ignoreTerm      = flag.Bool("ignore-term", false, "ignore SIGTERM and keep running after stdin closes")
+	linger          = flag.Bool("linger", false, "keep running after stdin closes (SIGTERM still ends it)")
+	garbage         = flag.Bool("garbage", false, "write non-JSON lines to stdout before each answer, and lines to stderr")
+	dieOn           = flag.String("die-on", "", "exit(3) without answering when a request with this method arrives")
+	huge            = flag.Int("huge", 0, `answer method "huge" with a result holding a string of this many bytes`)
+	printEnv        = flag.Bool("print-env", false, `answer method "env" with {"env": os.Environ(), "cwd": working directory}`)
+	spawnGrandchild = flag.Bool("spawn-grandchild", false, `start a copy of itself with -ignore-term; answer method "grandchild" with {"pid": its pid}`)
+	notify          = flag.Bool("notify", false, `before answering method "notify", send notifications/tools/list_changed`)
+)
+
+type message struct {
+	ID     json.RawMessage `json:"id,omitempty"`
+	Method string          `json:"method,omitempty"`
+	Params json.RawMessage `json:"params,omitempty"`
+}
+
+var out = bufio.NewWriter(os.Stdout)
+
+func main() {
+	flag.Parse()
+	if *ignoreTerm {
+		signal.Ignore(syscall.SIGTERM)
+	}
+	grandchildPid := 0
+	if *spawnGrandchild {
+		exe, err := os.Executable()
+		check(err)
+		// The grandchild's stdin is /dev/null, so it would exit at once
+		// without -ignore-term; with it, only SIGKILL ends it.
+		cmd := exec.Command(exe, "-ignore-term")
+		check(cmd.Start())
+		grandchildPid = cmd.Process.Pid
+	}
+
+	in := bufio.NewReaderSize(os.Stdin, 64<<10)
+	for {
+		line, err := readLine(in)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				fmt.Fprintln(os.Stderr, "testchild:", err)
+			}
+			break
+		}
+		var msg message
+		if json.Unmarshal(line, &msg) != nil || msg.Method == "" || msg.ID == nil {
+			continue // not JSON, a response or a notification
+		}
+		if msg.Method == *dieOn {
+			os.Exit(3)
+		}
+		if *garbage {
+			fmt.Fprintf(out, "garbage before %s\n{\"unterminated\": \n\x1b[31mnot json\x1b[0m\n", msg.Method)
+			fmt.Fprintf(os.Stderr, "testchild: answering %s\n", msg.Method)
+			// Longer than the bridge's stderr line limit: the bridge must keep
+			// draining stderr or this child blocks.
+			fmt.Fprintf(os.Stderr, "%s\n", strings.Repeat("e", 80<<10))
+		}
+		var result any
+		switch {
+		case msg.Method == "initialize":
+			var params struct {
+				ProtocolVersion string `json:"protocolVersion"`
+			}
+			_ = json.Unmarshal(msg.Params, &params)
+			result = map[string]any{
+				"protocolVersion": params.ProtocolVersion,
+				"capabilities":    map[string]any{"tools": map[string]any{"listChanged": true}},
+				"serverInfo":      map[string]any{"name": "testchild", "version": "1.0.0"},
+			}
+		case msg.Method == "huge" && *huge > 0:
+			result = map[string]any{"data": strings.Repeat("h", *huge)}
+		case msg.Method == "env" && *printEnv:
+			cwd, err := os.Getwd()
+			check(err)
+			result = map[string]any{"env": os.Environ(), "cwd": cwd}
+		case msg.Method == "grandchild" && *spawnGrandchild:
+			result = map[string]any{"pid": grandchildPid}
+		default:
+			if msg.Method == "notify" && *notify {
+				write(map[string]any{"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+			}
+			params := msg.Params
+			if params == nil {
+				params = json.RawMessage("null")
+			}
+			result = map[string]any{"echo": params}
+		}
+		write(map[string]any{"jsonrpc": "2.0", "id": msg.ID, "result": result})
+	}
+	if *ignoreTerm || *linger {
+		for { // keep running until a signal ends it
+			time.Sleep(time.Hour)
+		}
+	}
+}
+
+// readLine returns the next line without its newline; a last line without
+// one still counts.
+func readLine(in *bufio.Reader) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := in.ReadSlice('\n')
+		line = append(line, chunk...)
+		if len(line) > maxLine {
+			return nil, errors.New("line longer than 64 MiB")
+		}
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF) && len(line) > 0:
+			return line, nil
+		case err != nil:
+			return nil, err
+		}
+		return line[:len(line)-1], nil
+	}
+}
+
+func write(v any) {
+	b, err := json.Marshal(v)
+	check(err)
+	out.Write(append(b, '\n'))
+	check(out.Flush())
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testchild:", err)
+		os.Exit(1)
+	}
+}
