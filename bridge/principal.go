@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"errors"
+	"net/url"
 )
 
 // A principal is who a request comes from, as the layer in front of the
@@ -21,6 +22,15 @@ func WithPrincipal(ctx context.Context, name string) context.Context {
 func PrincipalFrom(ctx context.Context) string {
 	name, _ := ctx.Value(principalKey{}).(string)
 	return name
+}
+
+type endpointQueryKey struct{}
+
+// WithEndpointQuery returns a context whose legacy SSE endpoint event adds
+// name=value to the URI it gives the client, for clients that can only
+// authenticate in the URL.
+func WithEndpointQuery(ctx context.Context, name, value string) context.Context {
+	return context.WithValue(ctx, endpointQueryKey{}, url.Values{name: {value}}.Encode())
 }
 
 // ErrTooManySessions is returned when a principal already holds as many

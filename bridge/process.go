@@ -8,7 +8,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -25,6 +27,9 @@ type ProcessConfig struct {
 	Argv []string
 	// Env holds extra KEY=value entries added to the bridge's environment.
 	Env []string
+	// UnsetEnv names variables of the bridge's environment that the child
+	// must not inherit, such as those holding API keys.
+	UnsetEnv []string
 	// Dir is the working directory; empty means the bridge's own.
 	Dir string
 	// MaxMessageSize caps one line of the child's stdout.
@@ -100,7 +105,7 @@ func StartProcess(cfg ProcessConfig, logger *zap.Logger) (*Process, error) {
 		cfg.TermTimeout = DefaultTermTimeout
 	}
 	cmd := exec.Command(cfg.Argv[0], cfg.Argv[1:]...)
-	cmd.Env = append(os.Environ(), cfg.Env...)
+	cmd.Env = append(inheritedEnv(cfg.UnsetEnv), cfg.Env...)
 	cmd.Dir = cfg.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 
@@ -146,6 +151,22 @@ func StartProcess(cfg ProcessConfig, logger *zap.Logger) (*Process, error) {
 		cfg.Observer.ChildStarted()
 	}
 	return p, nil
+}
+
+// inheritedEnv is the bridge's environment without the variables named.
+func inheritedEnv(unset []string) []string {
+	env := os.Environ()
+	if len(unset) == 0 {
+		return env
+	}
+	kept := env[:0]
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(unset, name) {
+			kept = append(kept, kv)
+		}
+	}
+	return kept
 }
 
 // Pid is the child's process id (and process group id).

@@ -39,6 +39,9 @@ func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 // mounted under a prefix, or absolute from the configured public base URL.
 func (s *Server) endpointURI(r *http.Request, sess *Session) string {
 	query := "?sessionId=" + url.QueryEscape(sess.ID)
+	if extra, ok := r.Context().Value(endpointQueryKey{}).(string); ok {
+		query += "&" + extra
+	}
 	if s.cfg.PublicBaseURL != "" {
 		return strings.TrimSuffix(s.cfg.PublicBaseURL, "/") + s.cfg.MessagePath + query
 	}

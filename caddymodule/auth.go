@@ -5,7 +5,11 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"net/http"
+	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -26,44 +30,110 @@ func keyName(key string) string {
 	return "key:" + hex.EncodeToString(sum[:4])
 }
 
-// authenticate returns the name of the key the request presents, or false.
-// It checks every key, so that the time taken does not tell which matched.
-func (h *Handler) authenticate(r *http.Request) (string, bool) {
-	presented := presentedKey(r, h.APIKeyQuery)
-	if presented == "" {
-		return "", false
+// authenticate returns the name of the key the request presents, and the
+// key itself (empty when there is none, to tell a wrong key from a missing
+// one). It checks every key, so that the time taken does not tell which
+// matched. fromQuery says that the key came in the URL.
+func (h *Handler) authenticate(r *http.Request) (name, key string, fromQuery, ok bool) {
+	key, fromQuery = presentedKey(r, h.APIKeyQuery)
+	if key == "" {
+		return "", "", false, false
 	}
-	sum := sha256.Sum256([]byte(presented))
-	name, found := "", false
-	for i := range h.keys {
-		if subtle.ConstantTimeCompare(sum[:], h.keys[i].hash[:]) == 1 {
-			name, found = h.keys[i].name, true
+	sum := sha256.Sum256([]byte(key))
+	for _, keys := range [][]apiKey{h.keys, h.keyFile.current(h.logger)} {
+		for i := range keys {
+			if subtle.ConstantTimeCompare(sum[:], keys[i].hash[:]) == 1 {
+				name, ok = keys[i].name, true
+			}
 		}
 	}
-	return name, found
+	return name, key, fromQuery, ok
+}
+
+// keyFile holds the keys of an api_key_file, and reads the file again when
+// it changes, so that a rotation applies without a config reload (which
+// Caddy skips when the config itself did not change).
+type keyFile struct {
+	path    string
+	keys    atomic.Pointer[[]apiKey]
+	checked atomic.Int64 // unix nanoseconds of the last look at the file
+	mu      sync.Mutex
+	stamp   time.Time // modification time of what keys holds
+}
+
+// keyFileCheckInterval is how often the file is looked at, at most.
+const keyFileCheckInterval = time.Second
+
+// load reads the file, creating it with a new key if it does not exist.
+func (k *keyFile) load(logger *zap.Logger) error {
+	entries, created, err := loadOrCreateKeyFile(k.path, time.Now())
+	if err != nil {
+		return err
+	}
+	if created {
+		logger.Info("generated a new API key; show it with `caddy mcp-bridge key show`", zap.String("file", k.path))
+	}
+	k.set(entries)
+	if info, err := os.Stat(k.path); err == nil {
+		k.stamp = info.ModTime()
+	}
+	k.checked.Store(time.Now().UnixNano())
+	return nil
+}
+
+func (k *keyFile) set(entries []keyFileEntry) {
+	keys := make([]apiKey, len(entries))
+	for i, e := range entries {
+		// One name for all of the file's keys: sessions survive a rotation.
+		keys[i] = apiKey{hash: sha256.Sum256([]byte(e.key)), name: "file:" + k.path}
+	}
+	k.keys.Store(&keys)
+}
+
+// current returns the file's keys, reading the file again if it changed.
+// On a read error the keys already loaded stay in force.
+func (k *keyFile) current(logger *zap.Logger) []apiKey {
+	if k == nil {
+		return nil
+	}
+	now := time.Now()
+	if last := k.checked.Load(); now.UnixNano()-last > int64(keyFileCheckInterval) && k.checked.CompareAndSwap(last, now.UnixNano()) {
+		k.mu.Lock()
+		if info, err := os.Stat(k.path); err == nil && !info.ModTime().Equal(k.stamp) {
+			if entries, err := readKeyFile(k.path, now); err == nil {
+				k.set(entries)
+				k.stamp = info.ModTime()
+				logger.Info("API key file changed; its keys now apply", zap.String("file", k.path))
+			} else {
+				logger.Error("API key file changed but cannot be read; keeping its previous keys", zap.Error(err))
+			}
+		}
+		k.mu.Unlock()
+	}
+	return *k.keys.Load()
 }
 
 // presentedKey takes the key from `Authorization: Bearer`, `X-API-Key`,
 // or, when allowed, the api_key query parameter, which it then removes
 // from the URL so that nothing further down sees or logs it.
-func presentedKey(r *http.Request, allowQuery bool) string {
+func presentedKey(r *http.Request, allowQuery bool) (key string, fromQuery bool) {
 	if scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
-		return strings.TrimSpace(token)
+		return strings.TrimSpace(token), false
 	}
 	if key := r.Header.Get("X-API-Key"); key != "" {
-		return key
+		return key, false
 	}
 	if !allowQuery {
-		return ""
+		return "", false
 	}
 	q := r.URL.Query()
-	key := q.Get("api_key")
+	key = q.Get("api_key")
 	if key != "" {
 		q.Del("api_key")
 		r.URL.RawQuery = q.Encode()
 		r.RequestURI = r.URL.RequestURI()
 	}
-	return key
+	return key, key != ""
 }
 
 // stripCredentials removes the client's credentials from the request, so
@@ -75,14 +145,14 @@ func stripCredentials(r *http.Request) {
 }
 
 // unauthorized answers a request without a valid key.
-func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, presented bool) {
 	challenge := "Bearer"
 	if h.ResourceMetadata != "" {
 		challenge += ` resource_metadata="` + h.ResourceMetadata + `"`
 	}
 	w.Header().Set("WWW-Authenticate", challenge)
 	reason := "missing API key"
-	if presentedKey(r, h.APIKeyQuery) != "" {
+	if presented {
 		reason = "wrong API key"
 	}
 	h.logger.Info("refused a request: "+reason, zap.String("remote_addr", r.RemoteAddr), zap.String("path", r.URL.Path))

@@ -76,7 +76,7 @@ func keyCommand() *cobra.Command {
 			if overlap > 0 {
 				fmt.Fprintf(out, "the previous key stays valid for %v.\n", overlap)
 			}
-			fmt.Fprintln(out, "run `caddy reload` to apply it; sessions stay open.")
+			fmt.Fprintln(out, "a running Caddy picks it up within seconds (`caddy reload --force` applies it at once); sessions stay open.")
 			return nil
 		},
 	}

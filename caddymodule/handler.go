@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -154,7 +155,8 @@ type Handler struct {
 	// Default: 0 (closed at once).
 	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
 
-	keys       []apiKey
+	keys       []apiKey // configured inline
+	keyFile    *keyFile
 	origins    bridge.OriginPolicy
 	backendKey string
 	backend    *bridge.Backend
@@ -293,19 +295,26 @@ func (h *Handler) loadKeys() error {
 	if h.APIKeyFile == "" {
 		return nil
 	}
-	path := repl.ReplaceAll(h.APIKeyFile, "")
-	entries, created, err := loadOrCreateKeyFile(path, time.Now())
-	if err != nil {
-		return err
+	h.keyFile = &keyFile{path: repl.ReplaceAll(h.APIKeyFile, "")}
+	return h.keyFile.load(h.logger)
+}
+
+// envPlaceholder finds the {env.NAME} placeholders of a value.
+var envPlaceholder = regexp.MustCompile(`\{env\.([^{}]+)\}`)
+
+// secretEnv names the environment variables that hold API keys: the child
+// must not inherit them, unless an env line gives them on purpose.
+func (h *Handler) secretEnv() []string {
+	var names []string
+	for _, raw := range h.APIKeys {
+		for _, m := range envPlaceholder.FindAllStringSubmatch(raw, -1) {
+			if _, set := h.Env[m[1]]; !set && !slices.Contains(names, m[1]) {
+				names = append(names, m[1])
+			}
+		}
 	}
-	if created {
-		h.logger.Info("generated a new API key; show it with `caddy mcp-bridge key show`", zap.String("file", path))
-	}
-	for _, e := range entries {
-		// One name for all of the file's keys: sessions survive a rotation.
-		h.keys = append(h.keys, apiKey{hash: sha256.Sum256([]byte(e.key)), name: "file:" + path})
-	}
-	return nil
+	slices.Sort(names)
+	return names
 }
 
 // backendConfig is the child configuration, placeholders replaced and
@@ -325,6 +334,7 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 		Process: bridge.ProcessConfig{
 			Argv:              argv,
 			Env:               env,
+			UnsetEnv:          h.secretEnv(),
 			Dir:               repl.ReplaceAll(h.Dir, ""),
 			MaxMessageSize:    h.MaxMessageSize,
 			StdinCloseTimeout: time.Duration(h.StopTimeout),
@@ -489,13 +499,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		h.CORS.allowOrigin(w, r)
 	}
-	if len(h.keys) > 0 {
-		name, ok := h.authenticate(r)
+	if len(h.keys) > 0 || h.keyFile != nil {
+		name, key, fromQuery, ok := h.authenticate(r)
 		if !ok {
-			h.unauthorized(w, r)
+			h.unauthorized(w, r, key != "")
 			return nil
 		}
-		r = r.WithContext(bridge.WithPrincipal(r.Context(), name))
+		ctx := bridge.WithPrincipal(r.Context(), name)
+		if fromQuery {
+			// A client that can only put its key in URLs needs it in the
+			// legacy SSE endpoint event too.
+			ctx = bridge.WithEndpointQuery(ctx, "api_key", key)
+		}
+		r = r.WithContext(ctx)
 	}
 	stripCredentials(r)
 	h.server.ServeHTTP(w, r)
