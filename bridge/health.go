@@ -15,7 +15,10 @@ type Health struct {
 	Sessions   int             `json:"sessions"`
 	// Tools is the number of tools a child reports, from the last probe;
 	// -1 before the first probe has finished.
-	Tools     int    `json:"tools"`
+	Tools int `json:"tools"`
+	// Crashes counts children that exited on their own; a pool that keeps
+	// crashing restarts them ever more slowly (up to 30s apart).
+	Crashes   int64  `json:"crashes"`
 	LastError string `json:"last_error,omitempty"`
 }
 
@@ -38,6 +41,7 @@ func (b *Backend) Health() Health {
 		Processes: HealthProcesses{Running: stats.Busy + stats.Idle, Idle: stats.Idle, Starting: stats.Starting},
 		Sessions:  b.SessionCount(),
 		Tools:     probe.Tools,
+		Crashes:   b.exits.crashes.Load(),
 	}
 	if b.shared != nil {
 		h.Isolation = "shared"
