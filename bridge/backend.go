@@ -278,8 +278,7 @@ func (b *Backend) removeSession(s *Session) {
 
 func (b *Backend) reapIdle() {
 	defer b.janitor.Done()
-	interval := min(max(b.cfg.SessionIdleTimeout/4, 10*time.Millisecond), time.Minute)
-	t := time.NewTicker(interval)
+	t := time.NewTicker(janitorInterval(b.cfg.SessionIdleTimeout))
 	defer t.Stop()
 	for {
 		select {

@@ -261,18 +261,23 @@ func (p *Pool) refillLocked() {
 	}
 	for len(p.idle)+p.starting < p.cfg.MinIdle && p.hasRoomLocked() {
 		p.starting++
-		go p.startSpare(p.backoffLocked())
+		go p.startSpare(spawnBackoff(p.failures))
 	}
 }
 
-// backoffLocked is how long to wait before the next spawn: nothing while
-// spawns succeed, then doubling from 100ms to 30s, so that a broken command
-// does not spin.
-func (p *Pool) backoffLocked() time.Duration {
-	if p.failures == 0 {
+// spawnBackoff is how long to wait before the next spawn after failures
+// in a row: nothing while spawns succeed, then doubling from 100ms to 30s,
+// so that a broken command does not spin.
+func spawnBackoff(failures int) time.Duration {
+	if failures == 0 {
 		return 0
 	}
-	return min(100*time.Millisecond<<min(p.failures-1, 9), 30*time.Second)
+	return min(100*time.Millisecond<<min(failures-1, 9), 30*time.Second)
+}
+
+// janitorInterval is how often to look for what outlived timeout.
+func janitorInterval(timeout time.Duration) time.Duration {
+	return min(max(timeout/4, 10*time.Millisecond), time.Minute)
 }
 
 func (p *Pool) startSpare(delay time.Duration) {

@@ -186,16 +186,8 @@ func (p *SharedPool) refillLocked() {
 	for !p.closed && len(p.muxes)+p.starting < p.cfg.MinProcesses &&
 		(p.cfg.MaxProcesses <= 0 || len(p.muxes)+p.starting < p.cfg.MaxProcesses) {
 		p.starting++
-		go p.startChild(p.backoffLocked())
+		go p.startChild(spawnBackoff(p.failures))
 	}
-}
-
-// backoffLocked grows with crashes in a row: 100ms doubling to 30s.
-func (p *SharedPool) backoffLocked() time.Duration {
-	if p.failures == 0 {
-		return 0
-	}
-	return min(100*time.Millisecond<<min(p.failures-1, 9), 30*time.Second)
 }
 
 func (p *SharedPool) startChild(delay time.Duration) {
@@ -263,7 +255,7 @@ func (p *SharedPool) onChildExit(m *Mux) {
 // IdleTimeout.
 func (p *SharedPool) reapIdle() {
 	defer p.janitor.Done()
-	t := time.NewTicker(min(max(p.cfg.IdleTimeout/4, 10*time.Millisecond), time.Minute))
+	t := time.NewTicker(janitorInterval(p.cfg.IdleTimeout))
 	defer t.Stop()
 	for {
 		select {
