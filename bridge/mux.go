@@ -336,14 +336,19 @@ func (m *Mux) cancel(mem *MuxMember, msg []byte, env *Envelope) error {
 	m.mu.Lock()
 	var target []byte
 	for id, req := range m.requests {
-		if req.member == mem && string(req.id) == string(requestID) {
+		if req.member == mem && !req.init && string(req.id) == string(requestID) {
+			// The child need not answer a cancelled request: it is no
+			// longer in flight, or the session would count as busy forever.
 			target = id.raw()
+			delete(m.requests, id)
+			delete(m.tokens, id)
+			mem.inflight--
 			break
 		}
 	}
 	m.mu.Unlock()
 	if target == nil {
-		return nil // already answered, or never sent
+		return nil // already answered, never sent, or initialize (not cancellable)
 	}
 	return m.child.Send(applySplices(msg, splice{old: requestID, new: target}))
 }
@@ -360,9 +365,15 @@ func (mem *MuxMember) Release() {
 	delete(m.members, mem)
 	var cancelled []bridgeID
 	for id, req := range m.requests {
-		if req.member == mem {
+		switch {
+		case req.member != mem:
+		case req.init:
+			// The child's answer still settles initialize for the others;
+			// initialize is not cancellable.
+			m.requests[id] = muxRequest{init: true}
+		default:
 			cancelled = append(cancelled, id)
-			m.requests[id] = muxRequest{} // its answer, if any, is dropped
+			delete(m.requests, id) // a late answer is dropped
 		}
 	}
 	for id, req := range m.tokens {

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -276,6 +277,15 @@ func (p *Process) Ping(timeout time.Duration) error {
 // Send writes one message and its newline to the child's stdin. It takes
 // ownership of msg (it may append to it).
 func (p *Process) Send(msg []byte) error {
+	// stdio frames by line. A client may send pretty-printed JSON, whose
+	// line breaks can only be whitespace between tokens: make them spaces.
+	if bytes.IndexByte(msg, '\n') >= 0 || bytes.IndexByte(msg, '\r') >= 0 {
+		for i, c := range msg {
+			if c == '\n' || c == '\r' {
+				msg[i] = ' '
+			}
+		}
+	}
 	msg = append(msg, '\n')
 	p.writeMu.Lock()
 	_, err := p.stdin.Write(msg)
