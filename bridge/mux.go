@@ -18,6 +18,9 @@ type Mux struct {
 	child  *Process
 	logger *zap.Logger
 
+	// ctl orders the bridge's own control messages (log levels,
+	// subscriptions): each is decided and sent before the next is decided.
+	ctl      sync.Mutex
 	mu       sync.Mutex
 	nextID   bridgeID
 	requests map[bridgeID]muxRequest // requests forwarded to the child
@@ -272,6 +275,8 @@ func (m *Mux) setLevel(mem *MuxMember, env *Envelope) error {
 		mem.deliver(ErrorResponse(env.ID, CodeInvalidParams, "unknown log level"))
 		return nil
 	}
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
 	m.mu.Lock()
 	mem.level = level
 	changed := m.updateLevelLocked()
@@ -303,6 +308,8 @@ func (m *Mux) updateLevelLocked() int {
 func (m *Mux) subscription(mem *MuxMember, msg []byte, env *Envelope) error {
 	uri := StringValue(Member(env.Params, "uri"))
 	subscribe := env.MethodName() == "resources/subscribe"
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
 	m.mu.Lock()
 	subs := m.subs[uri]
 	forward := false
@@ -357,6 +364,8 @@ func (m *Mux) cancel(mem *MuxMember, msg []byte, env *Envelope) error {
 // at the child and its subscriptions released.
 func (mem *MuxMember) Release() {
 	m := mem.mux
+	m.ctl.Lock()
+	defer m.ctl.Unlock()
 	m.mu.Lock()
 	if _, ok := m.members[mem]; !ok {
 		m.mu.Unlock()
