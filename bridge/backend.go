@@ -201,6 +201,8 @@ func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (_ *Sessi
 		sent:           make(map[string]sentRequest),
 		progress:       make(map[string]*stream),
 		requestStreams: make(map[*stream]struct{}),
+		streams:        make(map[int]*stream),
+		tag:            newSessionTag(),
 		lastActive:     time.Now(),
 		done:           make(chan struct{}),
 	}

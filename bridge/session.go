@@ -13,9 +13,9 @@ import (
 // debugMessageBytes is how much of each message debug logs show.
 const debugMessageBytes = 2048
 
-// backlogLen caps the messages kept for a session's GET stream while none is
-// open; the oldest is dropped (and logged) beyond it.
-const backlogLen = 256
+// maxDetachedStreams caps the request streams a session keeps for clients
+// that lost them before their response, so that they can resume.
+const maxDetachedStreams = 16
 
 // errDuplicateID is returned for a request whose id is already in flight in
 // the same session.
@@ -42,9 +42,10 @@ type Session struct {
 	pending         map[string]*stream     // client request id → the stream awaiting its response (nil: the standalone stream)
 	sent            map[string]sentRequest // client request id → what metrics need of it
 	progress        map[string]*stream     // progress token → the stream of its request
-	requestStreams  map[*stream]struct{}
-	standalone      *stream // the GET stream, if open
-	backlog         [][]byte
+	requestStreams  map[*stream]struct{}   // streams with responses to come
+	standalone      *stream                // the stream for everything else; created on demand
+	streams         map[int]*stream        // every stream a client may resume, by number
+	tag             string                 // names the session in its event ids
 	lastActive      time.Time
 	nextStream      int
 	ended           bool
@@ -54,6 +55,14 @@ type Session struct {
 
 func newSessionID() string {
 	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// newSessionTag returns the random tag of a session's event ids, so that
+// an id from another session never names a stream of this one.
+func newSessionTag() string {
+	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
@@ -97,17 +106,44 @@ func (s *Session) openRequestStream(ids [][]byte, tokens [][]byte) (*stream, err
 	}
 	st.pending = len(ids)
 	s.requestStreams[st] = struct{}{}
+	s.streams[st.num] = st
 	s.lastActive = time.Now()
 	return st, nil
 }
 
-// closeRequestStream forgets a request stream whose client went away or
-// that delivered all its responses. Responses that arrive later are dropped.
-func (s *Session) closeRequestStream(st *stream) {
-	st.close()
+// releaseRequestStream is called when a POST's connection ends. A stream
+// that delivered its last response is forgotten; one cut off before then
+// stays, with its requests, for the client to resume, until the session
+// keeps too many such streams.
+func (s *Session) releaseRequestStream(st *stream, finished bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.lastActive = time.Now()
+	if !finished {
+		detached := 0
+		oldest := st
+		for _, other := range s.streams {
+			if other != s.standalone && !other.hasWriter() {
+				detached++
+				if other.num < oldest.num {
+					oldest = other
+				}
+			}
+		}
+		if detached <= maxDetachedStreams {
+			return
+		}
+		st = oldest
+	}
+	s.forgetStreamLocked(st)
+}
+
+// forgetStreamLocked drops a request stream, and its requests: their
+// responses, if they still come, are dropped.
+func (s *Session) forgetStreamLocked(st *stream) {
+	st.close()
 	delete(s.requestStreams, st)
+	delete(s.streams, st.num)
 	for id, owner := range s.pending {
 		if owner == st {
 			delete(s.pending, id)
@@ -119,38 +155,48 @@ func (s *Session) closeRequestStream(st *stream) {
 			delete(s.progress, tok)
 		}
 	}
-	s.lastActive = time.Now()
 }
 
-// openStandalone makes a new GET stream the session's one, closing the one
-// it replaces, and hands it what queued up while none was open.
-func (s *Session) openStandalone() (*stream, error) {
+// standaloneStream returns the session's stream for messages that belong
+// to no request, creating it if needed. A new GET takes it over from the
+// previous one, and gets what waited for it meanwhile.
+func (s *Session) standaloneStream() (*stream, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
 		return nil, errSessionEnded
 	}
-	if s.standalone != nil {
-		s.standalone.close()
-	}
-	s.nextStream++
-	st := newStream(s.nextStream)
-	for len(s.backlog) > 0 && st.tryPush(outMessage{data: s.backlog[0]}) {
-		s.backlog = s.backlog[1:]
-	}
-	s.standalone = st
 	s.lastActive = time.Now()
-	return st, nil
+	return s.standaloneLocked(), nil
 }
 
-func (s *Session) closeStandalone(st *stream) {
-	st.close()
+// standaloneOrNil returns the stream for messages of no request, if any.
+func (s *Session) standaloneOrNil() *stream {
 	s.mu.Lock()
-	if s.standalone == st {
-		s.standalone = nil
+	defer s.mu.Unlock()
+	return s.standalone
+}
+
+func (s *Session) standaloneLocked() *stream {
+	if s.standalone == nil {
+		s.nextStream++
+		s.standalone = newStream(s.nextStream)
+		s.streams[s.standalone.num] = s.standalone
 	}
-	s.lastActive = time.Now()
-	s.mu.Unlock()
+	return s.standalone
+}
+
+// resumable finds the stream a Last-Event-ID names in this session, and
+// the event's position in it.
+func (s *Session) resumable(lastEventID string) (*stream, int, error) {
+	num, seq, ok := parseEventID(lastEventID, s.tag)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.streams[num]
+	if !ok || st == nil {
+		return nil, 0, errors.New("Last-Event-ID names no stream of this session")
+	}
+	return st, seq, nil
 }
 
 // upstream is a session's way to its child: a child of its own
@@ -261,6 +307,9 @@ func (s *Session) fromChild(msg []byte) {
 			owner.pending--
 			last = owner.pending == 0
 			target = owner
+			if last {
+				delete(s.requestStreams, owner) // nothing more belongs on it
+			}
 		}
 	case KindNotification:
 		method := env.MethodName()
@@ -286,22 +335,36 @@ func (s *Session) fromChild(msg []byte) {
 		return
 	}
 	if target == nil {
-		target = s.standalone
-	}
-	if target == nil {
-		if len(s.backlog) >= backlogLen {
-			s.backlog = s.backlog[1:]
-			s.logger.Warn("no GET stream open and backlog full; dropped the oldest message")
-		}
-		s.backlog = append(s.backlog, msg)
-		s.mu.Unlock()
-		return
+		target = s.standaloneLocked()
 	}
 	s.mu.Unlock()
-	// Blocking here stops reading the child's stdout until the client keeps up.
-	if !target.push(outMessage{data: msg, last: last}) {
+	switch err := target.push(msg, last, s.pushPolicy(target)); {
+	case errors.Is(err, errStreamFull):
+		s.logger.Warn("ending a session whose client reads too slowly for the shared server")
+		go s.end("client too slow: its stream filled up")
+	case err != nil:
 		s.logger.Debug("stream closed before a message could be delivered")
 	}
+}
+
+// pushPolicy is how a message waits for a client that is behind. An
+// isolated child waits (the bridge stops reading its stdout), so memory
+// stays bounded; a shared child must not wait for one slow session, which
+// is ended instead. Messages for no request, with no client reading them,
+// keep only the latest.
+func (s *Session) pushPolicy(target *stream) pushPolicy {
+	switch {
+	case target == s.standalone && !target.hasWriter():
+		return pushDropOldest
+	case s.isShared():
+		return pushFail
+	}
+	return pushWait
+}
+
+func (s *Session) isShared() bool {
+	_, shared := s.up.(*MuxMember)
+	return shared
 }
 
 func (s *Session) soleRequestStreamLocked() *stream {
@@ -345,7 +408,7 @@ func (s *Session) onChildExit() {
 	s.mu.Unlock()
 	for st, ids := range failed {
 		for i, id := range ids {
-			st.tryPush(outMessage{data: ErrorResponse(id, CodeServerExited, "the MCP server process exited"), last: i == len(ids)-1})
+			_ = st.push(ErrorResponse(id, CodeServerExited, "the MCP server process exited"), i == len(ids)-1, pushForce)
 		}
 	}
 	s.end("child exited")
@@ -360,14 +423,10 @@ func (s *Session) end(reason string) {
 		return
 	}
 	s.ended = true
-	streams := make([]*stream, 0, len(s.requestStreams)+1)
-	for st := range s.requestStreams {
+	streams := make([]*stream, 0, len(s.streams))
+	for _, st := range s.streams {
 		streams = append(streams, st)
 	}
-	if s.standalone != nil {
-		streams = append(streams, s.standalone)
-	}
-	s.backlog = nil
 	s.mu.Unlock()
 	for _, st := range streams {
 		st.close()
@@ -379,10 +438,14 @@ func (s *Session) end(reason string) {
 }
 
 // idleSince reports when the session last saw traffic, and whether it is
-// busy (a stream open or a request in flight), which keeps it alive.
+// busy (a client reading one of its streams), which keeps it alive.
 func (s *Session) idleSince() (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	busy := s.standalone != nil || len(s.requestStreams) > 0 || len(s.pending) > 0
-	return s.lastActive, busy
+	for _, st := range s.streams {
+		if st.hasWriter() {
+			return s.lastActive, true
+		}
+	}
+	return s.lastActive, false
 }

@@ -25,13 +25,12 @@ func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer sess.end("SSE stream closed")
-	st, err := sess.openStandalone()
+	st, err := sess.standaloneStream()
 	if err != nil {
 		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 		return
 	}
-	defer sess.closeStandalone(st)
-	s.writeStream(w, r, sess, st, streamLegacy)
+	s.writeStream(w, r, sess, st, streamLegacy, -1)
 }
 
 // endpointURI is the URI the client posts its messages to. It is built from

@@ -2,70 +2,236 @@ package bridge
 
 import (
 	"bytes"
+	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 )
 
-// streamQueueLen is how many messages may wait for a stream's writer before
-// the child's reader blocks on it, which is the backpressure of an isolated
-// session: the child's stdout pipe fills and the child waits.
-const streamQueueLen = 32
+// Bounds of a stream's event log.
+const (
+	// streamWindow is how many events may wait for a stream's writer. Past
+	// it, an isolated child's reader blocks (its stdout pipe fills and the
+	// child waits), a shared child's session is ended as too slow, and a
+	// stream with no client drops its oldest event.
+	streamWindow = 64
+	// replayEvents and replayBytes bound the events a stream keeps after
+	// writing them, for a client that resumes with Last-Event-ID.
+	replayEvents = 256
+	replayBytes  = 4 << 20
+)
 
-// outMessage is one message queued for a client stream.
-type outMessage struct {
+// pushPolicy says what push does when the writer is streamWindow behind.
+type pushPolicy uint8
+
+const (
+	pushWait       pushPolicy = iota // wait for the writer (backpressure)
+	pushFail                         // give up: the caller ends the session
+	pushDropOldest                   // drop the oldest unwritten event
+	pushForce                        // append anyway (a few final errors)
+)
+
+// errStreamFull is returned by push under pushFail.
+var errStreamFull = errors.New("the client reads too slowly: its stream is full")
+
+// errEventGone is returned for a Last-Event-ID the stream no longer keeps.
+var errEventGone = errors.New("the event is no longer kept for replay")
+
+// event is one message of a stream, with its position.
+type event struct {
+	seq  int
 	data []byte
-	last bool // the stream ends after this message
+	last bool // the stream ends after it
 }
 
 // stream is one server-to-client message stream of a session: the response
-// stream of a POST, the session's GET stream, or a legacy SSE stream. The
-// child's reader pushes; the HTTP handler that owns the stream writes.
+// stream of a POST, the session's GET stream, or a legacy SSE or WebSocket
+// session's only stream. Its events go into a log: the writer (the HTTP
+// handler serving the stream now, if any) writes them in order, and keeps
+// the latest for a client that resumes with Last-Event-ID, on a new
+// connection, from where it was cut off.
 type stream struct {
-	num    int // unique within the session; part of every event id
-	seq    int // events written so far; only the writer touches it
-	queue  chan outMessage
-	closed chan struct{}
-	once   sync.Once
+	num int // unique within the session; part of every event id
+
+	mu     sync.Mutex
+	log    []event // by seq; events before sent are kept for replay only
+	bytes  int
+	next   int // seq of the next event; 0 is the priming event's
+	sent   int // events below this seq were written to a client
+	writer int // generation of the writer attached; 0 when none
+	gens   int
+	closed bool
+	wake   chan struct{} // the writer waits here for events (cap 1)
+	room   chan struct{} // a waiting push waits here (cap 1)
+	done   chan struct{} // closed with the stream
 
 	// Guarded by the session's mutex.
 	pending int // responses this stream still waits for
 }
 
 func newStream(num int) *stream {
-	return &stream{num: num, queue: make(chan outMessage, streamQueueLen), closed: make(chan struct{})}
+	return &stream{num: num, next: 1, sent: 1, wake: make(chan struct{}, 1), room: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-// push queues msg, waiting while the queue is full. It reports false when
-// the stream closed first.
-func (st *stream) push(msg outMessage) bool {
+func signal(ch chan struct{}) {
 	select {
-	case st.queue <- msg:
-		return true
-	case <-st.closed:
-		return false
-	}
-}
-
-// tryPush queues msg only if there is room at once.
-func (st *stream) tryPush(msg outMessage) bool {
-	select {
-	case st.queue <- msg:
-		return true
+	case ch <- struct{}{}:
 	default:
-		return false
 	}
 }
 
-func (st *stream) close() { st.once.Do(func() { close(st.closed) }) }
+// push appends a message. What happens when the writer is far behind is
+// up to policy.
+func (st *stream) push(data []byte, last bool, policy pushPolicy) error {
+	st.mu.Lock()
+	for policy != pushForce && !st.closed && st.next-st.sent >= streamWindow {
+		switch policy {
+		case pushFail:
+			st.mu.Unlock()
+			return errStreamFull
+		case pushDropOldest:
+			st.sent++ // as if written: nobody is reading
+			st.evictLocked()
+		case pushWait:
+			st.mu.Unlock()
+			select {
+			case <-st.room:
+			case <-st.done:
+			}
+			st.mu.Lock()
+		}
+	}
+	if st.closed && policy != pushForce {
+		st.mu.Unlock()
+		return errSessionEnded
+	}
+	st.log = append(st.log, event{seq: st.next, data: data, last: last})
+	st.bytes += len(data)
+	st.next++
+	st.mu.Unlock()
+	signal(st.wake)
+	return nil
+}
 
-// nextEventID names the stream and the event's position in it.
-func (st *stream) nextEventID() string {
-	st.seq++
-	return strconv.Itoa(st.num) + "_" + strconv.Itoa(st.seq)
+// evictLocked lets go of the written events the replay bounds no longer
+// keep.
+func (st *stream) evictLocked() {
+	for len(st.log) > 0 && st.log[0].seq < st.sent && (len(st.log) > replayEvents || st.bytes > replayBytes) {
+		st.bytes -= len(st.log[0].data)
+		st.log[0] = event{}
+		st.log = st.log[1:]
+	}
+}
+
+// attach makes the caller the stream's one writer (a previous one stops),
+// starting after the event seq after, or at the first unwritten event when
+// after is negative. It returns the writer's generation and first seq.
+func (st *stream) attach(after int) (gen, cursor int, err error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	cursor = st.sent
+	if after >= 0 {
+		cursor = after + 1
+		first := st.sent
+		if len(st.log) > 0 {
+			first = st.log[0].seq
+		}
+		if cursor < first || cursor > st.next {
+			return 0, 0, errEventGone
+		}
+	}
+	st.gens++
+	st.writer = st.gens
+	signal(st.wake) // a writer it replaces wakes up and leaves
+	return st.writer, cursor, nil
+}
+
+// detach lets go of the stream if gen is still its writer.
+func (st *stream) detach(gen int) {
+	st.mu.Lock()
+	if st.writer == gen {
+		st.writer = 0
+	}
+	st.mu.Unlock()
+}
+
+// hasWriter reports whether a client is reading the stream now.
+func (st *stream) hasWriter() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.writer != 0
+}
+
+// events returns the events from seq cursor on, whether gen is still the
+// writer, and whether the stream is closed.
+func (st *stream) events(gen, cursor int) (evs []event, current, closed bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.writer != gen {
+		return nil, false, st.closed
+	}
+	for i := range st.log {
+		if st.log[i].seq >= cursor {
+			evs = append(evs, st.log[i:]...)
+			break
+		}
+	}
+	return evs, true, st.closed
+}
+
+// written records that the events below seq reached the client, and lets
+// go of those the replay bounds no longer keep.
+func (st *stream) written(seq int) {
+	st.mu.Lock()
+	if seq > st.sent {
+		st.sent = seq
+	}
+	st.evictLocked()
+	st.mu.Unlock()
+	signal(st.room)
+}
+
+// finished reports whether the stream's last event reached the client.
+func (st *stream) finished() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.log) > 0 && st.log[len(st.log)-1].last && st.sent == st.next
+}
+
+// close ends the stream: no more events; its writer leaves once it has
+// written what is logged.
+func (st *stream) close() {
+	st.mu.Lock()
+	if !st.closed {
+		st.closed = true
+		close(st.done)
+	}
+	st.mu.Unlock()
+	signal(st.wake)
+}
+
+// eventID names an event: the session's tag, the stream and the position.
+func eventID(tag string, num, seq int) string {
+	return tag + "_" + strconv.Itoa(num) + "_" + strconv.Itoa(seq)
+}
+
+// parseEventID reads an event id; ok is false when it is not one of tag's.
+func parseEventID(id, tag string) (num, seq int, ok bool) {
+	rest, found := strings.CutPrefix(id, tag+"_")
+	if !found {
+		return 0, 0, false
+	}
+	a, b, found := strings.Cut(rest, "_")
+	if !found {
+		return 0, 0, false
+	}
+	num, err1 := strconv.Atoi(a)
+	seq, err2 := strconv.Atoi(b)
+	return num, seq, err1 == nil && err2 == nil && num > 0 && seq >= 0
 }
 
 // sseWriter writes Server-Sent Events and flushes each one.
@@ -156,22 +322,29 @@ const (
 	streamLegacy                       // a legacy SSE session's only stream
 )
 
-// writeStream writes a stream as SSE until its last message, the client
-// leaving, the session ending, or (for a GET stream) this Server closing
-// its streams. A POST stream ends with its last response, so a
-// reload lets it finish. A legacy stream opens with the endpoint event.
-func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Session, st *stream, mode streamMode) {
+// writeStream writes a stream as SSE, from after the event after (negative:
+// from the first unwritten one), until its last event, the client leaving,
+// the session ending, another connection taking the stream over, or (for
+// a GET stream) this Server closing its streams. A POST stream ends with
+// its last response, so a reload lets it finish. A legacy stream opens
+// with the endpoint event. It reports whether the stream was finished.
+func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Session, st *stream, mode streamMode, after int) bool {
+	gen, cursor, err := st.attach(after)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "cannot resume: "+err.Error())
+		return false
+	}
+	defer st.detach(gen)
 	sw := newSSEWriter(w)
 	w.WriteHeader(http.StatusOK)
-	var err error
 	eventName := ""
 	switch {
 	case mode == streamLegacy:
 		eventName = "message"
 		err = sw.event("", "endpoint", []byte(s.endpointURI(r, sess)))
-	case sess.ProtocolVersion() >= version20251125:
+	case after < 0 && sess.ProtocolVersion() >= version20251125:
 		// A priming event: the client may resume from here if cut off.
-		err = sw.event(st.nextEventID(), "", nil)
+		err = sw.event(eventID(sess.tag, st.num, 0), "", nil)
 	default:
 		err = sw.rc.Flush()
 	}
@@ -185,41 +358,40 @@ func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Sessi
 		closing = s.closing
 	}
 	for err == nil {
-		select {
-		case m := <-st.queue:
-			initFailed := m.last && mode == streamInitialize && !s.finishInitialize(sess, m.data)
-			err = sw.event(st.nextEventID(), eventName, m.data)
+		evs, current, closed := st.events(gen, cursor)
+		if !current {
+			return false // another connection took the stream over
+		}
+		for _, ev := range evs {
+			initFailed := ev.last && mode == streamInitialize && !s.finishInitialize(sess, ev.data)
+			if err = sw.event(eventID(sess.tag, st.num, ev.seq), eventName, ev.data); err != nil {
+				break
+			}
+			cursor = ev.seq + 1
+			st.written(cursor)
 			if initFailed {
 				sess.end("initialize failed")
 			}
-			if m.last {
-				return
+			if ev.last {
+				return true
 			}
+		}
+		if err != nil || len(evs) > 0 {
+			continue
+		}
+		if closed {
+			return false
+		}
+		select {
+		case <-st.wake:
 		case <-ping:
 			err = sw.comment("ping")
 		case <-r.Context().Done():
-			return
-		case <-st.closed:
-			s.drain(sw, st, eventName)
-			return
+			return false
 		case <-closing:
-			return
+			return false
 		}
 	}
 	s.logger.Debug("stream write failed; client gone", zap.String("session", sess.ID[:8]), zap.Error(err))
-}
-
-// drain writes what is still queued on a stream that was closed, such as
-// the errors for requests whose child exited.
-func (s *Server) drain(sw *sseWriter, st *stream, eventName string) {
-	for {
-		select {
-		case m := <-st.queue:
-			if sw.event(st.nextEventID(), eventName, m.data) != nil {
-				return
-			}
-		default:
-			return
-		}
-	}
+	return false
 }

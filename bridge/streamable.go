@@ -151,7 +151,6 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	defer sess.closeRequestStream(st)
 	for i, msg := range msgs {
 		if sess.send(msg, &envs[i]) != nil {
 			break // the child is gone; its exit fails the stream's requests
@@ -162,7 +161,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(headerSessionID, sess.ID)
 		mode = streamInitialize
 	}
-	s.writeStream(w, r, sess, st, mode)
+	sess.releaseRequestStream(st, s.writeStream(w, r, sess, st, mode, -1))
 }
 
 func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
@@ -177,13 +176,29 @@ func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 	if sess == nil {
 		return
 	}
-	st, err := sess.openStandalone()
+	if lastID := r.Header.Get("Last-Event-ID"); lastID != "" {
+		// Resuming a stream, of a POST or the GET, after the last event
+		// the client got.
+		st, seq, err := sess.resumable(lastID)
+		if err != nil {
+			WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "cannot resume: "+err.Error())
+			return
+		}
+		mode := streamResponse
+		if st == sess.standaloneOrNil() {
+			mode = streamStandalone
+		}
+		if finished := s.writeStream(w, r, sess, st, mode, seq); finished && mode == streamResponse {
+			sess.releaseRequestStream(st, true)
+		}
+		return
+	}
+	st, err := sess.standaloneStream()
 	if err != nil {
 		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 		return
 	}
-	defer sess.closeStandalone(st)
-	s.writeStream(w, r, sess, st, streamStandalone)
+	s.writeStream(w, r, sess, st, streamStandalone, -1)
 }
 
 func (s *Server) streamableDelete(w http.ResponseWriter, r *http.Request) {

@@ -38,12 +38,13 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.CloseNow()
 	conn.SetReadLimit(int64(s.backend.MaxMessageSize()))
-	st, err := sess.openStandalone()
+	st, err := sess.standaloneStream()
 	if err != nil {
 		conn.Close(websocket.StatusGoingAway, "session ended")
 		return
 	}
-	defer sess.closeStandalone(st)
+	gen, cursor, _ := st.attach(-1)
+	defer st.detach(gen)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -51,7 +52,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		s.wsRead(ctx, conn, sess)
 	}()
-	s.wsWrite(ctx, conn, sess, st)
+	s.wsWrite(ctx, conn, st, gen, cursor)
 }
 
 // wsRead forwards the client's frames to the child until the connection
@@ -86,17 +87,29 @@ func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *Session
 	}
 }
 
-// wsWrite sends the child's messages as text frames and pings the client
+// wsWrite sends the stream's messages as text frames and pings the client
 // every keepalive interval, until the session or the connection ends.
-func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, sess *Session, st *stream) {
+func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, st *stream, gen, cursor int) {
 	ping, stopPing := keepalive(s.cfg.Keepalive)
 	defer stopPing()
 	for {
-		select {
-		case m := <-st.queue:
-			if err := conn.Write(ctx, websocket.MessageText, m.data); err != nil {
+		evs, _, closed := st.events(gen, cursor)
+		for _, ev := range evs {
+			if err := conn.Write(ctx, websocket.MessageText, ev.data); err != nil {
 				return
 			}
+			cursor = ev.seq + 1
+			st.written(cursor)
+		}
+		if len(evs) > 0 {
+			continue
+		}
+		if closed {
+			conn.Close(websocket.StatusGoingAway, "session ended")
+			return
+		}
+		select {
+		case <-st.wake:
 		case <-ping:
 			pingCtx, cancel := context.WithTimeout(ctx, max(s.cfg.Keepalive, time.Second))
 			err := conn.Ping(pingCtx)
@@ -105,24 +118,7 @@ func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, sess *Sessio
 				s.logger.Debug("WebSocket ping failed; client gone", zap.Error(err))
 				return
 			}
-		case <-st.closed:
-			s.wsDrain(ctx, conn, st)
-			conn.Close(websocket.StatusGoingAway, "session ended")
-			return
 		case <-ctx.Done(): // the client closed the connection
-			return
-		}
-	}
-}
-
-func (s *Server) wsDrain(ctx context.Context, conn *websocket.Conn, st *stream) {
-	for {
-		select {
-		case m := <-st.queue:
-			if conn.Write(ctx, websocket.MessageText, m.data) != nil {
-				return
-			}
-		default:
 			return
 		}
 	}

@@ -111,7 +111,7 @@ func check(ctx context.Context, out io.Writer, url, key string, timeout time.Dur
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	httpClient := &http.Client{}
+	httpClient := &http.Client{Timeout: timeout} // the SDK retries; this bounds it all
 	if key != "" {
 		httpClient.Transport = bearer{key: key, next: http.DefaultTransport}
 	}

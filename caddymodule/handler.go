@@ -446,8 +446,9 @@ func (h *Handler) Validate() error {
 }
 
 // Handle reacts to Caddy's lifecycle events. "started" warms the pool.
-// "stopping" comes on reload and on exit: on reload this instance's GET
-// streams close after StreamCloseDelay (Caddy would wait on them forever);
+// "stopping" comes on reload and on exit: on a reload that keeps the pool,
+// this instance's GET streams close after StreamCloseDelay (Caddy would
+// wait on them forever; clients reconnect to the new instance);
 // on exit every stream ends now, requests in flight get up to
 // DrainTimeout, and the children are stopped before Caddy returns.
 func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
@@ -460,7 +461,14 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 			h.backend.Shutdown()
 			return nil
 		}
-		time.AfterFunc(time.Duration(h.StreamCloseDelay), h.server.CloseStreams)
+		// Only when the new config keeps this pool: then the sessions live
+		// on and their clients reconnect to them. A pool being retired
+		// keeps its streams until it has drained, or its clients, finding
+		// no session to reconnect to, would give up their requests in
+		// flight.
+		if refs, _ := backends.References(h.backendKey); refs > 1 {
+			time.AfterFunc(time.Duration(h.StreamCloseDelay), h.server.CloseStreams)
+		}
 	}
 	return nil
 }
