@@ -40,6 +40,13 @@ type ServerConfig struct {
 	PublicBaseURL string
 	// Keepalive is the interval of SSE keepalive comments; zero disables them.
 	Keepalive time.Duration
+	// ResumeGrace is how long a legacy SSE session outlives its stream,
+	// for its client to reconnect with Last-Event-ID; negative: no grace.
+	ResumeGrace time.Duration
+	// PollInterval, when set, closes the SSE streams of 2025-11-25
+	// sessions after this long, with a retry field: clients resume with
+	// Last-Event-ID (polling), which suits proxies that cut long responses.
+	PollInterval time.Duration
 	// Origins decides which browser origins may call.
 	Origins OriginPolicy
 	// MaxSessionsPerPrincipal caps the sessions one principal may hold
@@ -59,6 +66,9 @@ const (
 	DefaultHealthPath      = "/health"
 	DefaultKeepalive       = 25 * time.Second
 	DefaultBodyReadTimeout = 30 * time.Second
+	DefaultResumeGrace     = 30 * time.Second
+	// pollRetry is the retry a polling stream gives its client.
+	pollRetry = time.Second
 )
 
 // Transports is a set of transports.
@@ -96,6 +106,9 @@ func NewServer(backend *Backend, cfg ServerConfig, logger *zap.Logger) *Server {
 	setDefault(&cfg.HealthPath, DefaultHealthPath)
 	if cfg.BodyReadTimeout <= 0 {
 		cfg.BodyReadTimeout = DefaultBodyReadTimeout
+	}
+	if cfg.ResumeGrace == 0 {
+		cfg.ResumeGrace = DefaultResumeGrace
 	}
 	if logger == nil {
 		logger = zap.NewNop()

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,7 @@ type Session struct {
 	standalone      *stream                // the stream for everything else; created on demand
 	streams         map[int]*stream        // every stream a client may resume, by number
 	tag             string                 // names the session in its event ids
+	grace           *time.Timer            // a legacy SSE session without its stream: when it ends
 	lastActive      time.Time
 	nextStream      int
 	ended           bool
@@ -435,6 +437,48 @@ func (s *Session) end(reason string) {
 	s.backend.removeSession(s)
 	s.logger.Info("session closed", zap.String("reason", reason))
 	go s.up.Release()
+}
+
+// awaitResume gives a legacy SSE session whose stream closed grace to
+// come back (with Last-Event-ID) before it ends; none when another
+// connection already took the stream over.
+func (s *Session) awaitResume(grace time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended || (s.standalone != nil && s.standalone.hasWriter()) {
+		return
+	}
+	if grace <= 0 {
+		go s.end("SSE stream closed")
+		return
+	}
+	s.grace = time.AfterFunc(grace, func() { s.end("SSE stream closed, and not resumed in time") })
+}
+
+// resumeLegacy finds the legacy SSE session, waiting for its client, that
+// a Last-Event-ID names, and the event's position in its stream.
+func (b *Backend) resumeLegacy(lastEventID, principal string) (*Session, int) {
+	tag, _, _ := strings.Cut(lastEventID, "_")
+	b.mu.RLock()
+	var found *Session
+	for _, s := range b.sessions {
+		if s.Transport == "sse" && s.tag == tag && s.Principal == principal {
+			found = s
+			break
+		}
+	}
+	b.mu.RUnlock()
+	if found == nil {
+		return nil, 0
+	}
+	found.mu.Lock()
+	defer found.mu.Unlock()
+	_, seq, ok := parseEventID(lastEventID, found.tag)
+	if !ok || found.ended || (found.grace != nil && !found.grace.Stop()) {
+		return nil, 0
+	}
+	found.grace = nil
+	return found, seq
 }
 
 // idleSince reports when the session last saw traffic, and whether it is

@@ -20,17 +20,25 @@ func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list text/event-stream")
 		return
 	}
-	sess := s.newSession(w, r, "sse", true)
-	if sess == nil {
+	var sess *Session
+	after := -1
+	if lastID := r.Header.Get("Last-Event-ID"); lastID != "" {
+		// A client back within the grace gets its session and what it
+		// missed; after it, the session is gone.
+		if sess, after = s.backend.resumeLegacy(lastID, PrincipalFrom(r.Context())); sess == nil {
+			WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session not found: it ended, or its resume grace ran out")
+			return
+		}
+	} else if sess = s.newSession(w, r, "sse", true); sess == nil {
 		return
 	}
-	defer sess.end("SSE stream closed")
 	st, err := sess.standaloneStream()
 	if err != nil {
 		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 		return
 	}
-	s.writeStream(w, r, sess, st, streamLegacy, -1)
+	s.writeStream(w, r, sess, st, streamLegacy, after)
+	sess.awaitResume(s.cfg.ResumeGrace)
 }
 
 // endpointURI is the URI the client posts its messages to. It is built from

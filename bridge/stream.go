@@ -338,15 +338,22 @@ func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Sessi
 	sw := newSSEWriter(w)
 	w.WriteHeader(http.StatusOK)
 	eventName := ""
+	resumable := mode != streamLegacy && sess.ProtocolVersion() >= version20251125
 	switch {
 	case mode == streamLegacy:
 		eventName = "message"
 		err = sw.event("", "endpoint", []byte(s.endpointURI(r, sess)))
-	case after < 0 && sess.ProtocolVersion() >= version20251125:
+	case after < 0 && resumable:
 		// A priming event: the client may resume from here if cut off.
 		err = sw.event(eventID(sess.tag, st.num, 0), "", nil)
 	default:
 		err = sw.rc.Flush()
+	}
+	var poll <-chan time.Time
+	if s.cfg.PollInterval > 0 && resumable {
+		t := time.NewTimer(s.cfg.PollInterval)
+		defer t.Stop()
+		poll = t.C
 	}
 	ping, stopPing := keepalive(s.cfg.Keepalive)
 	defer stopPing()
@@ -389,6 +396,11 @@ func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Sessi
 		case <-r.Context().Done():
 			return false
 		case <-closing:
+			return false
+		case <-poll:
+			// Close the connection, not the stream: the client comes back
+			// with Last-Event-ID after retry.
+			_ = sw.write([]byte("retry: " + strconv.Itoa(int(pollRetry.Milliseconds())) + "\n\n"))
 			return false
 		}
 	}

@@ -19,7 +19,9 @@ func startBridge(t *testing.T, pool PoolConfig) (*httptest.Server, *Backend) {
 	exe := mcptest.EverythingServer(t)
 	backend := NewBackend(BackendConfig{Process: ProcessConfig{Argv: []string{exe}}, Pool: pool}, zaptest.NewLogger(t))
 	backend.Start()
-	srv := httptest.NewServer(NewServer(backend, ServerConfig{}, zaptest.NewLogger(t)))
+	// A short resume grace, so that legacy SSE sessions end soon after
+	// their clients leave.
+	srv := httptest.NewServer(NewServer(backend, ServerConfig{ResumeGrace: 100 * time.Millisecond}, zaptest.NewLogger(t)))
 	t.Cleanup(func() {
 		srv.Close()
 		backend.Close()

@@ -83,8 +83,10 @@ func post(t *testing.T, url, session, version, body string) *http.Response {
 type sseEvent struct {
 	ID       string
 	HasID    bool
+	Name     string
 	Data     string
 	HasData  bool
+	Retry    string
 	Comments []string
 }
 
@@ -107,7 +109,7 @@ func readSSE(body io.Reader) <-chan sseEvent {
 			value = strings.TrimPrefix(value, " ")
 			switch {
 			case line == "":
-				if ev.HasData || ev.HasID || len(ev.Comments) > 0 {
+				if ev.HasData || ev.HasID || ev.Retry != "" || len(ev.Comments) > 0 {
 					ev.Data = strings.Join(data, "\n")
 					ch <- ev
 				}
@@ -116,6 +118,10 @@ func readSSE(body io.Reader) <-chan sseEvent {
 				ev.Comments = append(ev.Comments, value)
 			case field == "id":
 				ev.ID, ev.HasID = value, true
+			case field == "event":
+				ev.Name = value
+			case field == "retry":
+				ev.Retry = value
 			case field == "data":
 				data = append(data, value)
 				ev.HasData = true

@@ -64,6 +64,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		body_read_timeout <duration>
 //		drain_timeout <duration>
 //		stream_close_delay <duration>
+//		resume_grace <duration>
+//		poll_interval <duration>
 //	}
 //
 // command takes the rest of its line; quoting works as in a shell, but no
@@ -215,6 +217,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "stream_close_delay":
 			if err := durationArg(d, &h.StreamCloseDelay); err != nil {
+				return err
+			}
+		case "resume_grace":
+			if err := durationArg(d, &h.ResumeGrace); err != nil {
+				return err
+			}
+		case "poll_interval":
+			if err := durationArg(d, &h.PollInterval); err != nil {
 				return err
 			}
 		default:

@@ -148,6 +148,17 @@ type Handler struct {
 	// children are stopped. Default: 30s.
 	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
 
+	// ResumeGrace is how long a legacy SSE session outlives its stream, so
+	// that its client can reconnect with Last-Event-ID and get what it
+	// missed; then the session and its child end. Default: 30s.
+	ResumeGrace caddy.Duration `json:"resume_grace,omitempty"`
+
+	// PollInterval, when set, closes the SSE streams of 2025-11-25 sessions
+	// after this long, with a retry field; clients resume them with
+	// Last-Event-ID. For deployments behind proxies that cut long
+	// responses. Default: off.
+	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
+
 	// StreamCloseDelay is how long, after a reload, the old configuration's
 	// Streamable HTTP GET streams stay open before they are closed; their
 	// clients reconnect to the same sessions under the new configuration.
@@ -261,6 +272,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		MountPrefix:    mountPrefix,
 		PublicBaseURL:  h.PublicBaseURL,
 		Keepalive:      keepalive,
+		ResumeGrace:    time.Duration(h.ResumeGrace),
+		PollInterval:   time.Duration(h.PollInterval),
 		Origins:        h.origins,
 
 		MaxSessionsPerPrincipal: h.MaxSessionsPerKey,
