@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zaptest"
-
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -41,16 +39,7 @@ func (r *sseReader) next() (sseEvent, bool) {
 // startResumeBridge serves muxchild with one child per session.
 func startResumeBridge(t *testing.T, cfg ServerConfig) *httptest.Server {
 	t.Helper()
-	exe := mcptest.Build(t, muxChildPackage)
-	backend := NewBackend(BackendConfig{Process: ProcessConfig{Argv: []string{exe}}}, zaptest.NewLogger(t))
-	backend.Start()
-	srv := httptest.NewServer(NewServer(backend, cfg, zaptest.NewLogger(t)))
-	t.Cleanup(func() {
-		srv.CloseClientConnections()
-		backend.Close()
-		srv.Close()
-		mcptest.WaitNoProcesses(t, exe, 5*time.Second)
-	})
+	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage)}, BackendConfig{}, cfg)
 	return srv
 }
 
