@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -245,6 +246,8 @@ func (s *server) handle(m message) {
 func (s *server) run(method string, id, params, token json.RawMessage, answer func(string)) {
 	var p struct {
 		Steps        int    `json:"steps"`
+		Count        int    `json:"count"`
+		Size         int    `json:"size"`
 		DelayMs      int    `json:"delayMs"`
 		Ms           int    `json:"ms"`
 		IgnoreCancel bool   `json:"ignoreCancel"`
@@ -312,6 +315,18 @@ func (s *server) run(method string, id, params, token json.RawMessage, answer fu
 				}
 			case <-time.After(10 * time.Second):
 				answer(`{"answer":"timeout"}`)
+			}
+		}()
+	case "flood":
+		// count resources/updated notifications for uri, each padded to
+		// about size bytes, in the background; the answer comes first.
+		uri, _ := json.Marshal(p.URI)
+		pad := strings.Repeat("x", p.Size)
+		answer(`{}`)
+		go func() {
+			for i := range p.Count {
+				s.send(`{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":`, string(uri),
+					`,"n":`, strconv.Itoa(i), `,"pad":"`, pad, `"}}`)
 			}
 		}()
 	case "update":
