@@ -21,6 +21,8 @@ type BackendConfig struct {
 	// SessionIdleTimeout ends a session with no open stream, no request in
 	// flight and no traffic for this long.
 	SessionIdleTimeout time.Duration
+	// Replay bounds the events each stream keeps for clients that resume.
+	Replay ReplayBuffer
 	// DrainTimeout bounds how long Shutdown lets requests in flight finish.
 	// It is not part of what makes two configurations share a Backend.
 	DrainTimeout time.Duration `json:"-"`
@@ -64,6 +66,12 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.Replay.Events <= 0 {
+		cfg.Replay.Events = DefaultReplayEvents
+	}
+	if cfg.Replay.Bytes <= 0 {
+		cfg.Replay.Bytes = DefaultReplayBytes
 	}
 	if cfg.Process.MaxMessageSize <= 0 {
 		cfg.Process.MaxMessageSize = DefaultMaxMessageSize

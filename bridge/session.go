@@ -99,7 +99,7 @@ func (s *Session) openRequestStream(ids [][]byte, tokens [][]byte) (*stream, err
 		}
 	}
 	s.nextStream++
-	st := newStream(s.nextStream)
+	st := newStream(s.nextStream, s.backend.cfg.Replay)
 	for _, id := range ids {
 		s.pending[string(id)] = st
 	}
@@ -182,7 +182,7 @@ func (s *Session) standaloneOrNil() *stream {
 func (s *Session) standaloneLocked() *stream {
 	if s.standalone == nil {
 		s.nextStream++
-		s.standalone = newStream(s.nextStream)
+		s.standalone = newStream(s.nextStream, s.backend.cfg.Replay)
 		s.streams[s.standalone.num] = s.standalone
 	}
 	return s.standalone

@@ -19,10 +19,11 @@ const (
 	// child waits), a shared child's session is ended as too slow, and a
 	// stream with no client drops its oldest event.
 	streamWindow = 64
-	// replayEvents and replayBytes bound the events a stream keeps after
-	// writing them, for a client that resumes with Last-Event-ID.
-	replayEvents = 256
-	replayBytes  = 4 << 20
+	// DefaultReplayEvents and DefaultReplayBytes bound the events a stream
+	// keeps after writing them, for a client that resumes with
+	// Last-Event-ID.
+	DefaultReplayEvents = 256
+	DefaultReplayBytes  = 4 << 20
 )
 
 // pushPolicy says what push does when the writer is streamWindow behind.
@@ -55,7 +56,8 @@ type event struct {
 // the latest for a client that resumes with Last-Event-ID, on a new
 // connection, from where it was cut off.
 type stream struct {
-	num int // unique within the session; part of every event id
+	num    int // unique within the session; part of every event id
+	replay ReplayBuffer
 
 	mu     sync.Mutex
 	log    []event // by seq; events before sent are kept for replay only
@@ -73,8 +75,15 @@ type stream struct {
 	pending int // responses this stream still waits for
 }
 
-func newStream(num int) *stream {
-	return &stream{num: num, next: 1, sent: 1, wake: make(chan struct{}, 1), room: make(chan struct{}, 1), done: make(chan struct{})}
+// ReplayBuffer bounds what a stream keeps of the events it wrote, for
+// clients that resume: the latest Events, within Bytes.
+type ReplayBuffer struct {
+	Events int
+	Bytes  int
+}
+
+func newStream(num int, replay ReplayBuffer) *stream {
+	return &stream{num: num, replay: replay, next: 1, sent: 1, wake: make(chan struct{}, 1), room: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 func signal(ch chan struct{}) {
@@ -120,7 +129,7 @@ func (st *stream) push(data []byte, last bool, policy pushPolicy) error {
 // evictLocked lets go of the written events the replay bounds no longer
 // keep.
 func (st *stream) evictLocked() {
-	for len(st.log) > 0 && st.log[0].seq < st.sent && (len(st.log) > replayEvents || st.bytes > replayBytes) {
+	for len(st.log) > 0 && st.log[0].seq < st.sent && (len(st.log) > st.replay.Events || st.bytes > st.replay.Bytes) {
 		st.bytes -= len(st.log[0].data)
 		st.log[0] = event{}
 		st.log = st.log[1:]

@@ -64,6 +64,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		body_read_timeout <duration>
 //		drain_timeout <duration>
 //		stream_close_delay <duration>
+//		replay_buffer <events> [<size>]
 //		resume_grace <duration>
 //		poll_interval <duration>
 //	}
@@ -218,6 +219,23 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "stream_close_delay":
 			if err := durationArg(d, &h.StreamCloseDelay); err != nil {
 				return err
+			}
+		case "replay_buffer":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.ArgErr()
+			}
+			events, err := strconv.Atoi(args[0])
+			if err != nil || events < 1 {
+				return d.Errf("replay_buffer: want a number of events, got %q", args[0])
+			}
+			h.ReplayBuffer = &ReplayBufferConfig{Events: events}
+			if len(args) == 2 {
+				size, err := humanize.ParseBytes(args[1])
+				if err != nil || size == 0 || size > 1<<30 {
+					return d.Errf("replay_buffer: want a size from 1B to 1GiB, got %q", args[1])
+				}
+				h.ReplayBuffer.Bytes = int(size)
 			}
 		case "resume_grace":
 			if err := durationArg(d, &h.ResumeGrace); err != nil {

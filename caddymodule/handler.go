@@ -148,6 +148,12 @@ type Handler struct {
 	// children are stopped. Default: 30s.
 	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
 
+	// ReplayBuffer bounds what each SSE stream keeps of the events it
+	// wrote, for clients that reconnect with Last-Event-ID: the latest
+	// Events, within Bytes. It lives with the session, so it survives a
+	// reload. Default: 256 events, 4 MiB.
+	ReplayBuffer *ReplayBufferConfig `json:"replay_buffer,omitempty"`
+
 	// ResumeGrace is how long a legacy SSE session outlives its stream, so
 	// that its client can reconnect with Last-Event-ID and get what it
 	// missed; then the session and its child end. Default: 30s.
@@ -216,6 +222,14 @@ type PoolConfig struct {
 	// ping, which servers answer before initialize) and replaces one that
 	// does not answer within 5s. Default: off.
 	HealthCheck caddy.Duration `json:"health_check,omitempty"`
+}
+
+// ReplayBufferConfig bounds a stream's replay buffer.
+type ReplayBufferConfig struct {
+	// Events is how many written events a stream keeps at most.
+	Events int `json:"events,omitempty"`
+	// Bytes is how many bytes of written events a stream keeps at most.
+	Bytes int `json:"bytes,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -355,6 +369,9 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 		},
 		Pool:         bridge.PoolConfig{MinIdle: bridge.DefaultMinIdle},
 		DrainTimeout: time.Duration(h.DrainTimeout),
+	}
+	if r := h.ReplayBuffer; r != nil {
+		cfg.Replay = bridge.ReplayBuffer{Events: r.Events, Bytes: r.Bytes}
 	}
 	if cfg.Process.MaxMessageSize <= 0 {
 		cfg.Process.MaxMessageSize = bridge.DefaultMaxMessageSize
