@@ -1,0 +1,96 @@
+package caddymodule
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+)
+
+// TestResumeAcrossReload breaks a stream while the child reports
+// progress, reloads Caddy (with a changed origin list, the same child
+// config), and resumes with Last-Event-ID: nothing is lost, because the
+// replay log lives with the session, not with the HTTP request.
+func TestResumeAcrossReload(t *testing.T) {
+	exe := mcptest.Build(t, "github.com/mcpbridge/caddy-mcp-bridge/bridge/testdata/muxchild")
+	admin := fmt.Sprintf("127.0.0.1:%d", mcptest.FreePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", mcptest.FreePort(t))
+	config := func(origin string) string {
+		return fmt.Sprintf("{\n\tadmin %s\n}\n\n:%s {\n\tbind 127.0.0.1\n\tmcp_bridge {\n\t\tcommand %s\n\t\tallowed_origins %s\n\t}\n}\n",
+			admin, addr[strings.LastIndex(addr, ":")+1:], exe, origin)
+	}
+	t.Cleanup(func() { mcptest.WaitNoProcesses(t, exe, 10*time.Second) })
+	c := mcptest.StartCaddy(t, t.TempDir(), config("https://a.example.com"), admin, addr)
+	url := "http://" + addr + "/mcp"
+
+	post := func(ctx context.Context, session, body string) *http.Response {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		if session != "" {
+			req.Header.Set("Mcp-Session-Id", session)
+			req.Header.Set("MCP-Protocol-Version", "2025-11-25")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	init := post(t.Context(), "", `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`)
+	session := init.Header.Get("Mcp-Session-Id")
+	init.Body.Close()
+	post(t.Context(), session, `{"jsonrpc":"2.0","method":"notifications/initialized"}`).Body.Close()
+
+	ctx, cut := context.WithCancel(t.Context())
+	resp := post(ctx, session, `{"jsonrpc":"2.0","id":1,"method":"progress","params":{"steps":40,"delayMs":25,"_meta":{"progressToken":"p"}}}`)
+	progress, lastID := 0, ""
+	sc := bufio.NewScanner(resp.Body)
+	for progress < 5 && sc.Scan() {
+		line := sc.Text()
+		if id, ok := strings.CutPrefix(line, "id: "); ok {
+			lastID = id
+		}
+		if strings.HasPrefix(line, "data: ") && strings.Contains(line, "notifications/progress") {
+			progress++
+		}
+	}
+	cut()
+	resp.Body.Close()
+
+	c.Reload(t, config("https://b.example.com"))
+
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Mcp-Session-Id", session)
+	req.Header.Set("MCP-Protocol-Version", "2025-11-25")
+	req.Header.Set("Last-Event-ID", lastID)
+	resumed, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resumed.Body.Close()
+	if resumed.StatusCode != http.StatusOK {
+		t.Fatalf("resume after reload: %s", resumed.Status)
+	}
+	answered := false
+	sc = bufio.NewScanner(resumed.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "data: ") && strings.Contains(line, "notifications/progress") {
+			progress++
+		}
+		if strings.HasPrefix(line, "data: ") && strings.Contains(line, `"result"`) {
+			answered = true
+			break
+		}
+	}
+	if progress != 40 || !answered {
+		t.Errorf("across the reload: %d of 40 progress notifications, answered %v", progress, answered)
+	}
+}
