@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -92,5 +94,30 @@ func TestResumeAcrossReload(t *testing.T) {
 	}
 	if progress != 40 || !answered {
 		t.Errorf("across the reload: %d of 40 progress notifications, answered %v", progress, answered)
+	}
+}
+
+// TestPollingWithGoSDKClient: with poll_interval, the bridge closes a long
+// call's stream again and again; the go-sdk client resumes it each time
+// with Last-Event-ID, and gets every progress notification and the result.
+func TestPollingWithGoSDKClient(t *testing.T) {
+	exe := mcptest.Build(t, "github.com/mcpbridge/caddy-mcp-bridge/bridge/testdata/muxchild")
+	admin := fmt.Sprintf("127.0.0.1:%d", mcptest.FreePort(t))
+	port := mcptest.FreePort(t)
+	t.Cleanup(func() { mcptest.WaitNoProcesses(t, exe, 10*time.Second) })
+	mcptest.StartCaddy(t, t.TempDir(), fmt.Sprintf("{\n\tadmin %s\n}\n\n:%d {\n\tbind 127.0.0.1\n\tmcp_bridge {\n\t\tcommand %s\n\t\tpoll_interval 150ms\n\t}\n}\n", admin, port, exe),
+		admin, fmt.Sprintf("127.0.0.1:%d", port))
+	client := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: fmt.Sprintf("http://127.0.0.1:%d/mcp", port)}, "2025-11-25")
+	defer client.Close()
+	res, err := client.CallTool(t.Context(), &mcp.CallToolParams{
+		Name:      "progress",
+		Arguments: map[string]any{"steps": 30, "delayMs": 30},
+		Meta:      mcp.Meta{"progressToken": "poll"},
+	})
+	if err != nil || res.IsError {
+		t.Fatalf("a 1 s call under 150 ms polling: %v %+v", err, res)
+	}
+	if p := client.WaitProgress(30); len(p) != 30 || p[29].Progress != 30 {
+		t.Errorf("got %d progress notifications through the polling, want 30", len(p))
 	}
 }
