@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net/http"
@@ -129,6 +130,25 @@ func TestCaddyHandlePath(t *testing.T) {
 	client := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: "http://" + addr + "/tools/mcp"}, "")
 	defer client.Close()
 	client.CallText(t, "test_simple_text", nil)
+
+	// The legacy SSE endpoint event names /tools/message, the path the
+	// client can reach, not the /message the handler saw.
+	resp, err := http.Get("http://" + addr + "/tools/sse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := bufio.NewReader(resp.Body)
+	line := ""
+	for !strings.HasPrefix(line, "data: ") && err == nil {
+		line, err = events.ReadString('\n')
+	}
+	resp.Body.Close()
+	if !strings.HasPrefix(line, "data: /tools/message?sessionId=") {
+		t.Errorf("SSE endpoint event under handle_path: %q", line)
+	}
+	sse := mcptest.Connect(t, &mcp.SSEClientTransport{Endpoint: "http://" + addr + "/tools/sse"}, "")
+	defer sse.Close()
+	sse.CallText(t, "test_simple_text", nil)
 	for _, path := range []string{"/tools/other", "/tools/mcp/x"} {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
