@@ -8,11 +8,14 @@ import (
 // Health is the report of GET <mount>/health.
 type Health struct {
 	// Status is "ok", or "unavailable" when no child can be started.
-	Status     string          `json:"status"`
-	Transports []string        `json:"transports"`
-	Isolation  string          `json:"isolation"`
-	Processes  HealthProcesses `json:"processes"`
-	Sessions   int             `json:"sessions"`
+	Status     string   `json:"status"`
+	Transports []string `json:"transports"`
+	Isolation  string   `json:"isolation"`
+	// Era is what protocol eras the child speaks: "modern", "legacy" or
+	// "dual", from the last probe; empty before it.
+	Era       string          `json:"era,omitempty"`
+	Processes HealthProcesses `json:"processes"`
+	Sessions  int             `json:"sessions"`
 	// Tools is the number of tools a child reports, from the last probe;
 	// -1 before the first probe has finished.
 	Tools int `json:"tools"`
@@ -42,6 +45,7 @@ func (b *Backend) Health() Health {
 		Sessions:  b.SessionCount(),
 		Tools:     probe.Tools,
 		Crashes:   b.exits.crashes.Load(),
+		Era:       probe.Era,
 	}
 	if b.shared != nil {
 		h.Isolation = "shared"

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +19,9 @@ const probeTimeout = 30 * time.Second
 // Probe is what the bridge last learned from a child of its own: that one
 // can be started and initialized, and how many tools it offers.
 type Probe struct {
+	// Era is "modern" (the stateless protocol, 2026-07-28 on), "legacy"
+	// (sessions and initialize) or "dual" (both), as server/discover told.
+	Era       string
 	Tools     int
 	CheckedAt time.Time
 	Err       error
@@ -112,7 +116,7 @@ func probeChild(cfg ProcessConfig, logger *zap.Logger) Probe {
 
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
-	call := func(id int, method, params string) ([]byte, error) {
+	call := func(ctx context.Context, id int, method, params string) ([]byte, error) {
 		msg := `{"jsonrpc":"2.0","id":` + strconv.Itoa(id) + `,"method":"` + method + `","params":` + params + `}`
 		if err := child.Send([]byte(msg)); err != nil {
 			return nil, err
@@ -135,18 +139,35 @@ func probeChild(cfg ProcessConfig, logger *zap.Logger) Probe {
 			}
 		}
 	}
-	if _, err := call(1, "initialize", `{"protocolVersion":"`+version20251125+`","capabilities":{},"clientInfo":{"name":"caddy-mcp-bridge-probe","version":"1"}}`); err != nil {
-		res.Err = err
+	// The stateless protocol's probe first: a legacy server answers it
+	// "method not found" (and may ignore it: hence the short wait).
+	meta := `"_meta":{"io.modelcontextprotocol/protocolVersion":"` + versionModern +
+		`","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"caddy-mcp-bridge-probe","version":"1"}}`
+	discoverCtx, cancelDiscover := context.WithTimeout(ctx, 5*time.Second)
+	discovered, err := call(discoverCtx, 1, "server/discover", "{"+meta+"}")
+	cancelDiscover()
+	if child.Exited() {
+		res.Err = exitError(child)
 		return res
 	}
-	_ = child.Send([]byte(`{"jsonrpc":"2.0","method":"notifications/initialized"}`))
-	cursor := ""
-	for id := 2; id < 100; id++ {
-		params := "{}"
-		if cursor != "" {
-			params = `{"cursor":` + strconv.Quote(cursor) + `}`
+	if res.Era = eraOf(discovered, err); res.Era == "legacy" {
+		meta = ""
+		if _, err := call(ctx, 2, "initialize", `{"protocolVersion":"`+version20251125+`","capabilities":{},"clientInfo":{"name":"caddy-mcp-bridge-probe","version":"1"}}`); err != nil {
+			res.Err = err
+			return res
 		}
-		result, err := call(id, "tools/list", params)
+		_ = child.Send([]byte(`{"jsonrpc":"2.0","method":"notifications/initialized"}`))
+	}
+	cursor := ""
+	for id := 3; id < 100; id++ {
+		var fields []string
+		if cursor != "" {
+			fields = append(fields, `"cursor":`+strconv.Quote(cursor))
+		}
+		if meta != "" {
+			fields = append(fields, meta)
+		}
+		result, err := call(ctx, id, "tools/list", "{"+strings.Join(fields, ",")+"}")
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) || res.Tools == 0 {
 				res.Err = err
@@ -162,6 +183,29 @@ func probeChild(cfg ProcessConfig, logger *zap.Logger) Probe {
 		}
 	}
 	return res
+}
+
+// eraOf reads the answer to server/discover: which protocol eras the
+// server speaks.
+func eraOf(discovered []byte, err error) string {
+	if err != nil {
+		return "legacy"
+	}
+	modern, legacy := false, false
+	_ = scanArray(Member(discovered, "supportedVersions"), func(v []byte) {
+		if StringValue(v) >= versionModern {
+			modern = true
+		} else {
+			legacy = true
+		}
+	})
+	switch {
+	case modern && legacy:
+		return "dual"
+	case modern:
+		return "modern"
+	}
+	return "legacy"
 }
 
 // scanArray calls visit with each element of a JSON array.
