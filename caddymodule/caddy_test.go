@@ -20,6 +20,7 @@ import (
 // bridgeCaddy runs a real Caddy with an mcp_bridge site in front of the
 // everything-server. block is extra mcp_bridge options; site is extra site
 // directives. It returns the Caddy, the site's base URL and the child's path.
+// Legacy SSE sessions end 200ms after their client leaves (resume_grace).
 func bridgeCaddy(t *testing.T, block, site string) (*mcptest.Caddy, string, string) {
 	t.Helper()
 	exe := mcptest.EverythingServer(t)
@@ -33,6 +34,7 @@ func bridgeCaddy(t *testing.T, block, site string) (*mcptest.Caddy, string, stri
 	bind 127.0.0.1
 	mcp_bridge {
 		command %s
+		resume_grace 200ms
 		%s
 	}
 	%s

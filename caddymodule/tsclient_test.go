@@ -63,6 +63,14 @@ func tsClientDir(t *testing.T) (node, dir string) {
 		}
 		t.Skip("set MCPBRIDGE_NODE and MCPBRIDGE_TS_SDK, or run scripts/test")
 	}
+	return node, tsScriptDir(t, modules, filepath.Join("testdata", "tsclient", "client.mjs"))
+}
+
+// tsScriptDir checks that modules holds the pinned TypeScript SDK, and
+// returns a new directory holding a copy of script beside a node_modules
+// link to it.
+func tsScriptDir(t *testing.T, modules, script string) string {
+	t.Helper()
 	var pinned struct {
 		Dependencies map[string]string `json:"dependencies"`
 	}
@@ -74,12 +82,12 @@ func tsClientDir(t *testing.T) (node, dir string) {
 	if want := pinned.Dependencies["@modelcontextprotocol/sdk"]; want == "" || installed.Version != want {
 		t.Fatalf("MCPBRIDGE_TS_SDK has @modelcontextprotocol/sdk %q, testdata/tsclient/package.json pins %q", installed.Version, want)
 	}
-	dir = t.TempDir()
-	script, err := os.ReadFile(filepath.Join("testdata", "tsclient", "client.mjs"))
+	dir := t.TempDir()
+	data, err := os.ReadFile(script)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "client.mjs"), script, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, filepath.Base(script)), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	abs, err := filepath.Abs(modules)
@@ -89,7 +97,7 @@ func tsClientDir(t *testing.T) (node, dir string) {
 	if err := os.Symlink(abs, filepath.Join(dir, "node_modules")); err != nil {
 		t.Fatal(err)
 	}
-	return node, dir
+	return dir
 }
 
 func readJSON(t *testing.T, path string, v any) {
