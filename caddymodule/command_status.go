@@ -105,16 +105,48 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	return b.next.RoundTrip(r)
 }
 
+// withDeadline bounds every request by one deadline.
+type withDeadline struct {
+	deadline time.Time
+	next     http.RoundTripper
+}
+
+func (d withDeadline) RoundTrip(r *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithDeadline(r.Context(), d.deadline)
+	resp, err := d.next.RoundTrip(r.WithContext(ctx))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelOnClose releases a request's context with its body.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c cancelOnClose) Close() error {
+	c.cancel()
+	return c.ReadCloser.Close()
+}
+
 func check(ctx context.Context, out io.Writer, url, key string, timeout time.Duration) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	httpClient := &http.Client{Timeout: timeout} // the SDK retries; this bounds it all
+	deadline, _ := ctx.Deadline()
+	// The SDK makes several requests, some with contexts of its own: each
+	// gets the one deadline.
+	var transport http.RoundTripper = withDeadline{deadline: deadline, next: http.DefaultTransport}
 	if key != "" {
-		httpClient.Transport = bearer{key: key, next: http.DefaultTransport}
+		transport = bearer{key: key, next: transport}
 	}
+	httpClient := &http.Client{Transport: transport}
 	client := mcp.NewClient(&mcp.Implementation{Name: "caddy-mcp-bridge-check", Version: "1"}, nil)
 	start := time.Now()
 	session, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: httpClient, DisableStandaloneSSE: true}, nil)

@@ -297,6 +297,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx); err != nil {
 		return err
 	}
+	// On process exit, Caddy returns only once the children are gone.
+	ctx.OnExit(func(context.Context) { h.backend.Shutdown() })
 	eventsApp, err := ctx.App("events")
 	if err != nil {
 		return fmt.Errorf("loading events app: %v", err)
@@ -487,8 +489,10 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 		h.backend.Start()
 	case "stopping":
 		if caddy.Exiting() {
+			// Every pool drains at once; Caddy waits for them in the exit
+			// callback that Provision registered.
 			h.server.CloseStreams()
-			h.backend.Shutdown()
+			go h.backend.Shutdown()
 			return nil
 		}
 		// Only when the new config keeps this pool: then the sessions live
