@@ -1,7 +1,9 @@
 // Command testchild is a minimal stdio MCP server for the bridge's tests.
 // By default it answers initialize with a valid InitializeResult (echoing the
 // requested protocol version), answers any other request with
-// {"echo": <params>}, and ignores notifications and responses. It exits when
+// {"echo": <params>} (tools/call with a CallToolResult besides: its one text
+// content is "<name>:<arguments JSON>"), and ignores notifications and
+// responses. It exits when
 // its stdin closes. Flags make it misbehave in the ways the bridge must
 // survive.
 package main
@@ -32,6 +34,7 @@ var (
 	printEnv        = flag.Bool("print-env", false, `answer method "env" with {"env": os.Environ(), "cwd": working directory}`)
 	spawnGrandchild = flag.Bool("spawn-grandchild", false, `start a copy of itself with -ignore-term; answer method "grandchild" with {"pid": its pid}`)
 	notify          = flag.Bool("notify", false, `before answering method "notify", send notifications/tools/list_changed`)
+	delay           = flag.Duration("delay", 0, "sleep this long before answering tools/call")
 )
 
 type message struct {
@@ -109,7 +112,14 @@ func main() {
 			if params == nil {
 				params = json.RawMessage("null")
 			}
-			result = map[string]any{"echo": params}
+			res := map[string]any{"echo": params}
+			if msg.Method == "tools/call" {
+				if *delay > 0 {
+					time.Sleep(*delay)
+				}
+				res["content"] = []any{map[string]any{"type": "text", "text": toolText(msg.Params)}}
+			}
+			result = res
 		}
 		write(map[string]any{"jsonrpc": "2.0", "id": msg.ID, "result": result})
 	}
@@ -118,6 +128,21 @@ func main() {
 			time.Sleep(time.Hour)
 		}
 	}
+}
+
+// toolText is the text of a tools/call answer: "<name>:<arguments JSON>",
+// the arguments as the client sent them ("null" when absent).
+func toolText(params json.RawMessage) string {
+	var call struct {
+		Name      string          `json:"name"`
+		Arguments json.RawMessage `json:"arguments"`
+	}
+	_ = json.Unmarshal(params, &call)
+	args := string(call.Arguments)
+	if args == "" {
+		args = "null"
+	}
+	return call.Name + ":" + args
 }
 
 // readLine returns the next line without its newline; a last line without
