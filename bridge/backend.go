@@ -43,9 +43,12 @@ type Backend struct {
 	logger *zap.Logger
 	pool   *Pool       // isolated sessions
 	shared *SharedPool // shared sessions (then pool is nil)
-	prober *prober
-	exits  exitLog
-	obs    Observer
+	// modern serves stateless requests, on shared children of its own.
+	modernOnce sync.Once
+	modern     *SharedPool
+	prober     *prober
+	exits      exitLog
+	obs        Observer
 
 	mu           sync.RWMutex
 	sessions     map[string]*Session
@@ -90,7 +93,7 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 		sessions:     make(map[string]*Session),
 		perPrincipal: make(map[string]int),
 		stop:         make(chan struct{}),
-		prober:       &prober{proc: probeProcess, logger: logger},
+		prober:       newProber(probeProcess, logger),
 		obs:          cfg.Observer,
 	}
 	if cfg.Shared != nil {
@@ -135,6 +138,11 @@ func (b *Backend) Close() {
 			b.shared.Close()
 		} else {
 			b.pool.Close() // waits for the sessions' children too
+			b.prober.close()
+			b.modernOnce.Do(func() {}) // no stateless pool from now on
+			if b.modern != nil {
+				b.modern.Close()
+			}
 		}
 	})
 }
@@ -165,6 +173,21 @@ func (b *Backend) inFlight() int {
 
 // MaxMessageSize is the largest message passed in either direction.
 func (b *Backend) MaxMessageSize() int { return b.cfg.Process.MaxMessageSize }
+
+// modernPool returns the pool that serves stateless requests. Its children
+// are never the sessions' own: a server that has seen a stateless request
+// may refuse a later initialize (the go-sdk's does).
+func (b *Backend) modernPool() *SharedPool {
+	b.modernOnce.Do(func() {
+		cfg := SharedPoolConfig{MaxProcesses: b.cfg.Pool.MaxProcesses, AcquireTimeout: b.cfg.Pool.AcquireTimeout}
+		if b.shared != nil {
+			cfg = *b.cfg.Shared
+			cfg.MinProcesses = 0
+		}
+		b.modern = NewSharedPool(cfg, b.cfg.Process, b.logger)
+	})
+	return b.modern
+}
 
 // Stats counts the backend's children.
 func (b *Backend) Stats() PoolStats {

@@ -44,7 +44,9 @@ func TestSharedGoSDKClients(t *testing.T) {
 	const n = 9
 	clients := make([]*mcptest.Client, n)
 	for i := range clients {
-		clients[i] = mcptest.Connect(t, transports(i), "")
+		// Sessions (the stateless protocol has no server requests, and is
+		// served on children of its own).
+		clients[i] = mcptest.Connect(t, transports(i), "2025-11-25")
 	}
 	var wg sync.WaitGroup
 	for i, c := range clients {

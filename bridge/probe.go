@@ -32,6 +32,8 @@ type Probe struct {
 type prober struct {
 	proc   ProcessConfig
 	logger *zap.Logger
+	ctx    context.Context // cancelled when the backend closes
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	last    Probe
@@ -41,6 +43,11 @@ type prober struct {
 
 // firstProbeWait is how long a report waits for the very first probe.
 const firstProbeWait = 5 * time.Second
+
+func newProber(proc ProcessConfig, logger *zap.Logger) *prober {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &prober{proc: proc, logger: logger, ctx: ctx, cancel: cancel}
+}
 
 // result returns the last probe, starting a new one in the background if
 // it is stale or missing; with none finished yet, it waits a little for
@@ -63,18 +70,15 @@ func (p *prober) result() Probe {
 	return p.last
 }
 
-// refresh runs a probe now and waits for it.
-func (p *prober) refresh() Probe {
+// close stops a probe under way, and waits until its child is gone.
+func (p *prober) close() {
+	p.cancel()
 	p.mu.Lock()
-	if p.running == nil {
-		p.startLocked()
-	}
 	done := p.running
 	p.mu.Unlock()
-	<-done
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.last
+	if done != nil {
+		<-done
+	}
 }
 
 func (p *prober) markStale() {
@@ -84,11 +88,14 @@ func (p *prober) markStale() {
 }
 
 func (p *prober) startLocked() {
+	if p.ctx.Err() != nil {
+		return // the backend is closed
+	}
 	done := make(chan struct{})
 	p.running = done
 	p.stale = false
 	go func() {
-		res := probeChild(p.proc, p.logger)
+		res := probeChild(p.ctx, p.proc, p.logger)
 		p.mu.Lock()
 		p.last = res
 		p.running = nil
@@ -99,7 +106,7 @@ func (p *prober) startLocked() {
 
 // probeChild starts a child, initializes it as a client would, counts its
 // tools (following pagination), and stops it.
-func probeChild(cfg ProcessConfig, logger *zap.Logger) Probe {
+func probeChild(ctx context.Context, cfg ProcessConfig, logger *zap.Logger) Probe {
 	res := Probe{CheckedAt: time.Now()}
 	child, err := StartProcess(cfg, logger.With(zap.Bool("probe", true)))
 	if err != nil {
@@ -114,7 +121,7 @@ func probeChild(cfg ProcessConfig, logger *zap.Logger) Probe {
 		}
 	}, func([]byte) {}, func() { close(responses) })
 
-	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	call := func(ctx context.Context, id int, method, params string) ([]byte, error) {
 		msg := `{"jsonrpc":"2.0","id":` + strconv.Itoa(id) + `,"method":"` + method + `","params":` + params + `}`

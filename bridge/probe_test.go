@@ -20,14 +20,14 @@ func TestProbe(t *testing.T) {
 		{"legacy-only server", muxChildPackage, "legacy", 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res := probeChild(ProcessConfig{Argv: []string{mcptest.Build(t, tc.pkg)}, MaxMessageSize: DefaultMaxMessageSize}, zaptest.NewLogger(t))
+			res := probeChild(t.Context(), ProcessConfig{Argv: []string{mcptest.Build(t, tc.pkg)}, MaxMessageSize: DefaultMaxMessageSize}, zaptest.NewLogger(t))
 			if res.Err != nil || res.Era != tc.era || res.Tools != tc.tools {
 				t.Errorf("probe: era %q, %d tools, error %v; want %q and %d", res.Era, res.Tools, res.Err, tc.era, tc.tools)
 			}
 		})
 	}
 	t.Run("a command that cannot start", func(t *testing.T) {
-		if res := probeChild(ProcessConfig{Argv: []string{"/nonexistent/server"}}, zaptest.NewLogger(t)); res.Err == nil {
+		if res := probeChild(t.Context(), ProcessConfig{Argv: []string{"/nonexistent/server"}}, zaptest.NewLogger(t)); res.Err == nil {
 			t.Error("no error for a server that cannot start")
 		}
 	})

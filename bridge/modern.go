@@ -1,0 +1,176 @@
+package bridge
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"strings"
+)
+
+// The stateless protocol (2026-07-28 on): every request stands alone,
+// names its protocol version in _meta and in headers, and needs no
+// session. The bridge serves it on shared children of a pool of its own,
+// when the child speaks it.
+
+// Codes of the stateless protocol.
+const (
+	CodeHeaderMismatch       = -32020
+	CodeUnsupportedVersion   = -32022
+	metaProtocolVersionField = "io.modelcontextprotocol/protocolVersion"
+)
+
+// modernVersions are the stateless revisions the bridge serves.
+var modernVersions = []string{versionModern}
+
+// modernMethods are the requests of the stateless protocol.
+var modernMethods = map[string]bool{
+	"server/discover": true, "tools/list": true, "tools/call": true,
+	"resources/list": true, "resources/read": true, "resources/templates/list": true,
+	"prompts/list": true, "prompts/get": true, "completion/complete": true,
+	"subscriptions/listen": true,
+}
+
+// nameField is the body field that the Mcp-Name header repeats.
+var nameField = map[string]string{"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+// decodeHeaderValue undoes the =?base64?…?= encoding of header values.
+func decodeHeaderValue(v string) (string, bool) {
+	inner, ok := strings.CutPrefix(v, "=?base64?")
+	if !ok {
+		return v, true
+	}
+	inner, ok = strings.CutSuffix(inner, "?=")
+	if !ok {
+		return "", false
+	}
+	b, err := base64.StdEncoding.DecodeString(inner)
+	return string(b), err == nil
+}
+
+// checkModernHeaders compares the headers of a stateless request with its
+// body; it returns what is wrong, or "".
+func checkModernHeaders(r *http.Request, env *Envelope, version string) string {
+	if meta := StringValue(Member(Member(env.Params, "_meta"), metaProtocolVersionField)); meta != version {
+		return "MCP-Protocol-Version header " + version + " does not match _meta " + metaProtocolVersionField + " '" + meta + "'"
+	}
+	method := env.MethodName()
+	if h := r.Header.Get("Mcp-Method"); h != method {
+		return "Mcp-Method header '" + h + "' does not match body method '" + method + "'"
+	}
+	if field, ok := nameField[method]; ok {
+		name, valid := decodeHeaderValue(r.Header.Get("Mcp-Name"))
+		if body := StringValue(Member(env.Params, field)); !valid || name != body {
+			return "Mcp-Name header does not match body " + field + " '" + body + "'"
+		}
+	}
+	return ""
+}
+
+// serveModern serves one stateless request. It reports false, answering
+// nothing, when the child does not speak the stateless protocol: the
+// caller then answers so that the client falls back to initialize.
+func (s *Server) serveModern(w http.ResponseWriter, r *http.Request, version string) bool {
+	if era := s.backend.prober.result().Era; era != "modern" && era != "dual" {
+		return false
+	}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		WriteError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "the stateless protocol has no GET or DELETE")
+		return true
+	}
+	supported := false
+	for _, v := range modernVersions {
+		supported = supported || v == version
+	}
+	if !supported {
+		requested, _ := json.Marshal(version)
+		body := `{"jsonrpc":"2.0","id":null,"error":{"code":-32022,"message":"unsupported protocol version","data":{"supported":["` +
+			strings.Join(append(modernVersions, version20251125, version20250618, version20250326), `","`) + `"],"requested":` +
+			string(requested) + `}}}`
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(body))
+		return true
+	}
+	body, ok := s.readBody(w, r)
+	if !ok {
+		return true
+	}
+	msgs, batch, ok := parseMessages(w, body)
+	if !ok {
+		return true
+	}
+	env, err := ParseEnvelope(msgs[0])
+	kind := env.Kind()
+	switch {
+	case batch || err != nil || kind == KindInvalid || kind == KindResponse:
+		writeErrorID(w, http.StatusBadRequest, env.ID, CodeInvalidRequest, "a stateless request must be one JSON-RPC request or notification")
+		return true
+	case kind == KindNotification:
+		// Cancellation comes from closing the request's stream; there is
+		// nothing else a stateless notification can mean to a child here.
+		w.WriteHeader(http.StatusAccepted)
+		return true
+	}
+	if problem := checkModernHeaders(r, &env, version); problem != "" {
+		writeErrorID(w, http.StatusBadRequest, env.ID, CodeHeaderMismatch, "Header mismatch: "+problem)
+		return true
+	}
+	if !modernMethods[env.MethodName()] {
+		writeErrorID(w, http.StatusNotFound, env.ID, CodeMethodNotFound, "method not found: "+env.MethodName())
+		return true
+	}
+	s.forwardModern(w, r, msgs[0], &env)
+	return true
+}
+
+// forwardModern sends one stateless request to a shared child and streams
+// what belongs to it back as SSE, without event ids: stateless streams are
+// not resumable. Closing the stream cancels the request at the child.
+func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byte, env *Envelope) {
+	out := make(chan []byte, streamWindow)
+	gone := make(chan struct{})
+	member, err := s.backend.modernPool().Attach(r.Context(), func(m []byte) {
+		select {
+		case out <- m:
+		case <-gone:
+		default: // a shared child never waits for one slow client
+			s.logger.Debug("dropped a message for a stateless client that reads too slowly")
+		}
+	}, func() { close(out) })
+	if err != nil {
+		writeAcquireError(w, err)
+		return
+	}
+	defer member.Release() // cancels the request at the child if unanswered
+	defer close(gone)
+	if err := member.Send(msg, env); err != nil {
+		writeErrorID(w, http.StatusServiceUnavailable, env.ID, CodeServerExited, "the MCP server process exited")
+		return
+	}
+	sw := newSSEWriter(w)
+	w.WriteHeader(http.StatusOK)
+	ping, stopPing := keepalive(s.cfg.Keepalive)
+	defer stopPing()
+	for {
+		select {
+		case m, open := <-out:
+			if !open {
+				_ = sw.event("", "", ErrorResponse(env.ID, CodeServerExited, "the MCP server process exited"))
+				return
+			}
+			if sw.event("", "", m) != nil {
+				return
+			}
+			if other, err := ParseEnvelope(m); err == nil && other.Kind() == KindResponse && string(other.ID) == string(env.ID) {
+				return
+			}
+		case <-ping:
+			if sw.comment("ping") != nil {
+				return
+			}
+		case <-r.Context().Done():
+			return
+		}
+	}
+}

@@ -1,0 +1,123 @@
+package bridge
+
+import (
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+)
+
+const modernMeta = `"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}`
+
+// TestModernRequests says what each stateless request gets, in front of a
+// child that speaks the stateless protocol.
+func TestModernRequests(t *testing.T) {
+	srv, _ := startBridge(t, PoolConfig{MinIdle: 1})
+	b64 := func(s string) string { return "=?base64?" + base64.StdEncoding.EncodeToString([]byte(s)) + "?=" }
+	call := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_simple_text","arguments":{},` + modernMeta + `}}`
+	for _, tc := range []struct {
+		name, method, version, mcpMethod, mcpName, body string
+		status, code                                    int
+		bodyHas                                         string
+	}{
+		{"a tool call", "POST", "2026-07-28", "tools/call", "test_simple_text", call, 200, 0, "This is a simple text response"},
+		{"Mcp-Name in base64", "POST", "2026-07-28", "tools/call", b64("test_simple_text"), call, 200, 0, "This is a simple text response"},
+		{"tools/list", "POST", "2026-07-28", "tools/list", "", `{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{` + modernMeta + `}}`, 200, 0, "test_simple_text"},
+		{"Mcp-Name mismatch", "POST", "2026-07-28", "tools/call", "other_tool", call, 400, CodeHeaderMismatch, "Mcp-Name"},
+		{"Mcp-Name missing", "POST", "2026-07-28", "tools/call", "", call, 400, CodeHeaderMismatch, "Mcp-Name"},
+		{"Mcp-Method mismatch", "POST", "2026-07-28", "tools/list", "test_simple_text", call, 400, CodeHeaderMismatch, "Mcp-Method"},
+		{"Mcp-Method missing", "POST", "2026-07-28", "", "test_simple_text", call, 400, CodeHeaderMismatch, "Mcp-Method"},
+		{"version header differs from _meta", "POST", "2026-07-28", "tools/call", "test_simple_text",
+			strings.Replace(call, `"2026-07-28"`, `"2025-11-25"`, 1), 400, CodeHeaderMismatch, "_meta"},
+		{"unsupported version", "POST", "2099-01-01", "tools/call", "test_simple_text", call, 400, CodeUnsupportedVersion, `"supported":["2026-07-28"`},
+		{"unknown method", "POST", "2026-07-28", "frobnicate", "", `{"jsonrpc":"2.0","id":3,"method":"frobnicate","params":{` + modernMeta + `}}`, 404, CodeMethodNotFound, "frobnicate"},
+		{"a notification", "POST", "2026-07-28", "notifications/cancelled", "", `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}`, 202, 0, ""},
+		{"GET", "GET", "2026-07-28", "", "", "", 405, 0, ""},
+		{"DELETE", "DELETE", "2026-07-28", "", "", "", 405, 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequestWithContext(t.Context(), tc.method, srv.URL+"/mcp", strings.NewReader(tc.body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Accept", "application/json, text/event-stream")
+			req.Header.Set("MCP-Protocol-Version", tc.version)
+			if tc.mcpMethod != "" {
+				req.Header.Set("Mcp-Method", tc.mcpMethod)
+			}
+			if tc.mcpName != "" {
+				req.Header.Set("Mcp-Name", tc.mcpName)
+			}
+			req.Header.Set("Mcp-Session-Id", "ignored") // stateless requests ignore it
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || !strings.Contains(string(body), tc.bodyHas) {
+				t.Errorf("got %d %s, want %d with %q", resp.StatusCode, body, tc.status, tc.bodyHas)
+			}
+			if tc.code != 0 && !strings.Contains(string(body), fmt.Sprintf(`"code":%d`, tc.code)) {
+				t.Errorf("body %s lacks error code %d", body, tc.code)
+			}
+			if resp.StatusCode == 200 && (strings.Contains(string(body), "\nid:") || strings.HasPrefix(string(body), "id:") || resp.Header.Get("Mcp-Session-Id") != "") {
+				t.Errorf("a stateless answer carries event ids or a session id:\n%s", body)
+			}
+		})
+	}
+}
+
+// TestModernFallback: in front of a child that only speaks sessions, the
+// go-sdk default client ends up on 2025-11-25 and works.
+func TestModernFallback(t *testing.T) {
+	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage)}, BackendConfig{Pool: PoolConfig{MinIdle: 1}}, ServerConfig{})
+	c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, "")
+	defer c.Close()
+	if got := c.InitializeResult().ProtocolVersion; got != "2025-11-25" {
+		t.Errorf("negotiated %q with a legacy child, want 2025-11-25", got)
+	}
+	if got := c.CallText(t, "echo", map[string]any{"x": 1}); !strings.Contains(got, `"x":1`) {
+		t.Errorf("echo = %q", got)
+	}
+}
+
+// TestModernAndLegacyClients: 20 stateless and 20 session clients at once
+// on one bridge, each getting its own answers.
+func TestModernAndLegacyClients(t *testing.T) {
+	srv, _ := startBridge(t, PoolConfig{MinIdle: 2})
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			version := ""
+			if i%2 == 1 {
+				version = "2025-11-25"
+			}
+			c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, version)
+			defer c.Close()
+			want := "2026-07-28"
+			if version != "" {
+				want = version
+			}
+			if got := c.InitializeResult().ProtocolVersion; got != want {
+				t.Errorf("client %d negotiated %q, want %q", i, got, want)
+			}
+			for range 3 {
+				if got := c.CallText(t, "test_simple_text", nil); got != "This is a simple text response for testing." {
+					t.Errorf("client %d: %q", i, got)
+				}
+			}
+			if p := c.WaitProgress(0); len(p) != 0 {
+				t.Errorf("client %d got progress it did not ask for", i)
+			}
+		}()
+	}
+	wg.Wait()
+}
