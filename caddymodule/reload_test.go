@@ -438,8 +438,8 @@ func TestStopDrainsPoolsConcurrently(t *testing.T) {
 	took := c.Stop(t)
 	t.Logf("caddy stop took %v with %d pools draining", took, pools)
 	// One drain is 2s, then stdin closed and 500ms, SIGTERM (which ends
-	// testchild): about 2.5s. BUG: each handler's "stopping" event drains
-	// its pool before the next handler's runs, so this takes 3 x 2.5s.
+	// testchild): about 2.5s. Were each handler's "stopping" event to
+	// drain its pool before the next handler's runs, it would take 3 x 2.5s.
 	if limit := 2*time.Second + 500*time.Millisecond + 500*time.Millisecond + 1500*time.Millisecond; took > limit {
 		t.Errorf("caddy stop took %v with %d pools draining, want under %v (one drain, not one per pool)", took, pools, limit)
 	}
