@@ -150,6 +150,9 @@ func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byt
 	}
 	sw := newSSEWriter(w)
 	w.WriteHeader(http.StatusOK)
+	if sw.rc.Flush() != nil {
+		return
+	}
 	ping, stopPing := keepalive(s.cfg.Keepalive)
 	defer stopPing()
 	for {

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -120,4 +122,45 @@ func TestModernAndLegacyClients(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestModernCancel: closing a stateless request's stream cancels it at the
+// child, which sees notifications/cancelled for the id it was given.
+func TestModernCancel(t *testing.T) {
+	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage), "-modern"}, BackendConfig{Pool: PoolConfig{MinIdle: 0}}, ServerConfig{})
+	post := func(ctx context.Context, tool, args string) *http.Response {
+		body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + tool + `","arguments":` + args + `,` + modernMeta + `}}`
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/mcp", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("MCP-Protocol-Version", "2026-07-28")
+		req.Header.Set("Mcp-Method", "tools/call")
+		req.Header.Set("Mcp-Name", tool)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	slow := post(ctx, "slow", `{"ms":10000}`)
+	if slow.StatusCode != http.StatusOK {
+		t.Fatalf("slow call: %s", slow.Status)
+	}
+	time.Sleep(100 * time.Millisecond) // the child has the request
+	cancel()
+	slow.Body.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp := post(t.Context(), "stats", `{}`)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), `\"cancelled\":[`) && !strings.Contains(string(body), `\"cancelled\":[]`) {
+			return // the child saw the cancellation
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the child never saw the cancellation: %s", body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -161,6 +161,13 @@ func (s *server) handle(m message) {
 	}
 
 	switch method {
+	case "server/discover":
+		// Only with -modern does it speak the stateless protocol too.
+		if len(os.Args) > 1 && os.Args[1] == "-modern" {
+			s.respond(m.ID, `{"supportedVersions":["2026-07-28","2025-11-25"],"capabilities":{"tools":{}},"serverInfo":{"name":"muxchild","version":"1.0.0"}}`)
+			return
+		}
+		s.respondError(m.ID, -32601, "method not found")
 	case "initialize":
 		var p struct {
 			ProtocolVersion string `json:"protocolVersion"`
