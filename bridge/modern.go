@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
@@ -17,6 +18,7 @@ const (
 	CodeHeaderMismatch       = -32020
 	CodeUnsupportedVersion   = -32022
 	metaProtocolVersionField = "io.modelcontextprotocol/protocolVersion"
+	metaSubscriptionIDField  = "io.modelcontextprotocol/subscriptionId"
 )
 
 // modernVersions are the stateless revisions the bridge serves.
@@ -126,54 +128,82 @@ func (s *Server) serveModern(w http.ResponseWriter, r *http.Request, version str
 
 // forwardModern sends one stateless request to a shared child and streams
 // what belongs to it back as SSE, without event ids: stateless streams are
-// not resumable. Closing the stream cancels the request at the child.
+// not resumable. Closing the stream cancels the request at the child. A
+// subscriptions/listen stream whose child dies is opened again on another.
 func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byte, env *Envelope) {
-	out := make(chan []byte, streamWindow)
-	gone := make(chan struct{})
-	member, err := s.backend.modernPool().Attach(r.Context(), func(m []byte) {
-		select {
-		case out <- m:
-		case <-gone:
-		default: // a shared child never waits for one slow client
-			s.logger.Debug("dropped a message for a stateless client that reads too slowly")
+	listen := env.MethodName() == "subscriptions/listen"
+	var sw *sseWriter
+	for {
+		out := make(chan []byte, streamWindow)
+		gone := make(chan struct{})
+		member, err := s.backend.modernPool().Attach(r.Context(), func(m []byte) {
+			select {
+			case out <- m:
+			case <-gone:
+			default: // a shared child never waits for one slow client
+				s.logger.Debug("dropped a message for a stateless client that reads too slowly")
+			}
+		}, func() { close(out) })
+		if err == nil {
+			// What is sent is the child's to keep: send a copy, whose
+			// envelope must alias the copy.
+			copied := bytes.Clone(msg)
+			copiedEnv, _ := ParseEnvelope(copied)
+			err = member.Send(copied, &copiedEnv)
 		}
-	}, func() { close(out) })
-	if err != nil {
-		writeAcquireError(w, err)
-		return
+		if err != nil {
+			if member != nil {
+				member.Release()
+			}
+			if sw == nil {
+				writeAcquireError(w, err)
+			}
+			return
+		}
+		if sw == nil {
+			sw = newSSEWriter(w)
+			w.WriteHeader(http.StatusOK)
+			if sw.rc.Flush() != nil {
+				member.Release()
+				return
+			}
+		}
+		childGone := s.pumpModern(sw, r, out, env)
+		close(gone)
+		member.Release() // cancels the request at the child if unanswered
+		if !childGone || !listen {
+			return
+		}
+		s.logger.Info("a stateless subscription's child exited; listening again on another")
 	}
-	defer member.Release() // cancels the request at the child if unanswered
-	defer close(gone)
-	if err := member.Send(msg, env); err != nil {
-		writeErrorID(w, http.StatusServiceUnavailable, env.ID, CodeServerExited, "the MCP server process exited")
-		return
-	}
-	sw := newSSEWriter(w)
-	w.WriteHeader(http.StatusOK)
-	if sw.rc.Flush() != nil {
-		return
-	}
+}
+
+// pumpModern writes a stateless request's messages until its response, the
+// client leaving, or the child exiting (then it reports true).
+func (s *Server) pumpModern(sw *sseWriter, r *http.Request, out <-chan []byte, env *Envelope) bool {
 	ping, stopPing := keepalive(s.cfg.Keepalive)
 	defer stopPing()
 	for {
 		select {
 		case m, open := <-out:
 			if !open {
-				_ = sw.event("", "", ErrorResponse(env.ID, CodeServerExited, "the MCP server process exited"))
-				return
+				if env.MethodName() != "subscriptions/listen" {
+					_ = sw.event("", "", ErrorResponse(env.ID, CodeServerExited, "the MCP server process exited"))
+				}
+				return true
 			}
 			if sw.event("", "", m) != nil {
-				return
+				return false
 			}
 			if other, err := ParseEnvelope(m); err == nil && other.Kind() == KindResponse && string(other.ID) == string(env.ID) {
-				return
+				return false
 			}
 		case <-ping:
 			if sw.comment("ping") != nil {
-				return
+				return false
 			}
 		case <-r.Context().Done():
-			return
+			return false
 		}
 	}
 }

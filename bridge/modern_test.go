@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -162,5 +163,55 @@ func TestModernCancel(t *testing.T) {
 			t.Fatalf("the child never saw the cancellation: %s", body)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestModernListen: a subscriptions/listen stream gets its acknowledgment
+// and the notifications of its subscription, tagged with the client's own
+// request id, while the child knows the subscription by the bridge's id.
+func TestModernListen(t *testing.T) {
+	srv, _ := startBridge(t, PoolConfig{MinIdle: 0})
+	send := func(ctx context.Context, method, name, params string) *http.Response {
+		body := `{"jsonrpc":"2.0","id":"sub-7","method":"` + method + `","params":{` + params + modernMeta + `}}`
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/mcp", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("MCP-Protocol-Version", "2026-07-28")
+		req.Header.Set("Mcp-Method", method)
+		if name != "" {
+			req.Header.Set("Mcp-Name", name)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	listen := send(t.Context(), "subscriptions/listen", "", `"notifications":{"toolsListChanged":true},`)
+	defer listen.Body.Close()
+	events := newSSEReader(listen.Body)
+	ack, ok := events.next()
+	if !ok || !strings.Contains(ack.Data, "notifications/subscriptions/acknowledged") || !strings.Contains(ack.Data, `"io.modelcontextprotocol/subscriptionId":"sub-7"`) {
+		t.Fatalf("first event on the listen stream: %+v", ack)
+	}
+	trigger := send(t.Context(), "tools/call", "test_trigger_tool_change", `"name":"test_trigger_tool_change","arguments":{},`)
+	io.Copy(io.Discard, trigger.Body)
+	trigger.Body.Close()
+	changed, ok := events.next()
+	if !ok || !strings.Contains(changed.Data, "notifications/tools/list_changed") || !strings.Contains(changed.Data, `"sub-7"`) {
+		t.Errorf("after a tool change, the listen stream got %+v", changed)
+	}
+
+	// The child dies: the subscription is opened again on a new one, on
+	// the same stream.
+	exe := mcptest.EverythingServer(t)
+	pids := mcptest.Processes(exe)
+	if len(pids) != 1 {
+		t.Fatalf("%d children, want the one shared child", len(pids))
+	}
+	syscall.Kill(pids[0], syscall.SIGKILL)
+	again, ok := events.next()
+	if !ok || !strings.Contains(again.Data, "notifications/subscriptions/acknowledged") || !strings.Contains(again.Data, `"sub-7"`) {
+		t.Errorf("after the child died, the listen stream got %+v", again)
 	}
 }

@@ -497,6 +497,18 @@ func (m *Mux) routeRequest(msg []byte, env *Envelope) {
 }
 
 func (m *Mux) routeNotification(msg []byte, env *Envelope) {
+	// A notification of a stateless subscription names the listen request
+	// it belongs to: it goes to that request's client, with its own id.
+	if sub := Member(Member(env.Params, "_meta"), metaSubscriptionIDField); sub != nil {
+		id, _ := parseBridgeID(sub)
+		m.mu.Lock()
+		req, ok := m.requests[id]
+		m.mu.Unlock()
+		if ok && req.member != nil {
+			req.member.deliver(applySplices(msg, splice{old: sub, new: req.id}))
+		}
+		return
+	}
 	method := env.MethodName()
 	switch {
 	case method == "notifications/progress":
