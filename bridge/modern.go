@@ -19,6 +19,7 @@ const (
 	CodeUnsupportedVersion   = -32022
 	metaProtocolVersionField = "io.modelcontextprotocol/protocolVersion"
 	metaSubscriptionIDField  = "io.modelcontextprotocol/subscriptionId"
+	metaLogLevelField        = "io.modelcontextprotocol/logLevel"
 )
 
 // modernVersions are the stateless revisions the bridge serves.

@@ -215,3 +215,67 @@ func TestModernListen(t *testing.T) {
 		t.Errorf("after the child died, the listen stream got %+v", again)
 	}
 }
+
+// TestModernLogging: a stateless request that asks for logs (logLevel in
+// _meta) gets its log messages on its own stream.
+func TestModernLogging(t *testing.T) {
+	srv, _ := startBridge(t, PoolConfig{MinIdle: 0})
+	meta := `"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/logLevel":"debug"}`
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_tool_with_logging","arguments":{},` + meta + `}}`
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+"/mcp", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("MCP-Protocol-Version", "2026-07-28")
+	req.Header.Set("Mcp-Method", "tools/call")
+	req.Header.Set("Mcp-Name", "test_tool_with_logging")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	logs := 0
+	events := newSSEReader(resp.Body)
+	for {
+		ev, ok := events.next()
+		if !ok {
+			t.Fatal("the stream ended without a result")
+		}
+		if strings.Contains(ev.Data, "notifications/message") {
+			logs++
+		}
+		if strings.Contains(ev.Data, `"result"`) {
+			break
+		}
+	}
+	if logs == 0 {
+		t.Error("no log message reached the stateless request that asked for them")
+	}
+}
+
+// TestModernGoSDKCancel: the go-sdk client, speaking the stateless
+// protocol by default, cancels a long call by cancelling its context, and
+// the child receives the cancellation.
+func TestModernGoSDKCancel(t *testing.T) {
+	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage), "-modern"}, BackendConfig{Pool: PoolConfig{MinIdle: 0}}, ServerConfig{})
+	c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, "")
+	defer c.Close()
+	if got := c.InitializeResult().ProtocolVersion; got != "2026-07-28" {
+		t.Fatalf("negotiated %q, want 2026-07-28", got)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := c.CallTool(ctx, &mcp.CallToolParams{Name: "slow", Arguments: map[string]any{"ms": 10000}}); err == nil {
+		t.Fatal("a cancelled call succeeded")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		stats := c.CallText(t, "stats", nil)
+		if strings.Contains(stats, `"cancelled":[`) && !strings.Contains(stats, `"cancelled":[]`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the child never saw the cancellation: %s", stats)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -66,6 +66,9 @@ type MuxMember struct {
 	inflight int
 	level    int // the session's log level; -1 when it never set one
 	subs     map[string]bool
+	// statelessLevel is the log level a stateless request asked for in
+	// its _meta; -1 when it asked for none.
+	statelessLevel int
 }
 
 // NewMux starts routing a child's messages. onExit runs once the child's
@@ -109,7 +112,7 @@ func NewMux(child *Process, logger *zap.Logger, onExit func(*Mux), onRelease fun
 // child's messages for it, with the session's own ids; onExit runs if the
 // child exits.
 func (m *Mux) Attach(deliver func([]byte), onExit func()) *MuxMember {
-	mem := &MuxMember{mux: m, deliver: deliver, onExit: onExit, level: -1, subs: make(map[string]bool)}
+	mem := &MuxMember{mux: m, deliver: deliver, onExit: onExit, level: -1, statelessLevel: -1, subs: make(map[string]bool)}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.exited || m.retired {
@@ -205,6 +208,9 @@ func (m *Mux) forwardRequest(mem *MuxMember, msg []byte, env *Envelope, init boo
 	id := m.nextID
 	m.requests[id] = muxRequest{member: mem, id: env.ID, init: init}
 	mem.inflight++
+	if level, ok := logLevels[StringValue(Member(Member(env.Params, "_meta"), metaLogLevelField))]; ok {
+		mem.statelessLevel = level
+	}
 	splices := []splice{{old: env.ID, new: id.raw()}}
 	if tok := progressTokenOf(env.Params); tok != nil {
 		m.tokens[id] = muxRequest{member: mem, id: tok}
@@ -524,8 +530,26 @@ func (m *Mux) routeNotification(msg []byte, env *Envelope) {
 		uri := StringValue(Member(env.Params, "uri"))
 		m.each(msg, func(mem *MuxMember) bool { return mem.subs[uri] })
 	case method == "notifications/message":
+		// To the sessions whose level allows it; and to the stateless
+		// request that asked for logs, when only one on this child did
+		// (nothing on stdio says which request a log message is about).
 		level, ok := logLevels[StringValue(Member(env.Params, "level"))]
-		m.each(msg, func(mem *MuxMember) bool { return ok && mem.level >= 0 && level >= mem.level })
+		m.mu.Lock()
+		var asking *MuxMember
+		askers := 0
+		for mem := range m.members {
+			if mem.inflight > 0 && mem.statelessLevel >= 0 {
+				askers++
+				asking = mem
+			}
+		}
+		m.mu.Unlock()
+		m.each(msg, func(mem *MuxMember) bool {
+			if mem.statelessLevel >= 0 {
+				return ok && askers == 1 && mem == asking && level >= mem.statelessLevel
+			}
+			return ok && mem.level >= 0 && level >= mem.level
+		})
 	case method == "notifications/cancelled":
 		requestID := Member(env.Params, "requestId")
 		m.mu.Lock()

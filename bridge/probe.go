@@ -70,6 +70,13 @@ func (p *prober) result() Probe {
 	return p.last
 }
 
+// lastProbe returns the last probe without starting one.
+func (p *prober) lastProbe() Probe {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.last
+}
+
 // close stops a probe under way, and waits until its child is gone.
 func (p *prober) close() {
 	p.cancel()

@@ -11,10 +11,12 @@ import (
 // Status is a snapshot of a backend for operators: its children and its
 // sessions. It names API keys by name only.
 type Status struct {
-	Command   []string        `json:"command"`
-	Isolation string          `json:"isolation"`
-	Children  []ChildStatus   `json:"children"`
-	Sessions  []SessionStatus `json:"sessions"`
+	Command   []string `json:"command"`
+	Isolation string   `json:"isolation"`
+	// Era is the protocol eras the child speaks, from the last probe.
+	Era      string          `json:"era,omitempty"`
+	Children []ChildStatus   `json:"children"`
+	Sessions []SessionStatus `json:"sessions"`
 	// Crashes counts children that exited on their own.
 	Crashes   int64  `json:"crashes"`
 	LastExit  string `json:"last_exit,omitempty"`
@@ -62,7 +64,7 @@ func (l *exitLog) note(child *Process) {
 // Status returns a snapshot of the backend.
 func (b *Backend) Status() Status {
 	now := time.Now()
-	st := Status{Command: b.cfg.Process.Argv, Isolation: "session", Crashes: b.exits.crashes.Load()}
+	st := Status{Command: b.cfg.Process.Argv, Isolation: "session", Era: b.prober.lastProbe().Era, Crashes: b.exits.crashes.Load()}
 	if last := b.exits.last.Load(); last != nil {
 		st.LastExit = *last
 	}
