@@ -21,14 +21,18 @@ type PoolConfig struct {
 	// cap is reached.
 	AcquireTimeout time.Duration
 	// HealthCheck, when set, pings each warm spare this often and replaces
-	// one that does not answer.
+	// one that does not answer within HealthCheckTimeout.
 	HealthCheck time.Duration
+	// HealthCheckTimeout is how long a spare may take to answer a ping;
+	// zero means DefaultHealthCheckTimeout.
+	HealthCheckTimeout time.Duration
 }
 
 // Pool defaults.
 const (
-	DefaultMinIdle        = 1
-	DefaultAcquireTimeout = 10 * time.Second
+	DefaultMinIdle            = 1
+	DefaultHealthCheckTimeout = 5 * time.Second
+	DefaultAcquireTimeout     = 10 * time.Second
 )
 
 // ErrPoolExhausted is returned when no child became free in time.
@@ -65,6 +69,9 @@ func NewPool(cfg PoolConfig, proc ProcessConfig, logger *zap.Logger) *Pool {
 	}
 	if cfg.AcquireTimeout <= 0 {
 		cfg.AcquireTimeout = DefaultAcquireTimeout
+	}
+	if cfg.HealthCheckTimeout <= 0 {
+		cfg.HealthCheckTimeout = DefaultHealthCheckTimeout
 	}
 	return &Pool{cfg: cfg, proc: proc, logger: logger, freed: make(chan struct{}), stop: make(chan struct{})}
 }
@@ -109,7 +116,7 @@ func (p *Pool) checkSpares() {
 			p.idle = p.idle[1:]
 			p.starting++ // out for a check: still counts against the cap
 			p.mu.Unlock()
-			err := child.Ping(min(p.cfg.HealthCheck, 5*time.Second))
+			err := child.Ping(p.cfg.HealthCheckTimeout)
 			p.mu.Lock()
 			p.starting--
 			if err == nil && !p.closed {

@@ -41,7 +41,8 @@ func TestPoolHealthCheck(t *testing.T) {
 		}
 	})
 	t.Run("silent spare is replaced", func(t *testing.T) {
-		pool := NewPool(PoolConfig{MinIdle: 1, HealthCheck: 50 * time.Millisecond}, ProcessConfig{Argv: []string{"sleep", "1000"}}, zaptest.NewLogger(t))
+		pool := NewPool(PoolConfig{MinIdle: 1, HealthCheck: 50 * time.Millisecond, HealthCheckTimeout: 100 * time.Millisecond},
+			ProcessConfig{Argv: []string{"sleep", "1000"}}, zaptest.NewLogger(t))
 		pool.Start()
 		defer pool.Close()
 		first := waitSpare(t, pool)
