@@ -44,7 +44,7 @@ func BenchmarkInitialize(b *testing.B) {
 				}
 				gen, cursor, _ := st.attach(-1)
 				for {
-					evs, _, _ := st.events(gen, cursor)
+					evs, _, _ := st.events(gen, cursor, nil)
 					if len(evs) > 0 {
 						break
 					}

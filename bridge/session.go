@@ -235,8 +235,20 @@ func (s *Session) send(msg []byte, env *Envelope) error {
 	now := time.Now()
 	s.mu.Lock()
 	s.lastActive = now
-	if env.Kind() == KindRequest {
+	switch env.Kind() {
+	case KindRequest:
 		s.sent[string(env.ID)] = sentRequest{method: MetricMethod(env.MethodName()), at: now}
+	case KindNotification:
+		// A cancelled request of a single-stream session may never be
+		// answered: forget it, or it stays for the session's life. (On a
+		// POST stream it goes with the stream.)
+		if env.MethodName() == "notifications/cancelled" {
+			id := string(Member(env.Params, "requestId"))
+			if owner, ok := s.pending[id]; ok && owner == nil {
+				delete(s.pending, id)
+				delete(s.sent, id)
+			}
+		}
 	}
 	s.mu.Unlock()
 	s.backend.obs.MessageBytes("in", len(msg))

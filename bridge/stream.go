@@ -175,14 +175,16 @@ func (st *stream) hasWriter() bool {
 	return st.writer != 0
 }
 
-// events returns the events from seq cursor on, whether gen is still the
-// writer, and whether the stream is closed.
-func (st *stream) events(gen, cursor int) (evs []event, current, closed bool) {
+// events appends to dst the events from seq cursor on, and reports
+// whether gen is still the writer and whether the stream is closed. The
+// writer passes the same dst each time, so that writing allocates nothing.
+func (st *stream) events(gen, cursor int, dst []event) (evs []event, current, closed bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.writer != gen {
-		return nil, false, st.closed
+		return dst[:0], false, st.closed
 	}
+	evs = dst[:0]
 	for i := range st.log {
 		if st.log[i].seq >= cursor {
 			evs = append(evs, st.log[i:]...)
@@ -202,13 +204,6 @@ func (st *stream) written(seq int) {
 	st.evictLocked()
 	st.mu.Unlock()
 	signal(st.room)
-}
-
-// finished reports whether the stream's last event reached the client.
-func (st *stream) finished() bool {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return len(st.log) > 0 && st.log[len(st.log)-1].last && st.sent == st.next
 }
 
 // close ends the stream: no more events; its writer leaves once it has
@@ -373,8 +368,10 @@ func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Sessi
 	if mode == streamStandalone {
 		closing = s.closing
 	}
+	var evs []event
 	for err == nil {
-		evs, current, closed := st.events(gen, cursor)
+		var current, closed bool
+		evs, current, closed = st.events(gen, cursor, evs)
 		if !current {
 			return false // another connection took the stream over
 		}

@@ -92,8 +92,10 @@ func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *Session
 func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, st *stream, gen, cursor int) {
 	ping, stopPing := keepalive(s.cfg.Keepalive)
 	defer stopPing()
+	var evs []event
 	for {
-		evs, _, closed := st.events(gen, cursor)
+		var closed bool
+		evs, _, closed = st.events(gen, cursor, evs)
 		for _, ev := range evs {
 			if err := conn.Write(ctx, websocket.MessageText, ev.data); err != nil {
 				return

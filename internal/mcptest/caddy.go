@@ -2,13 +2,11 @@ package mcptest
 
 import (
 	"bytes"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -153,10 +151,4 @@ func (c *Caddy) Stop(t testing.TB) time.Duration {
 // AdminGet fetches a path from the admin API.
 func (c *Caddy) AdminGet(path string) (*http.Response, error) {
 	return http.Get("http://" + c.AdminAddr + path)
-}
-
-// Caddyfile fills the %s verbs of a Caddyfile template with the admin
-// address first and then args.
-func Caddyfile(template string, args ...any) string {
-	return fmt.Sprintf(strings.TrimSpace(template)+"\n", args...)
 }
