@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/wsclient"
 )
 
 // startSharedBridge serves a bridge whose sessions share children.
@@ -39,7 +40,7 @@ func TestSharedGoSDKClients(t *testing.T) {
 		case 1:
 			return &mcp.SSEClientTransport{Endpoint: srv.URL + "/sse"}
 		}
-		return &mcptest.WebSocketTransport{URL: "ws" + srv.URL[len("http"):] + "/ws"}
+		return &wsclient.Transport{URL: "ws" + srv.URL[len("http"):] + "/ws"}
 	}
 	const n = 9
 	clients := make([]*mcptest.Client, n)

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/wsclient"
 )
 
 // startBridge serves a bridge in front of the everything-server on a test
@@ -72,7 +73,7 @@ func TestSingleStreamTransports(t *testing.T) {
 	srv, backend := startBridge(t, PoolConfig{MinIdle: 1})
 	for name, transport := range map[string]mcp.Transport{
 		"sse": &mcp.SSEClientTransport{Endpoint: srv.URL + "/sse"},
-		"ws":  &mcptest.WebSocketTransport{URL: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"},
+		"ws":  &wsclient.Transport{URL: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := mcptest.Connect(t, transport, "")

@@ -25,6 +25,7 @@ import (
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/wsclient"
 )
 
 // The operations tests (health report, admin API, metrics) and the reload
@@ -404,7 +405,7 @@ func TestAdminAPI(t *testing.T) {
 
 	streamable := []*mcptest.Client{opConnect(t, endpoint, key), opConnect(t, endpoint, key)}
 	header := http.Header{"Authorization": {"Bearer " + key}}
-	ws := mcptest.Connect(t, &mcptest.WebSocketTransport{URL: "ws" + strings.TrimPrefix(c.base(0), "http") + "/ws", Header: header}, "")
+	ws := mcptest.Connect(t, &wsclient.Transport{URL: "ws" + strings.TrimPrefix(c.base(0), "http") + "/ws", Header: header}, "")
 	defer ws.Close()
 	for _, s := range append(streamable, ws) {
 		s.CallText(t, "test_simple_text", nil)

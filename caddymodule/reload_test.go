@@ -17,6 +17,7 @@ import (
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/wsclient"
 )
 
 // The reload and stop tests change a running Caddy's config with `caddy
@@ -378,7 +379,7 @@ func TestStopWithSessionsOnAllTransports(t *testing.T) {
 	base := c.base(0)
 	streamable := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: base + "/mcp"}, opVersion)
 	sse := mcptest.Connect(t, &mcp.SSEClientTransport{Endpoint: base + "/sse"}, "")
-	ws := mcptest.Connect(t, &mcptest.WebSocketTransport{URL: "ws" + strings.TrimPrefix(base, "http") + "/ws"}, "")
+	ws := mcptest.Connect(t, &wsclient.Transport{URL: "ws" + strings.TrimPrefix(base, "http") + "/ws"}, "")
 	for _, s := range []*mcptest.Client{streamable, sse, ws} {
 		s.CallText(t, "test_simple_text", nil)
 	}

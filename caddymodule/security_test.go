@@ -24,6 +24,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/wsclient"
 )
 
 // The access-control tests run a real Caddy and talk to it as clients do:
@@ -418,10 +419,10 @@ func TestSecurityAPIKey(t *testing.T) {
 			return &mcp.SSEClientTransport{Endpoint: base + "/sse", HTTPClient: newSecKeyTransport("Authorization", "Bearer k-one").client()}
 		}},
 		{"WebSocket, X-API-Key on the upgrade", 0, func(base string) mcp.Transport {
-			return &mcptest.WebSocketTransport{URL: secWSURL(base), Header: http.Header{"X-Api-Key": {"k-one"}}}
+			return &wsclient.Transport{URL: secWSURL(base), Header: http.Header{"X-Api-Key": {"k-one"}}}
 		}},
 		{"WebSocket, api_key in the URL", 1, func(base string) mcp.Transport {
-			return &mcptest.WebSocketTransport{URL: secWSURL(base) + "?api_key=k-one"}
+			return &wsclient.Transport{URL: secWSURL(base) + "?api_key=k-one"}
 		}},
 	}
 	for _, tt := range sessions {

@@ -1,4 +1,5 @@
-package mcptest
+// Package wsclient lets the go-sdk MCP client speak over a WebSocket.
+package wsclient
 
 import (
 	"context"
@@ -9,17 +10,17 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
-// WebSocketTransport lets the go-sdk client speak MCP over a WebSocket, the
+// Transport lets the go-sdk client speak MCP over a WebSocket, the
 // way the TypeScript SDK's WebSocketClientTransport does: subprotocol "mcp",
 // one JSON-RPC message per text frame. The go-sdk has no WebSocket
 // transport of its own; this adapter only moves frames.
-type WebSocketTransport struct {
+type Transport struct {
 	URL    string
 	Header http.Header
 }
 
 // Connect dials the WebSocket.
-func (t *WebSocketTransport) Connect(ctx context.Context) (mcp.Connection, error) {
+func (t *Transport) Connect(ctx context.Context) (mcp.Connection, error) {
 	conn, _, err := websocket.Dial(ctx, t.URL, &websocket.DialOptions{Subprotocols: []string{"mcp"}, HTTPHeader: t.Header})
 	if err != nil {
 		return nil, err
