@@ -26,12 +26,17 @@ type PoolConfig struct {
 	// HealthCheckTimeout is how long a spare may take to answer a ping;
 	// zero means DefaultHealthCheckTimeout.
 	HealthCheckTimeout time.Duration
+	// StartTimeout is how long a new spare may take to answer its first
+	// ping, which it must before a session gets it; zero means
+	// DefaultStartTimeout.
+	StartTimeout time.Duration
 }
 
 // Pool defaults.
 const (
 	DefaultMinIdle            = 1
 	DefaultHealthCheckTimeout = 5 * time.Second
+	DefaultStartTimeout       = 30 * time.Second
 	DefaultAcquireTimeout     = 10 * time.Second
 )
 
@@ -72,6 +77,9 @@ func NewPool(cfg PoolConfig, proc ProcessConfig, logger *zap.Logger) *Pool {
 	}
 	if cfg.HealthCheckTimeout <= 0 {
 		cfg.HealthCheckTimeout = DefaultHealthCheckTimeout
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = DefaultStartTimeout
 	}
 	return &Pool{cfg: cfg, proc: proc, logger: logger, freed: make(chan struct{}), stop: make(chan struct{})}
 }
@@ -287,11 +295,24 @@ func janitorInterval(timeout time.Duration) time.Duration {
 	return min(max(timeout/4, 10*time.Millisecond), time.Minute)
 }
 
+// startSpare starts a child and makes it a spare once it answers a ping: a
+// spare is ready, not merely started, so a session that takes it does not
+// wait for the server to load (a Node server takes a few hundred ms).
 func (p *Pool) startSpare(delay time.Duration) {
 	if delay > 0 {
 		time.Sleep(delay)
 	}
 	child, err := p.spawn()
+	if err == nil {
+		if err = child.Ping(p.cfg.StartTimeout); err != nil {
+			child.Kill()
+			p.mu.Lock()
+			p.failures++
+			p.lastErr = err
+			p.mu.Unlock()
+			p.logger.Error("new MCP server did not answer a ping", zap.Int("pid", child.Pid()), zap.Error(err))
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.starting--

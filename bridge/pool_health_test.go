@@ -40,11 +40,13 @@ func TestPoolHealthCheck(t *testing.T) {
 			t.Fatal("no answer to initialize")
 		}
 	})
-	t.Run("silent spare is replaced", func(t *testing.T) {
+	t.Run("spare that falls silent is replaced", func(t *testing.T) {
+		// It answers the ping that makes it a spare, and the first check.
+		exe := mcptest.Build(t, testChildPackage)
 		pool := NewPool(PoolConfig{MinIdle: 1, HealthCheck: 50 * time.Millisecond, HealthCheckTimeout: 100 * time.Millisecond},
-			ProcessConfig{Argv: []string{"sleep", "1000"}}, zaptest.NewLogger(t))
+			ProcessConfig{Argv: []string{exe, "-mute-after", "2"}}, zaptest.NewLogger(t))
 		pool.Start()
-		defer pool.Close()
+		defer func() { pool.Close(); mcptest.WaitNoProcesses(t, exe, 5*time.Second) }()
 		first := waitSpare(t, pool)
 		deadline := time.Now().Add(5 * time.Second)
 		for {
@@ -58,6 +60,23 @@ func TestPoolHealthCheck(t *testing.T) {
 		}
 		if err := pool.Stats().LastError; err == nil {
 			t.Error("no last error recorded for the failed check")
+		}
+	})
+	t.Run("child that never answers is no spare", func(t *testing.T) {
+		// sleep never reads its stdin, like a server stuck loading.
+		pool := NewPool(PoolConfig{MinIdle: 1, StartTimeout: 100 * time.Millisecond},
+			ProcessConfig{Argv: []string{"sleep", "1000"}}, zaptest.NewLogger(t))
+		pool.Start()
+		defer pool.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for pool.Stats().LastError == nil {
+			if time.Now().After(deadline) {
+				t.Fatal("no error recorded for the child that did not answer")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if pids := idlePids(pool); len(pids) != 0 {
+			t.Errorf("a child that never answered is a spare: %v", pids)
 		}
 	})
 }

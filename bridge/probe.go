@@ -28,7 +28,10 @@ type Probe struct {
 }
 
 // prober runs probes, one at a time, and keeps the last result. A tools
-// list_changed from any child marks the result stale.
+// list_changed from any child marks the result stale; a stale result is
+// probed again no sooner than reprobeInterval after the last probe, since
+// some servers (the Node server-everything) announce a change in every
+// session, and a probe is a child spawn.
 type prober struct {
 	proc   ProcessConfig
 	logger *zap.Logger
@@ -41,8 +44,12 @@ type prober struct {
 	running chan struct{} // closed when the probe under way ends
 }
 
-// firstProbeWait is how long a report waits for the very first probe.
-const firstProbeWait = 5 * time.Second
+const (
+	// firstProbeWait is how long a report waits for the very first probe.
+	firstProbeWait = 5 * time.Second
+	// reprobeInterval is the least time between probes of a stale result.
+	reprobeInterval = 30 * time.Second
+)
 
 func newProber(proc ProcessConfig, logger *zap.Logger) *prober {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -50,11 +57,12 @@ func newProber(proc ProcessConfig, logger *zap.Logger) *prober {
 }
 
 // result returns the last probe, starting a new one in the background if
-// it is stale or missing; with none finished yet, it waits a little for
-// the first.
+// it is missing, or stale and old enough; with none finished yet, it waits
+// a little for the first.
 func (p *prober) result() Probe {
 	p.mu.Lock()
-	if (p.last.CheckedAt.IsZero() || p.stale) && p.running == nil {
+	due := p.last.CheckedAt.IsZero() || p.stale && time.Since(p.last.CheckedAt) >= reprobeInterval
+	if due && p.running == nil {
 		p.startLocked()
 	}
 	first, done := p.last.CheckedAt.IsZero(), p.running

@@ -35,6 +35,7 @@ var (
 	spawnGrandchild = flag.Bool("spawn-grandchild", false, `start a copy of itself with -ignore-term; answer method "grandchild" with {"pid": its pid}`)
 	notify          = flag.Bool("notify", false, `before answering method "notify", send notifications/tools/list_changed`)
 	delay           = flag.Duration("delay", 0, "sleep this long before answering tools/call")
+	muteAfter       = flag.Int("mute-after", 0, "answer only the first n requests, then read on without answering")
 )
 
 type message struct {
@@ -62,6 +63,7 @@ func main() {
 	}
 
 	in := bufio.NewReaderSize(os.Stdin, 64<<10)
+	answered := 0
 	for {
 		line, err := readLine(in)
 		if err != nil {
@@ -76,6 +78,12 @@ func main() {
 		}
 		if msg.Method == *dieOn {
 			os.Exit(3)
+		}
+		if *muteAfter > 0 {
+			if answered == *muteAfter {
+				continue
+			}
+			answered++
 		}
 		if *garbage {
 			fmt.Fprintf(out, "garbage before %s\n{\"unterminated\": \n\x1b[31mnot json\x1b[0m\n", msg.Method)
