@@ -25,8 +25,47 @@ var ErrMessageTooLarge = errors.New("message exceeds the maximum size")
 type LineReader struct {
 	r      *bufio.Reader
 	max    int
-	long   []byte
+	long   []byte   // a line too long for the read buffer, kept between lines
+	pieces [][]byte // the rest of a line longer than longKeep
+	size   int      // bytes of the line read so far
 	prefix []byte
+}
+
+// longKeep is how much of a long line goes into the reused buffer. Beyond
+// it, the line is gathered in pieces and joined once at its end: a huge
+// line then costs about twice its size, where a doubling buffer and its
+// copy would cost four times.
+const longKeep = 1 << 20
+
+// add appends a chunk of the current line.
+func (lr *LineReader) add(chunk []byte) {
+	lr.size += len(chunk)
+	if len(lr.pieces) == 0 && len(lr.long)+len(chunk) <= longKeep {
+		lr.long = append(lr.long, chunk...)
+		return
+	}
+	if n := len(lr.pieces); n > 0 && cap(lr.pieces[n-1])-len(lr.pieces[n-1]) >= len(chunk) {
+		lr.pieces[n-1] = append(lr.pieces[n-1], chunk...)
+		return
+	}
+	lr.pieces = append(lr.pieces, append(make([]byte, 0, max(longKeep, len(chunk))), chunk...))
+}
+
+// take returns the line gathered so far, in a new slice with room for a
+// newline, and starts the next.
+func (lr *LineReader) take() []byte {
+	line := make([]byte, 0, lr.size+1)
+	line = append(line, lr.long...)
+	for i, p := range lr.pieces {
+		line = append(line, p...)
+		lr.pieces[i] = nil
+	}
+	lr.reset()
+	return line
+}
+
+func (lr *LineReader) reset() {
+	lr.long, lr.pieces, lr.size = lr.long[:0], lr.pieces[:0], 0
 }
 
 // NewLineReader returns a LineReader over r that refuses lines longer than
@@ -59,7 +98,7 @@ func (lr *LineReader) Next() ([]byte, error) {
 func (lr *LineReader) OversizePrefix() []byte { return lr.prefix }
 
 func (lr *LineReader) readLine() ([]byte, error) {
-	lr.long = lr.long[:0]
+	lr.reset()
 	tooLarge := false
 	for {
 		chunk, err := lr.r.ReadSlice('\n')
@@ -74,18 +113,18 @@ func (lr *LineReader) readLine() ([]byte, error) {
 			return nil, err
 		}
 		if !tooLarge {
-			if len(lr.long)+len(chunk) > lr.max {
+			if lr.size+len(chunk) > lr.max {
 				tooLarge = true
 				lr.prefix = append(lr.prefix[:0], lr.long[:min(len(lr.long), oversizePrefix)]...)
 				if room := oversizePrefix - len(lr.prefix); room > 0 {
 					lr.prefix = append(lr.prefix, chunk[:min(len(chunk), room)]...)
 				}
-				lr.long = lr.long[:0]
-			} else if err == nil && len(lr.long) == 0 {
+				lr.reset()
+			} else if err == nil && lr.size == 0 {
 				// The common case: the whole line sat in the buffer.
 				return bytes.Clone(chunk), nil
 			} else {
-				lr.long = append(lr.long, chunk...)
+				lr.add(chunk)
 			}
 		}
 		if errors.Is(err, bufio.ErrBufferFull) {
@@ -94,10 +133,6 @@ func (lr *LineReader) readLine() ([]byte, error) {
 		if tooLarge {
 			return nil, ErrMessageTooLarge
 		}
-		line := bytes.Clone(lr.long)
-		if cap(lr.long) > 1<<20 {
-			lr.long = nil // do not keep a huge buffer for one huge message
-		}
-		return line, nil
+		return lr.take(), nil
 	}
 }

@@ -51,7 +51,7 @@ type Envelope struct {
 var errNotObject = errors.New("JSON-RPC message is not an object")
 
 // ParseEnvelope reads the top-level members of one JSON-RPC message. It
-// expects msg to be valid JSON (check with json.Valid first for untrusted
+// expects msg to be valid JSON (check with validJSON first for untrusted
 // input) and does not allocate.
 func ParseEnvelope(msg []byte) (Envelope, error) {
 	var env Envelope
@@ -246,15 +246,19 @@ func skipString(b []byte, i int) (int, error) {
 	if i >= len(b) || b[i] != '"' {
 		return 0, errTruncated
 	}
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
+	for i++; ; {
+		i = plainRun(b, i)
+		switch {
+		case i >= len(b):
+			return 0, errTruncated
+		case b[i] == '"':
 			return i + 1, nil
+		case b[i] == '\\':
+			i += 2
+		default: // a control character, which validJSON rejects
+			i++
 		}
 	}
-	return 0, errTruncated
 }
 
 // skipValue returns the index just past the JSON value starting at b[i].

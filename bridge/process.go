@@ -3,7 +3,6 @@ package bridge
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -229,7 +228,7 @@ func (p *Process) readStdout(onMessage func([]byte), onOversize func([]byte), on
 		case err != nil:
 			return
 		}
-		if !json.Valid(line) {
+		if !validJSON(line) {
 			p.logger.Warn("child wrote a line that is not JSON to stdout; dropped",
 				zap.ByteString("line", line[:min(len(line), 200)]))
 			continue
@@ -262,7 +261,7 @@ func (p *Process) Ping(timeout time.Duration) error {
 		case err != nil:
 			return fmt.Errorf("no answer to ping: %w", err)
 		}
-		if !json.Valid(line) {
+		if !validJSON(line) {
 			continue
 		}
 		if string(Member(line, "id")) == id {

@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"encoding/json"
 	"errors"
 	"io"
 	"mime"
@@ -227,7 +226,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 	limit := s.backend.MaxMessageSize()
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout))
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(limit)))
+	body, err := readBodyBytes(http.MaxBytesReader(w, r.Body, int64(limit)), r.ContentLength, limit)
 	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -244,6 +243,31 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		return nil, false
 	}
 	return body, true
+}
+
+// readBodyBytes reads body to its end into a buffer sized from the request's
+// Content-Length when it is known and within limit, so that a large body
+// is not copied through ever larger buffers; the spare byte is for the
+// newline that Process.Send appends.
+func readBodyBytes(body io.Reader, contentLength int64, limit int) ([]byte, error) {
+	size := 512
+	if contentLength > 0 && contentLength <= int64(limit) {
+		size = int(contentLength) + 1
+	}
+	b := make([]byte, 0, size)
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
 }
 
 // hasMediaType reports whether a Content-Type header names mediaType.
@@ -269,7 +293,7 @@ func accepts(header, mediaType string) bool {
 // parseMessages splits a POST body into JSON-RPC messages: one, or the
 // elements of a batch. It answers the client itself when the body is bad.
 func parseMessages(w http.ResponseWriter, body []byte) (msgs [][]byte, batch, ok bool) {
-	if !json.Valid(body) {
+	if !validJSON(body) {
 		WriteError(w, http.StatusBadRequest, CodeParseError, "parse error: the body is not valid JSON")
 		return nil, false, false
 	}

@@ -1,0 +1,71 @@
+package bridge
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// validJSONCases are inputs on each side of the grammar's edges.
+var validJSONCases = []string{
+	``, ` `, `{}`, `[]`, `{"a":1}`, `{"a":1,}`, `[1,]`, `[,1]`, `{"a" 1}`, `{1:2}`,
+	`"abc"`, `"a\"b\\c\/d\b\f\n\r\t"`, `"\u00e9\u00E9"`, `"\u00g9"`, `"\u12"`, `"\x"`,
+	"\"tab\there\"", "\"nul\x00\"", "\"\xff\xfe\"", `"unterminated`, `"ends in backslash\`,
+	`0`, `-0`, `01`, `-`, `1.`, `.5`, `1.5e`, `1.5e+3`, `1E-3`, `-12.30e10`, `1e`, `+1`,
+	`true`, `false`, `null`, `nul`, `truex`, `tru`, `[true,false,null]`,
+	` {"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{}}} `,
+	`{"a":[1,{"b":[]}],"c":{}}`, `{"a":[1,{"b":[]}],"c":{}`, `{"a":[1}`, `[1}`, `{"a":1]`,
+	`1 2`, `{} {}`, "[\n1,\r\n2\t]",
+	strings.Repeat("[", maxJSONDepth) + strings.Repeat("]", maxJSONDepth),
+	strings.Repeat("[", maxJSONDepth+1) + strings.Repeat("]", maxJSONDepth+1),
+	`"` + strings.Repeat("abcdefgh", 9) + `"`, `"` + strings.Repeat("abcdefg\\n", 9) + `"`,
+}
+
+func TestValidJSONAgreesWithEncodingJSON(t *testing.T) {
+	for _, c := range validJSONCases {
+		if got, want := validJSON([]byte(c)), json.Valid([]byte(c)); got != want {
+			t.Errorf("validJSON(%.60q) = %v, json.Valid says %v", c, got, want)
+		}
+	}
+}
+
+// FuzzValidJSON holds validJSON to json.Valid's answer on any input.
+func FuzzValidJSON(f *testing.F) {
+	for _, c := range validJSONCases {
+		f.Add([]byte(c))
+	}
+	f.Add([]byte(toolsCallRequest))
+	f.Add([]byte(toolsCallResult))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got, want := validJSON(b), json.Valid(b); got != want {
+			t.Errorf("validJSON(%q) = %v, json.Valid says %v", b, got, want)
+		}
+	})
+}
+
+// BenchmarkValidJSON compares validJSON with json.Valid on a small request
+// and a 64 KiB result.
+func BenchmarkValidJSON(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		data []byte
+	}{
+		{"request", []byte(toolsCallRequest)},
+		{"result_64KiB", largeToolsCallResult(64 << 10)},
+	} {
+		for _, impl := range []struct {
+			name  string
+			valid func([]byte) bool
+		}{{"validJSON", validJSON}, {"json.Valid", json.Valid}} {
+			b.Run(bc.name+"/"+impl.name, func(b *testing.B) {
+				b.SetBytes(int64(len(bc.data)))
+				b.ReportAllocs()
+				for b.Loop() {
+					if !impl.valid(bc.data) {
+						b.Fatal("invalid")
+					}
+				}
+			})
+		}
+	}
+}
