@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -299,4 +300,45 @@ func FuzzParseEnvelope(f *testing.F) {
 			t.Fatalf("envelope id = %q, encoding/json id = %q in %s", env.ID, want, msg)
 		}
 	})
+}
+
+// Typical MCP messages, for benchmarks: a tools/call request and its result.
+const (
+	toolsCallRequest = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"test_simple_text","arguments":{}}}`
+	toolsCallResult  = `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"This is a simple text response for testing."}]}}`
+)
+
+// largeToolsCallResult returns a tools/call result of about size bytes, its
+// text lines of a tool's output with their escaped newlines.
+func largeToolsCallResult(size int) []byte {
+	const (
+		head = `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"`
+		line = `2025-11-25T10:00:00Z INFO worker finished a job in 12ms\n`
+		tail = `"}]}}`
+	)
+	return []byte(head + strings.Repeat(line, (size-len(head)-len(tail))/len(line)) + tail)
+}
+
+// BenchmarkParseEnvelope measures reading a tools/call request, its result and a 64 KiB result.
+func BenchmarkParseEnvelope(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		msg  []byte
+		kind Kind
+	}{
+		{"request", []byte(toolsCallRequest), KindRequest},
+		{"result", []byte(toolsCallResult), KindResponse},
+		{"result_64KiB", largeToolsCallResult(64 << 10), KindResponse},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(bc.msg)))
+			b.ReportAllocs()
+			for b.Loop() {
+				env, err := ParseEnvelope(bc.msg)
+				if err != nil || env.Kind() != bc.kind {
+					b.Fatalf("ParseEnvelope = kind %s, %v; want %s", kindNames[env.Kind()], err, kindNames[bc.kind])
+				}
+			}
+		})
+	}
 }

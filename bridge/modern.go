@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // The stateless protocol (2026-07-28 on): every request stands alone,
@@ -162,12 +163,7 @@ func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byt
 			return
 		}
 		if sw == nil {
-			sw = newSSEWriter(w)
-			w.WriteHeader(http.StatusOK)
-			if sw.rc.Flush() != nil {
-				member.Release()
-				return
-			}
+			sw = startSSE(w)
 		}
 		childGone := s.pumpModern(sw, r, out, env)
 		close(gone)
@@ -180,20 +176,33 @@ func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byt
 }
 
 // pumpModern writes a stateless request's messages until its response, the
-// client leaving, or the child exiting (then it reports true).
+// client leaving, or the child exiting (then it reports true). Like
+// writeStream, it gives a request's answer a moment to leave with the
+// headers, then flushes whenever nothing more is queued.
 func (s *Server) pumpModern(sw *sseWriter, r *http.Request, out <-chan []byte, env *Envelope) bool {
 	ping, stopPing := keepalive(s.cfg.Keepalive)
 	defer stopPing()
+	var hold <-chan time.Time
+	if env.MethodName() != "subscriptions/listen" {
+		var stopHold func() bool
+		hold, stopHold = answerHold()
+		defer stopHold()
+	}
 	for {
+		if hold == nil && len(out) == 0 && sw.flush() != nil {
+			return false
+		}
 		select {
+		case <-hold:
+			hold = nil
 		case m, open := <-out:
 			if !open {
 				if env.MethodName() != "subscriptions/listen" {
-					_ = sw.event("", "", ErrorResponse(env.ID, CodeServerExited, "the MCP server process exited"))
+					_ = sw.event(nil, "", ErrorResponse(env.ID, CodeServerExited, "the MCP server process exited"))
 				}
 				return true
 			}
-			if sw.event("", "", m) != nil {
+			if sw.event(nil, "", m) != nil {
 				return false
 			}
 			if other, err := ParseEnvelope(m); err == nil && other.Kind() == KindResponse && string(other.ID) == string(env.ID) {

@@ -211,14 +211,13 @@ func (m *Mux) forwardRequest(mem *MuxMember, msg []byte, env *Envelope, init boo
 	if level, ok := logLevels[StringValue(Member(Member(env.Params, "_meta"), metaLogLevelField))]; ok {
 		mem.statelessLevel = level
 	}
-	splices := []splice{{old: env.ID, new: id.raw()}}
-	if tok := progressTokenOf(env.Params); tok != nil {
+	out, tok := tagRequest(msg, env, id)
+	if tok != nil {
 		m.tokens[id] = muxRequest{member: mem, id: tok}
-		splices = append(splices, splice{old: tok, new: id.raw()})
 	}
 	m.lastUsed = time.Now()
 	m.mu.Unlock()
-	return m.child.Send(applySplices(msg, splices...))
+	return m.child.Send(out)
 }
 
 // sendOwn sends a request of the bridge's own; its answer is dropped.

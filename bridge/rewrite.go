@@ -49,6 +49,19 @@ func parseBridgeID(raw []byte) (bridgeID, bool) {
 	return bridgeID(n), err == nil && n > 0
 }
 
+// tagRequest returns a copy of a session's request with the bridge's id
+// in place of its id and of its progress token, if it has one, which it
+// also returns.
+func tagRequest(msg []byte, env *Envelope, id bridgeID) (out, token []byte) {
+	raw := id.raw()
+	var spliceArray [2]splice
+	splices := append(spliceArray[:0], splice{old: env.ID, new: raw})
+	if token = progressTokenOf(env.Params); token != nil {
+		splices = append(splices, splice{old: token, new: raw})
+	}
+	return applySplices(msg, splices...), token
+}
+
 // progressTokenOf returns the raw progress token of a request's params.
 func progressTokenOf(params []byte) []byte {
 	return Member(Member(params, "_meta"), "progressToken")

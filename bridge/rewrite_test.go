@@ -506,3 +506,63 @@ func (r *lineRecorder) take() [][]byte {
 	r.lines = nil
 	return out
 }
+
+// BenchmarkRewriteRequest measures putting a bridge id and token on a request.
+func BenchmarkRewriteRequest(b *testing.B) {
+	const bid = bridgeID(1042)
+	for _, bc := range []struct {
+		name string
+		msg  []byte
+	}{
+		{"tools_call", []byte(toolsCallRequest)},
+		{"with_progress_token", []byte(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"test_simple_text","arguments":{},"_meta":{"progressToken":"call-7"}}}`)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			env, err := ParseEnvelope(bc.msg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(bc.msg)))
+			b.ReportAllocs()
+			var out []byte
+			for b.Loop() {
+				out, _ = tagRequest(bc.msg, &env, bid)
+			}
+			if id := Member(out, "id"); string(id) != string(bid.raw()) {
+				b.Errorf("rewritten id = %s, want %s", id, bid.raw())
+			}
+		})
+	}
+}
+
+// BenchmarkRewriteResponse measures restoring a session's id in a result, as routeResponse does.
+func BenchmarkRewriteResponse(b *testing.B) {
+	clientID := []byte("7")
+	for _, bc := range []struct {
+		name string
+		msg  []byte
+	}{
+		{"result", []byte(toolsCallResult)},
+		{"result_64KiB", largeToolsCallResult(64 << 10)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			msg := bytes.Replace(bc.msg, []byte(`"id":7`), []byte(`"id":1042`), 1) // as the child answers
+			env, err := ParseEnvelope(msg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(msg)))
+			b.ReportAllocs()
+			var out []byte
+			for b.Loop() {
+				if _, ok := parseBridgeID(env.ID); !ok {
+					b.Fatalf("parseBridgeID(%s) failed", env.ID)
+				}
+				out = applySplices(msg, splice{old: env.ID, new: clientID})
+			}
+			if !bytes.Equal(out, bc.msg) {
+				b.Errorf("restored result differs from the original: %.80s", out)
+			}
+		})
+	}
+}

@@ -37,7 +37,7 @@ func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 		return
 	}
-	s.writeStream(w, r, sess, st, streamLegacy, after)
+	s.writeStream(w, r.Context().Done(), s.endpointURI(r, sess), sess, st, streamLegacy, after)
 	sess.awaitResume(s.cfg.ResumeGrace)
 }
 

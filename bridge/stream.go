@@ -185,10 +185,10 @@ func (st *stream) events(gen, cursor int, dst []event) (evs []event, current, cl
 		return dst[:0], false, st.closed
 	}
 	evs = dst[:0]
-	for i := range st.log {
-		if st.log[i].seq >= cursor {
+	if len(st.log) > 0 {
+		// The log's seqs follow one another.
+		if i := max(cursor-st.log[0].seq, 0); i < len(st.log) {
 			evs = append(evs, st.log[i:]...)
-			break
 		}
 	}
 	return evs, true, st.closed
@@ -218,9 +218,14 @@ func (st *stream) close() {
 	signal(st.wake)
 }
 
-// eventID names an event: the session's tag, the stream and the position.
-func eventID(tag string, num, seq int) string {
-	return tag + "_" + strconv.Itoa(num) + "_" + strconv.Itoa(seq)
+// appendEventID appends an event's id: the session's tag, the stream and
+// the position.
+func appendEventID(b []byte, tag string, num, seq int) []byte {
+	b = append(b, tag...)
+	b = append(b, '_')
+	b = strconv.AppendInt(b, int64(num), 10)
+	b = append(b, '_')
+	return strconv.AppendInt(b, int64(seq), 10)
 }
 
 // parseEventID reads an event id; ok is false when it is not one of tag's.
@@ -238,26 +243,32 @@ func parseEventID(id, tag string) (num, seq int, ok bool) {
 	return num, seq, err1 == nil && err2 == nil && num > 0 && seq >= 0
 }
 
-// sseWriter writes Server-Sent Events and flushes each one.
+// sseWriter writes Server-Sent Events. It leaves them in the response's
+// buffer until flush, which its users call before they wait: a response
+// whose answer is already there leaves in one write.
 type sseWriter struct {
-	w   http.ResponseWriter
-	rc  *http.ResponseController
-	buf []byte
+	w     http.ResponseWriter
+	rc    *http.ResponseController
+	buf   []byte
+	dirty bool // written since the last flush
 }
 
-func newSSEWriter(w http.ResponseWriter) *sseWriter {
+// startSSE sends the headers of an event stream (on the first flush).
+func startSSE(w http.ResponseWriter) *sseWriter {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
-	return &sseWriter{w: w, rc: http.NewResponseController(w)}
+	w.WriteHeader(http.StatusOK)
+	return &sseWriter{w: w, rc: http.NewResponseController(w), dirty: true}
 }
 
 // event writes one event. An empty data gives the bare "data:" line of a
-// priming event. name is left out when empty (it then means "message").
-func (sw *sseWriter) event(id, name string, data []byte) error {
+// priming event. id and name are left out when empty (no name means
+// "message").
+func (sw *sseWriter) event(id []byte, name string, data []byte) error {
 	b := sw.buf[:0]
-	if id != "" {
+	if len(id) > 0 {
 		b = append(b, "id: "...)
 		b = append(b, id...)
 		b = append(b, '\n')
@@ -267,22 +278,61 @@ func (sw *sseWriter) event(id, name string, data []byte) error {
 		b = append(b, name...)
 		b = append(b, '\n')
 	}
+	if len(data) > 0 && bytes.IndexByte(data, '\n') < 0 && bytes.IndexByte(data, '\r') < 0 {
+		// A message on one line, as nearly all are, is written as it is:
+		// not copied, however large.
+		b = append(b, "data: "...)
+		sw.buf = b
+		if err := sw.write(b); err != nil {
+			return err
+		}
+		if err := sw.write(data); err != nil {
+			return err
+		}
+		return sw.write(eventEnd)
+	}
 	b = appendSSEData(b, data)
 	b = append(b, '\n')
 	sw.buf = b
 	return sw.write(b)
 }
 
-// comment writes an SSE comment line, used as a keepalive.
+var eventEnd = []byte("\n\n")
+
+// comment writes an SSE comment line, used as a keepalive, and flushes it.
 func (sw *sseWriter) comment(text string) error {
-	return sw.write([]byte(": " + text + "\n\n"))
+	if err := sw.write([]byte(": " + text + "\n\n")); err != nil {
+		return err
+	}
+	return sw.flush()
 }
 
 func (sw *sseWriter) write(b []byte) error {
-	if _, err := sw.w.Write(b); err != nil {
-		return err
+	sw.dirty = true
+	_, err := sw.w.Write(b)
+	return err
+}
+
+// flush sends what was written since the last flush, if anything.
+func (sw *sseWriter) flush() error {
+	if !sw.dirty {
+		return nil
 	}
+	sw.dirty = false
 	return sw.rc.Flush()
+}
+
+// firstAnswerHold is how long a request's stream keeps its headers (and
+// priming event) unsent, waiting for the answer to join them in one write.
+// Most answers from a local child come well within it; it saves a write
+// and a flush per call.
+const firstAnswerHold = 2 * time.Millisecond
+
+// answerHold returns a channel that fires after firstAnswerHold, and its
+// stop function.
+func answerHold() (<-chan time.Time, func() bool) {
+	t := time.NewTimer(firstAnswerHold)
+	return t.C, t.Stop
 }
 
 // appendSSEData appends data as "data:" lines. A JSON message has no raw
@@ -327,31 +377,37 @@ const (
 )
 
 // writeStream writes a stream as SSE, from after the event after (negative:
-// from the first unwritten one), until its last event, the client leaving,
-// the session ending, another connection taking the stream over, or (for
+// from the first unwritten one), until its last event, the client leaving
+// (done closes), the session ending, another connection taking the stream over, or (for
 // a GET stream) this Server closing its streams. A POST stream ends with
 // its last response, so a reload lets it finish. A legacy stream opens
-// with the endpoint event. It reports whether the stream was finished.
-func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Session, st *stream, mode streamMode, after int) bool {
+// with the endpoint event, endpoint. It reports whether the stream was
+// finished.
+func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *Session, st *stream, mode streamMode, after int) bool {
 	gen, cursor, err := st.attach(after)
 	if err != nil {
 		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "cannot resume: "+err.Error())
 		return false
 	}
 	defer st.detach(gen)
-	sw := newSSEWriter(w)
-	w.WriteHeader(http.StatusOK)
+	sw := startSSE(w)
 	eventName := ""
 	resumable := mode != streamLegacy && sess.ProtocolVersion() >= version20251125
 	switch {
 	case mode == streamLegacy:
 		eventName = "message"
-		err = sw.event("", "endpoint", []byte(s.endpointURI(r, sess)))
+		err = sw.event(nil, "endpoint", []byte(endpoint))
 	case after < 0 && resumable:
 		// A priming event: the client may resume from here if cut off.
-		err = sw.event(eventID(sess.tag, st.num, 0), "", nil)
-	default:
-		err = sw.rc.Flush()
+		err = sw.event(appendEventID(nil, sess.tag, st.num, 0), "", nil)
+	}
+	// A request's stream waits a moment for its answer before it sends
+	// anything; other streams send as soon as they would wait.
+	var hold <-chan time.Time
+	if mode == streamResponse || mode == streamInitialize {
+		var stopHold func() bool
+		hold, stopHold = answerHold()
+		defer stopHold()
 	}
 	var poll <-chan time.Time
 	if s.cfg.PollInterval > 0 && resumable {
@@ -369,6 +425,7 @@ func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Sessi
 		closing = s.closing
 	}
 	var evs []event
+	var id []byte
 	for err == nil {
 		var current, closed bool
 		evs, current, closed = st.events(gen, cursor, evs)
@@ -377,7 +434,8 @@ func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Sessi
 		}
 		for _, ev := range evs {
 			initFailed := ev.last && mode == streamInitialize && !s.finishInitialize(sess, ev.data)
-			if err = sw.event(eventID(sess.tag, st.num, ev.seq), eventName, ev.data); err != nil {
+			id = appendEventID(id[:0], sess.tag, st.num, ev.seq)
+			if err = sw.event(id, eventName, ev.data); err != nil {
 				break
 			}
 			cursor = ev.seq + 1
@@ -395,11 +453,18 @@ func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, sess *Sessi
 		if closed {
 			return false
 		}
+		if hold == nil {
+			if err = sw.flush(); err != nil {
+				break
+			}
+		}
 		select {
 		case <-st.wake:
+		case <-hold:
+			hold = nil
 		case <-ping:
 			err = sw.comment("ping")
-		case <-r.Context().Done():
+		case <-done:
 			return false
 		case <-closing:
 			return false

@@ -164,7 +164,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(headerSessionID, sess.ID)
 		mode = streamInitialize
 	}
-	sess.releaseRequestStream(st, s.writeStream(w, r, sess, st, mode, -1))
+	sess.releaseRequestStream(st, s.writeStream(w, r.Context().Done(), "", sess, st, mode, -1))
 }
 
 func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
@@ -191,7 +191,7 @@ func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 		if st == sess.standaloneOrNil() {
 			mode = streamStandalone
 		}
-		if finished := s.writeStream(w, r, sess, st, mode, seq); finished && mode == streamResponse {
+		if finished := s.writeStream(w, r.Context().Done(), "", sess, st, mode, seq); finished && mode == streamResponse {
 			sess.releaseRequestStream(st, true)
 		}
 		return
@@ -201,7 +201,12 @@ func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
 		return
 	}
-	s.writeStream(w, r, sess, st, streamStandalone, -1)
+	serve := func(w http.ResponseWriter, done <-chan struct{}) {
+		s.writeStream(w, done, "", sess, st, streamStandalone, -1)
+	}
+	if !detachStream(w, r, serve) {
+		serve(w, r.Context().Done())
+	}
 }
 
 func (s *Server) streamableDelete(w http.ResponseWriter, r *http.Request) {
