@@ -1,0 +1,331 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// bench runs the cases and fills the report.
+type bench struct {
+	*options
+	loads []load
+	self  string // this program, whose `child` is the large-message server
+	dir   string
+	rep   *report
+}
+
+// bridgeRoute is a Caddyfile handle_path block mounting mcp_bridge at
+// mount in front of command, with the given pool options. A legacy SSE
+// session whose client closed its stream is kept for resume_grace (30 s by
+// default) in case the client comes back; the bench's never do, so it is
+// cut to 1 s, lest each run's sessions linger into the next.
+func bridgeRoute(mount, command string, pool ...string) string {
+	return fmt.Sprintf("\thandle_path %s/* {\n\t\tmcp_bridge {\n\t\t\tcommand %s\n\t\t\tresume_grace 1s\n\t\t\tpool {\n\t\t\t\t%s\n\t\t\t}\n\t\t}\n\t}\n",
+		mount, command, strings.Join(pool, "\n\t\t\t\t"))
+}
+
+// startCaddy starts a fresh bridge serving site, in a directory of its own.
+func (b *bench) startCaddy(name, site string) (*caddyProcess, error) {
+	dir := filepath.Join(b.dir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	return startCaddy(b.caddy, dir, site)
+}
+
+// callCases measures the loads on every system, the large echo and the
+// warm-spare set-up in front of a Node server, on one bridge.
+func (b *bench) callCases(ctx context.Context) error {
+	minIdle := 1
+	for _, l := range b.loads {
+		minIdle = max(minIdle, l.sessions)
+	}
+	childCommand := b.self + " child"
+	nodeCommand := b.node + " " + b.nodeEverything + " stdio"
+	site := bridgeRoute("/iso", b.server, fmt.Sprintf("min_idle %d", minIdle)) +
+		bridgeRoute("/echo", childCommand, "min_idle 1")
+	if b.nodeEverything != "" {
+		site += bridgeRoute("/node", nodeCommand, "min_idle 1")
+	}
+	c, err := b.startCaddy("calls", site)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	var gateways []*supergateway
+	defer func() {
+		for _, g := range gateways {
+			g.stop()
+		}
+	}()
+	// withPeer appends supergateway in front of command when asked for.
+	withPeer := func(systems []*system, command string) ([]*system, error) {
+		if b.supergateway == "" {
+			return systems, nil
+		}
+		g, err := startSupergateway(b.node, b.supergateway, command)
+		if err != nil {
+			return nil, err
+		}
+		gateways = append(gateways, g)
+		return append(systems, g.system()), nil
+	}
+
+	systems := []*system{stdioSystem([]string{b.server})}
+	for _, t := range b.transports {
+		systems = append(systems, bridgeSystem(c, "/iso", t, minIdle))
+	}
+	if systems, err = withPeer(systems, b.server); err != nil {
+		return err
+	}
+	call := toolCaller(b.tool, nil)
+	for _, l := range b.loads {
+		for _, sys := range systems {
+			if err := b.measureLoad(ctx, l.String(), sys, l, call); err != nil {
+				return err
+			}
+		}
+	}
+
+	echoCase := fmt.Sprintf("echo %s", size(b.echoSize))
+	echo := toolCaller("echo", map[string]any{"text": strings.Repeat("x", b.echoSize)})
+	systems = []*system{stdioSystem([]string{b.self, "child"}), bridgeSystem(c, "/echo", "streamable", 1)}
+	if systems, err = withPeer(systems, childCommand); err != nil {
+		return err
+	}
+	for _, sys := range systems {
+		if err := b.measureLoad(ctx, echoCase, sys, load{sessions: 1, calls: b.echoCalls}, echo); err != nil {
+			return err
+		}
+	}
+
+	if b.nodeEverything == "" {
+		return nil
+	}
+	systems = []*system{stdioSystem(strings.Fields(nodeCommand))}
+	if systems, err = withPeer(systems, nodeCommand); err != nil {
+		return err
+	}
+	systems = append(systems, bridgeSystem(c, "/node", "streamable", 1))
+	for _, sys := range systems {
+		n := b.setupSessions
+		if sys.settle == nil {
+			n = min(n, b.coldSessions) // each of these spawns a child
+		}
+		if err := b.measureSetups(ctx, "node set-up", sys, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// measureLoad runs load l on sys b.runs times and reports each figure's
+// median.
+func (b *bench) measureLoad(ctx context.Context, name string, sys *system, l load, call caller) error {
+	fmt.Fprintf(os.Stderr, "%-12s %-18s", name, sys.name)
+	var samples []*sample
+	profiled := make(chan error, 1)
+	if b.profileSeconds > 0 && sys.profile != nil {
+		path := filepath.Join(b.profileDir, strings.NewReplacer(" ", "-", "/", "-").Replace(name+"-"+sys.name)+".pprof")
+		go func() { profiled <- sys.profile(ctx, b.profileSeconds, path) }()
+	} else {
+		profiled <- nil
+	}
+	for range b.runs {
+		if sys.reset != nil {
+			if err := sys.reset(ctx); err != nil {
+				return err
+			}
+		}
+		s, err := runLoad(ctx, sys, l, call)
+		if err != nil {
+			return fmt.Errorf("%s on %s: %w", name, sys.name, err)
+		}
+		samples = append(samples, s)
+		fmt.Fprint(os.Stderr, ".")
+	}
+	fmt.Fprintln(os.Stderr)
+	b.rep.addLoad(name, sys, l, samples)
+	return <-profiled
+}
+
+// measureSetups opens n sessions on sys one after another, each once the
+// system has settled, and reports the set-up times.
+func (b *bench) measureSetups(ctx context.Context, name string, sys *system, n int) error {
+	fmt.Fprintf(os.Stderr, "%-12s %-18s", name, sys.name)
+	setups := make([]time.Duration, n)
+	for i := range setups {
+		if sys.settle != nil {
+			if err := sys.settle(ctx); err != nil {
+				return err
+			}
+		}
+		start := time.Now()
+		cs, err := sys.connect(ctx)
+		setups[i] = time.Since(start)
+		if err != nil {
+			return fmt.Errorf("%s on %s: %w", name, sys.name, err)
+		}
+		cs.Close()
+		fmt.Fprint(os.Stderr, ".")
+	}
+	fmt.Fprintln(os.Stderr)
+	b.rep.addSetups(name, sys, setups)
+	return nil
+}
+
+// idleCase opens many Streamable HTTP sessions on a shared-mode bridge,
+// each holding its GET stream open the way the go-sdk client does, and
+// measures the bridge's memory and its CPU while they idle.
+func (b *bench) idleCase(ctx context.Context) error {
+	if b.idleSessions == 0 {
+		return nil
+	}
+	perChild := max(b.idleSessions/4, 1)
+	c, err := b.startCaddy("idle", bridgeRoute("/shared", b.server, "isolation shared", fmt.Sprintf("sessions_per_process %d", perChild)))
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	sys := bridgeSystem(c, "/shared", "streamable", 0)
+	fmt.Fprintf(os.Stderr, "%-12s %-18s opening %d sessions", "idle", sys.name, b.idleSessions)
+	rssBefore, err := memoryKiB(c.pid(), "VmRSS")
+	if err != nil {
+		return err
+	}
+	sessions := make([]*mcp.ClientSession, b.idleSessions)
+	defer closeAll(sessions)
+	start := time.Now()
+	err = forEach(len(sessions), 64, func(i int) error {
+		cs, err := sys.connect(ctx)
+		sessions[i] = cs
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("idle sessions: %w", err)
+	}
+	opened := time.Since(start)
+	// Each client opens its GET stream just after initializing.
+	err = poll(ctx, time.Minute, func() error {
+		if n := establishedTo(c.port); n < b.idleSessions {
+			return fmt.Errorf("%d of %d GET streams open", n, b.idleSessions)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second) // let the last set-ups' garbage go
+	cpu0, err := cpuTime(c.pid())
+	if err != nil {
+		return err
+	}
+	rss, err := memoryKiB(c.pid(), "VmRSS")
+	if err != nil {
+		return err
+	}
+	runtime, err := c.goMetrics(ctx, "go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes")
+	if err != nil {
+		return err
+	}
+	if b.profileSeconds > 0 {
+		for _, which := range []string{"heap", "goroutine"} {
+			if err := c.savePprof(ctx, which, filepath.Join(b.profileDir, "idle-"+which+".pprof")); err != nil {
+				return err
+			}
+		}
+	}
+	fmt.Fprintf(os.Stderr, ", watching for %v", b.idleWindow)
+	select {
+	case <-time.After(b.idleWindow):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	cpu1, err := cpuTime(c.pid())
+	if err != nil {
+		return err
+	}
+	rssAfter, err := memoryKiB(c.pid(), "VmRSS")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stderr)
+	b.rep.addIdle(sys, idleSample{
+		sessions:    b.idleSessions,
+		connections: establishedTo(c.port),
+		opened:      opened,
+		rssBefore:   rssBefore,
+		rss:         max(rss, rssAfter),
+		cpuShare:    float64(cpu1-cpu0) / float64(b.idleWindow),
+		goroutines:  int(runtime["go_goroutines"]),
+		heapInUse:   int64(runtime["go_memstats_heap_inuse_bytes"]) >> 10,
+		stackInUse:  int64(runtime["go_memstats_stack_inuse_bytes"]) >> 10,
+	})
+	return nil
+}
+
+// bigResultCase has a fresh bridge pass a large result three times and
+// measures how far its peak RSS rises above its RSS before each call.
+func (b *bench) bigResultCase(ctx context.Context) error {
+	if b.bigResult == 0 {
+		return nil
+	}
+	c, err := b.startCaddy("big", bridgeRoute("/echo", b.self+" child", "min_idle 1"))
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	sys := bridgeSystem(c, "/echo", "streamable", 1)
+	fmt.Fprintf(os.Stderr, "%-12s %-18s", "big result", sys.name)
+	if err := sys.settle(ctx); err != nil {
+		return err
+	}
+	cs, err := sys.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cs.Close()
+	var growth []int64
+	for range 3 {
+		if err := resetPeakRSS(c.pid()); err != nil {
+			return err
+		}
+		before, err := memoryKiB(c.pid(), "VmRSS")
+		if err != nil {
+			return err
+		}
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "blob", Arguments: map[string]any{"size": b.bigResult}})
+		if err != nil {
+			return fmt.Errorf("big result: %w", err)
+		}
+		if text, ok := res.Content[0].(*mcp.TextContent); !ok || len(text.Text) != b.bigResult {
+			return fmt.Errorf("big result: got %T content, not %d bytes of text", res.Content[0], b.bigResult)
+		}
+		peak, err := memoryKiB(c.pid(), "VmHWM")
+		if err != nil {
+			return err
+		}
+		growth = append(growth, peak-before)
+		fmt.Fprint(os.Stderr, ".")
+	}
+	fmt.Fprintln(os.Stderr)
+	b.rep.addBigResult(sys, b.bigResult, growth)
+	return nil
+}
+
+// size formats a byte count the way the flags' defaults read: 64KiB, 10MiB.
+func size(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprintf("%dB", n)
+}

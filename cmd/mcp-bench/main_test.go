@@ -1,0 +1,118 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+)
+
+func TestMain(m *testing.M) { mcptest.Main(m) }
+
+// benchPeers returns Node 22 and the npm packages the bench compares with:
+// supergateway and the Node server-everything. scripts/test installs them
+// and says where they are.
+func benchPeers(t *testing.T) (node, supergateway, nodeEverything string) {
+	t.Helper()
+	node, modules := os.Getenv("MCPBRIDGE_NODE"), os.Getenv("MCPBRIDGE_BENCH_MODULES")
+	if node == "" || modules == "" {
+		if os.Getenv("MCPBRIDGE_REQUIRE_ALL") != "" {
+			t.Fatal("MCPBRIDGE_NODE and MCPBRIDGE_BENCH_MODULES must be set (scripts/test sets them)")
+		}
+		t.Skip("set MCPBRIDGE_NODE and MCPBRIDGE_BENCH_MODULES, or run scripts/test")
+	}
+	return node, filepath.Join(modules, "supergateway", "dist", "index.js"),
+		filepath.Join(modules, "@modelcontextprotocol", "server-everything", "dist", "index.js")
+}
+
+// TestBenchHarness runs mcp-bench as the README does, at a tiny scale: a
+// real Caddy in front of the everything-server, the go-sdk client over
+// every transport, the stdio floor and supergateway. It checks that every
+// case ran and reported its figures, not what the figures are: those
+// belong to the harness's output, not to assertions.
+func TestBenchHarness(t *testing.T) {
+	node, supergateway, nodeEverything := benchPeers(t)
+	bench := mcptest.Build(t, "github.com/mcpbridge/caddy-mcp-bridge/cmd/mcp-bench")
+	out := filepath.Join(t.TempDir(), "bench.json")
+	cmd := exec.Command(bench,
+		"--caddy", mcptest.Build(t, mcptest.CaddyPackage),
+		"--server", mcptest.EverythingServer(t),
+		"--node", node, "--supergateway", supergateway, "--node-everything", nodeEverything,
+		"--loads", "1x20,3x10", "--runs", "2", "--echo-calls", "5",
+		"--setup-sessions", "3", "--cold-sessions", "1",
+		"--idle-sessions", "50", "--idle-window", "1s", "--big-result", "1048576",
+		"--json", out)
+	output, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("mcp-bench: %v\n%s", err, output)
+	}
+	for _, want := range []string{"Tool calls", "Session set-up", "Idle:", "Big result:", "Targets:"} {
+		if !strings.Contains(string(output), want) {
+			t.Errorf("the printed report has no %q:\n%s", want, output)
+		}
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+
+	systems := []string{"stdio", "bridge streamable", "bridge stateless", "bridge sse", "bridge ws", "supergateway"}
+	for _, name := range []string{"1x20", "3x10"} {
+		for _, sys := range systems {
+			c := rep.find(name, sys)
+			if c == nil {
+				t.Errorf("%s: no result for %s", name, sys)
+				continue
+			}
+			if c.Runs != 2 || c.CallsPerSecond <= 0 || c.P50Us <= 0 || c.MaxUs < c.P99Us || c.SetupP50Ms <= 0 {
+				t.Errorf("%s on %s: implausible figures %+v", name, sys, *c)
+			}
+			if (c.CPUPerCallUs != nil) != (sys != "stdio") {
+				t.Errorf("%s on %s: CPU per call %v; want it for every system but stdio", name, sys, c.CPUPerCallUs)
+			}
+		}
+	}
+	if c := rep.find("3x10", "bridge stateless"); c != nil && c.Protocol != "2026-07-28" {
+		t.Errorf("the stateless transport negotiated %s", c.Protocol)
+	}
+	if c := rep.find("3x10", "bridge streamable"); c != nil && c.Protocol != sessionVersion {
+		t.Errorf("the streamable transport negotiated %s", c.Protocol)
+	}
+	for _, sys := range []string{"stdio", "bridge streamable", "supergateway"} {
+		if rep.find("echo 64KiB", sys) == nil {
+			t.Errorf("echo 64KiB: no result for %s", sys)
+		}
+	}
+	var setupSystems []string
+	for _, s := range rep.Setups {
+		setupSystems = append(setupSystems, s.System)
+		if s.SetupP50Ms <= 0 {
+			t.Errorf("node set-up on %s: %+v", s.System, s)
+		}
+	}
+	if !slices.Equal(setupSystems, []string{"stdio", "supergateway", "bridge streamable"}) {
+		t.Errorf("node set-up ran on %v", setupSystems)
+	}
+	if i := rep.Idle; i == nil || i.Sessions != 50 || i.Connections < 50 || i.RSSMiB <= 0 || i.Goroutines <= 0 {
+		t.Errorf("idle case: %+v", rep.Idle)
+	}
+	if b := rep.BigResult; b == nil || b.MessageMiB != 1 || len(b.PeakGrowthMiB) != 3 {
+		t.Errorf("big result case: %+v", rep.BigResult)
+	}
+	if len(rep.Targets) == 0 {
+		t.Error("no targets evaluated")
+	}
+	// No child the bench started outlives it.
+	mcptest.WaitNoProcesses(t, mcptest.EverythingServer(t), 5*time.Second)
+	mcptest.WaitNoProcesses(t, bench, 5*time.Second)
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// cpuTime is the CPU time, user and system, that the threads of process pid
+// have used so far. It sums each thread's schedstat (nanoseconds) rather
+// than reading /proc/<pid>/stat, whose 10 ms ticks are too coarse for a run
+// of a few hundred milliseconds.
+func cpuTime(pid int) (time.Duration, error) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(tasks) == 0 {
+		return 0, fmt.Errorf("no threads of process %d", pid)
+	}
+	var total time.Duration
+	for _, task := range tasks {
+		data, err := os.ReadFile(task)
+		if err != nil {
+			continue // the thread exited between the glob and the read
+		}
+		fields := strings.Fields(string(data))
+		if len(fields) == 0 {
+			continue
+		}
+		ns, err := strconv.ParseInt(fields[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %v", task, err)
+		}
+		total += time.Duration(ns)
+	}
+	return total, nil
+}
+
+// memoryKiB reads a field of /proc/<pid>/status such as VmRSS or VmHWM
+// (the peak RSS), in KiB.
+func memoryKiB(pid int, field string) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	prefix := []byte(field + ":")
+	for sc.Scan() {
+		if rest, ok := bytes.CutPrefix(sc.Bytes(), prefix); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(string(rest)), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("process %d: no %s in its status", pid, field)
+}
+
+// resetPeakRSS makes VmHWM start again from the current RSS (clear_refs
+// value 5, Linux 4.0 and later).
+func resetPeakRSS(pid int) error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+// establishedTo counts the TCP connections in state ESTABLISHED whose local
+// port is port: the server side of the clients' connections.
+func establishedTo(port int) int {
+	n := 0
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		suffix := fmt.Sprintf(":%04X", port)
+		for line := range strings.Lines(string(data)) {
+			fields := strings.Fields(line)
+			if len(fields) > 3 && strings.HasSuffix(fields[1], suffix) && fields[3] == "01" {
+				n++
+			}
+		}
+	}
+	return n
+}

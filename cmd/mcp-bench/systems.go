@@ -1,0 +1,383 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/wsclient"
+)
+
+// sessionVersion is the protocol version asked for where the bench wants a
+// session (2025-11-25) rather than the go-sdk's default, which is the
+// stateless 2026-07-28 when the server offers it.
+const sessionVersion = "2025-11-25"
+
+// A system is something under test that client sessions connect to: the
+// child over stdio, the bridge over one transport, or supergateway.
+type system struct {
+	name    string
+	connect func(ctx context.Context) (*mcp.ClientSession, error)
+	// pid is the process whose CPU and memory are measured; 0 for none.
+	pid int
+	// settle, if set, waits until the system is ready for timing, such as
+	// a pool having refilled its warm spares.
+	settle func(ctx context.Context) error
+	// reset, if set, waits until the last run's sessions are gone.
+	reset func(ctx context.Context) error
+	// profile, if set, writes a CPU profile of the next seconds to path.
+	profile func(ctx context.Context, seconds int, path string) error
+}
+
+func (s *system) cpu() (time.Duration, error) {
+	if s.pid == 0 {
+		return 0, nil
+	}
+	return cpuTime(s.pid)
+}
+
+var benchClient = mcp.NewClient(&mcp.Implementation{Name: "mcp-bench", Version: "1.0.0"}, nil)
+
+// httpClient keeps enough idle connections for every concurrent session,
+// so a load does not churn through ports; the default keeps two per host.
+var httpClient = &http.Client{Transport: &http.Transport{
+	MaxIdleConnsPerHost: 1024,
+	DisableCompression:  true,
+}}
+
+func connectWith(transport mcp.Transport, version string) func(context.Context) (*mcp.ClientSession, error) {
+	var opts *mcp.ClientSessionOptions
+	if version != "" {
+		opts = &mcp.ClientSessionOptions{ProtocolVersion: version}
+	}
+	return func(ctx context.Context) (*mcp.ClientSession, error) {
+		return benchClient.Connect(ctx, transport, opts)
+	}
+}
+
+// stdioSystem runs a fresh child per session and talks to it directly:
+// the floor that every bridge figure is compared to.
+func stdioSystem(command []string) *system {
+	opts := &mcp.ClientSessionOptions{ProtocolVersion: sessionVersion}
+	return &system{name: "stdio", connect: func(ctx context.Context) (*mcp.ClientSession, error) {
+		cmd := exec.Command(command[0], command[1:]...)
+		return benchClient.Connect(ctx, &mcp.CommandTransport{Command: cmd}, opts)
+	}}
+}
+
+// bridgeTransports names the bridge's transports as the bench reports
+// them: Streamable HTTP with sessions, the stateless 2026-07-28 protocol,
+// legacy HTTP+SSE and WebSocket.
+var bridgeTransports = []string{"streamable", "stateless", "sse", "ws"}
+
+// bridgeSystem connects over transport to the bridge mounted at base (such
+// as http://127.0.0.1:8080/iso).
+func bridgeSystem(c *caddyProcess, mount, transport string, minIdle int) *system {
+	base := c.url + mount
+	sys := &system{
+		name:    "bridge " + transport,
+		pid:     c.pid(),
+		settle:  func(ctx context.Context) error { return c.waitSpares(ctx, mount, minIdle) },
+		reset:   func(ctx context.Context) error { return c.waitIdle(ctx, mount, minIdle) },
+		profile: c.profile,
+	}
+	switch transport {
+	case "streamable":
+		sys.connect = connectWith(&mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: httpClient, MaxEventSize: -1}, sessionVersion)
+	case "stateless":
+		sys.connect = connectWith(&mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: httpClient, MaxEventSize: -1}, "")
+	case "sse":
+		sys.connect = connectWith(&mcp.SSEClientTransport{Endpoint: base + "/sse", HTTPClient: httpClient}, "")
+	case "ws":
+		sys.connect = connectWith(&wsclient.Transport{URL: "ws" + base[len("http"):] + "/ws"}, "")
+	default:
+		panic("unknown transport " + transport)
+	}
+	return sys
+}
+
+// caddyProcess is the bridge under test: a real Caddy run from the
+// project's cmd/caddy build.
+type caddyProcess struct {
+	cmd   *exec.Cmd
+	url   string // http://127.0.0.1:<port>
+	admin string // http://127.0.0.1:<admin port>
+	port  int
+	done  chan struct{}
+	log   string
+}
+
+// startCaddy runs `caddy run` with the Caddyfile site, serving on a free
+// port, and waits until it listens. site is the body of the site block.
+func startCaddy(exe, dir, site string) (*caddyProcess, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	adminPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	caddyfile := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n}\n\n:%d {\n\tbind 127.0.0.1\n%s}\n", adminPort, port, site)
+	cfg := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfg, []byte(caddyfile), 0o644); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, "caddy.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	c := &caddyProcess{
+		url:   fmt.Sprintf("http://127.0.0.1:%d", port),
+		admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort),
+		port:  port, done: make(chan struct{}), log: logPath,
+	}
+	c.cmd = exec.Command(exe, "run", "--config", cfg, "--adapter", "caddyfile")
+	c.cmd.Dir = dir
+	c.cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+	c.cmd.Stdout, c.cmd.Stderr = logFile, logFile
+	if err := c.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { c.cmd.Wait(); close(c.done) }()
+	if err := waitListening(fmt.Sprintf("127.0.0.1:%d", port), c.done); err != nil {
+		c.stop()
+		return nil, fmt.Errorf("caddy: %v (its log: %s)", err, logPath)
+	}
+	return c, nil
+}
+
+func (c *caddyProcess) pid() int { return c.cmd.Process.Pid }
+
+// stop ends Caddy the way `caddy stop` or systemd does, with SIGTERM, and
+// waits for it to stop its children and exit.
+func (c *caddyProcess) stop() {
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(30 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+// profile saves a CPU profile of the next seconds from Caddy's admin
+// endpoint to path.
+func (c *caddyProcess) profile(ctx context.Context, seconds int, path string) error {
+	return c.savePprof(ctx, fmt.Sprintf("profile?seconds=%d", seconds), path)
+}
+
+// savePprof saves one of Caddy's pprof endpoints, such as "heap", to path.
+func (c *caddyProcess) savePprof(ctx context.Context, which, path string) error {
+	url := c.admin + "/debug/pprof/" + which
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// goMetrics reads the named Go runtime gauges from Caddy's metrics, such
+// as go_goroutines and go_memstats_stack_inuse_bytes.
+func (c *caddyProcess) goMetrics(ctx context.Context, names ...string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.admin+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	values := map[string]float64{}
+	for line := range strings.Lines(string(data)) {
+		name, value, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if ok && slices.Contains(names, name) {
+			if v, err := strconv.ParseFloat(value, 64); err == nil {
+				values[name] = v
+			}
+		}
+	}
+	return values, nil
+}
+
+// health reads the bridge's health endpoint under mount.
+func (c *caddyProcess) health(ctx context.Context, mount string) (bridge.Health, error) {
+	var h bridge.Health
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url+mount+"/health", nil)
+	if err != nil {
+		return h, err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return h, err
+	}
+	defer resp.Body.Close()
+	return h, json.NewDecoder(resp.Body).Decode(&h)
+}
+
+// waitSpares waits until the pool under mount has at least minIdle warm
+// spares and is starting no more: the state a load should begin in.
+func (c *caddyProcess) waitSpares(ctx context.Context, mount string, minIdle int) error {
+	return poll(ctx, time.Minute, func() error {
+		h, err := c.health(ctx, mount)
+		if err == nil && (h.Processes.Starting != 0 || h.Processes.Idle < minIdle) {
+			err = fmt.Errorf("%s: %d spares, %d starting, want %d spares (last error: %s)", mount, h.Processes.Idle, h.Processes.Starting, minIdle, h.LastError)
+		}
+		return err
+	})
+}
+
+// waitIdle waits until the pool under mount has no session and no child
+// beyond its spares, so that one run's teardown does not cost the next.
+func (c *caddyProcess) waitIdle(ctx context.Context, mount string, minIdle int) error {
+	return poll(ctx, time.Minute, func() error {
+		h, err := c.health(ctx, mount)
+		if err == nil && (h.Sessions != 0 || h.Processes.Starting != 0 || h.Processes.Idle < minIdle || h.Processes.Running != h.Processes.Idle) {
+			err = fmt.Errorf("%s: %d sessions, %+v, want no session and %d spares", mount, h.Sessions, h.Processes, minIdle)
+		}
+		return err
+	})
+}
+
+// supergateway is supergateway run with Node in front of a stdio child,
+// serving stateful Streamable HTTP: the peer every figure is compared to.
+type supergateway struct {
+	cmd  *exec.Cmd
+	url  string
+	done chan struct{}
+}
+
+// startSupergateway runs supergateway (its dist/index.js) with node in
+// front of command, in a process group of its own so that stopping it
+// also stops the children it spawned.
+func startSupergateway(node, script, command string) (*supergateway, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	g := &supergateway{url: fmt.Sprintf("http://127.0.0.1:%d/mcp", port), done: make(chan struct{})}
+	g.cmd = exec.Command(node, script, "--stdio", command, "--outputTransport", "streamableHttp",
+		"--stateful", "--port", strconv.Itoa(port), "--logLevel", "none")
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := g.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { g.cmd.Wait(); close(g.done) }()
+	if err := waitListening(fmt.Sprintf("127.0.0.1:%d", port), g.done); err != nil {
+		g.stop()
+		return nil, fmt.Errorf("supergateway: %v", err)
+	}
+	return g, nil
+}
+
+func (g *supergateway) system() *system {
+	return &system{
+		name:    "supergateway",
+		pid:     g.cmd.Process.Pid,
+		connect: connectWith(&mcp.StreamableClientTransport{Endpoint: g.url, HTTPClient: httpClient, MaxEventSize: -1}, sessionVersion),
+	}
+}
+
+func (g *supergateway) stop() {
+	syscall.Kill(-g.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-g.done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-g.cmd.Process.Pid, syscall.SIGKILL)
+		<-g.done
+	}
+	// Children that outlived their gateway go with the group.
+	syscall.Kill(-g.cmd.Process.Pid, syscall.SIGKILL)
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitListening waits until addr accepts connections, or fails once the
+// process whose exit closes exited has exited.
+func waitListening(addr string, exited <-chan struct{}) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-exited:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := poll(ctx, time.Minute, func() error {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	})
+	if ctx.Err() != nil {
+		return errors.New("exited before listening")
+	}
+	return err
+}
+
+// poll calls check every 20 ms until it returns nil, and fails with its
+// last error after timeout.
+func poll(ctx context.Context, timeout time.Duration, check func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after %v: %w", timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
