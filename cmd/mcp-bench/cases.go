@@ -20,23 +20,23 @@ type bench struct {
 	rep   *report
 }
 
-// bridgeRoute is a Caddyfile handle_path block mounting mcp_bridge at
-// mount in front of command, with the given pool options. A legacy SSE
-// session whose client closed its stream is kept for resume_grace (30 s by
+// bridgeSite is the body of a Caddyfile site block serving mcp_bridge in
+// front of command, with the given pool options. A legacy SSE session
+// whose client closed its stream is kept for resume_grace (30 s by
 // default) in case the client comes back; the bench's never do, so it is
 // cut to 1 s, lest each run's sessions linger into the next.
-func bridgeRoute(mount, command string, pool ...string) string {
-	return fmt.Sprintf("\thandle_path %s/* {\n\t\tmcp_bridge {\n\t\t\tcommand %s\n\t\t\tresume_grace 1s\n\t\t\tpool {\n\t\t\t\t%s\n\t\t\t}\n\t\t}\n\t}\n",
-		mount, command, strings.Join(pool, "\n\t\t\t\t"))
+func bridgeSite(command string, pool ...string) string {
+	return fmt.Sprintf("\tmcp_bridge {\n\t\tcommand %s\n\t\tresume_grace 1s\n\t\tpool {\n\t\t\t%s\n\t\t}\n\t}\n",
+		command, strings.Join(pool, "\n\t\t\t"))
 }
 
-// startCaddy starts a fresh bridge serving site, in a directory of its own.
-func (b *bench) startCaddy(name, site string) (*caddyProcess, error) {
+// startCaddy starts a fresh bridge serving sites, in a directory of its own.
+func (b *bench) startCaddy(name string, sites ...string) (*caddyProcess, error) {
 	dir := filepath.Join(b.dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	return startCaddy(b.caddy, dir, site)
+	return startCaddy(b.caddy, dir, sites...)
 }
 
 // callCases measures the loads on every system, the large echo and the
@@ -48,12 +48,11 @@ func (b *bench) callCases(ctx context.Context) error {
 	}
 	childCommand := b.self + " child"
 	nodeCommand := b.node + " " + b.nodeEverything + " stdio"
-	site := bridgeRoute("/iso", b.server, fmt.Sprintf("min_idle %d", minIdle)) +
-		bridgeRoute("/echo", childCommand, "min_idle 1")
+	sites := []string{bridgeSite(b.server, fmt.Sprintf("min_idle %d", minIdle)), bridgeSite(childCommand, "min_idle 1")}
 	if b.nodeEverything != "" {
-		site += bridgeRoute("/node", nodeCommand, "min_idle 1")
+		sites = append(sites, bridgeSite(nodeCommand, "min_idle 1"))
 	}
-	c, err := b.startCaddy("calls", site)
+	c, err := b.startCaddy("calls", sites...)
 	if err != nil {
 		return err
 	}
@@ -79,7 +78,7 @@ func (b *bench) callCases(ctx context.Context) error {
 
 	systems := []*system{stdioSystem([]string{b.server})}
 	for _, t := range b.transports {
-		systems = append(systems, bridgeSystem(c, "/iso", t, minIdle))
+		systems = append(systems, bridgeSystem(c, c.urls[0], t, minIdle))
 	}
 	if systems, err = withPeer(systems, b.server); err != nil {
 		return err
@@ -95,7 +94,7 @@ func (b *bench) callCases(ctx context.Context) error {
 
 	echoCase := fmt.Sprintf("echo %s", size(b.echoSize))
 	echo := toolCaller("echo", map[string]any{"text": strings.Repeat("x", b.echoSize)})
-	systems = []*system{stdioSystem([]string{b.self, "child"}), bridgeSystem(c, "/echo", "streamable", 1)}
+	systems = []*system{stdioSystem([]string{b.self, "child"}), bridgeSystem(c, c.urls[1], "streamable", 1)}
 	if systems, err = withPeer(systems, childCommand); err != nil {
 		return err
 	}
@@ -112,7 +111,7 @@ func (b *bench) callCases(ctx context.Context) error {
 	if systems, err = withPeer(systems, nodeCommand); err != nil {
 		return err
 	}
-	systems = append(systems, bridgeSystem(c, "/node", "streamable", 1))
+	systems = append(systems, bridgeSystem(c, c.urls[2], "streamable", 1))
 	for _, sys := range systems {
 		n := b.setupSessions
 		if sys.settle == nil {
@@ -188,12 +187,12 @@ func (b *bench) idleCase(ctx context.Context) error {
 		return nil
 	}
 	perChild := max(b.idleSessions/4, 1)
-	c, err := b.startCaddy("idle", bridgeRoute("/shared", b.server, "isolation shared", fmt.Sprintf("sessions_per_process %d", perChild)))
+	c, err := b.startCaddy("idle", bridgeSite(b.server, "isolation shared", fmt.Sprintf("sessions_per_process %d", perChild)))
 	if err != nil {
 		return err
 	}
 	defer c.stop()
-	sys := bridgeSystem(c, "/shared", "streamable", 0)
+	sys := bridgeSystem(c, c.urls[0], "streamable", 0)
 	fmt.Fprintf(os.Stderr, "%-12s %-18s opening %d sessions", "idle", sys.name, b.idleSessions)
 	rssBefore, err := memoryKiB(c.pid(), "VmRSS")
 	if err != nil {
@@ -213,7 +212,7 @@ func (b *bench) idleCase(ctx context.Context) error {
 	opened := time.Since(start)
 	// Each client opens its GET stream just after initializing.
 	err = poll(ctx, time.Minute, func() error {
-		if n := establishedTo(c.port); n < b.idleSessions {
+		if n := establishedTo(c.ports[0]); n < b.idleSessions {
 			return fmt.Errorf("%d of %d GET streams open", n, b.idleSessions)
 		}
 		return nil
@@ -222,11 +221,7 @@ func (b *bench) idleCase(ctx context.Context) error {
 		return err
 	}
 	time.Sleep(2 * time.Second) // let the last set-ups' garbage go
-	cpu0, err := cpuTime(c.pid())
-	if err != nil {
-		return err
-	}
-	rss, err := memoryKiB(c.pid(), "VmRSS")
+	cpu0, rss, err := usage(c.pid())
 	if err != nil {
 		return err
 	}
@@ -247,18 +242,14 @@ func (b *bench) idleCase(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	cpu1, err := cpuTime(c.pid())
-	if err != nil {
-		return err
-	}
-	rssAfter, err := memoryKiB(c.pid(), "VmRSS")
+	cpu1, rssAfter, err := usage(c.pid())
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(os.Stderr)
 	b.rep.addIdle(sys, idleSample{
 		sessions:    b.idleSessions,
-		connections: establishedTo(c.port),
+		connections: establishedTo(c.ports[0]),
 		opened:      opened,
 		rssBefore:   rssBefore,
 		rss:         max(rss, rssAfter),
@@ -276,12 +267,12 @@ func (b *bench) bigResultCase(ctx context.Context) error {
 	if b.bigResult == 0 {
 		return nil
 	}
-	c, err := b.startCaddy("big", bridgeRoute("/echo", b.self+" child", "min_idle 1"))
+	c, err := b.startCaddy("big", bridgeSite(b.self+" child", "min_idle 1"))
 	if err != nil {
 		return err
 	}
 	defer c.stop()
-	sys := bridgeSystem(c, "/echo", "streamable", 1)
+	sys := bridgeSystem(c, c.urls[0], "streamable", 1)
 	fmt.Fprintf(os.Stderr, "%-12s %-18s", "big result", sys.name)
 	if err := sys.settle(ctx); err != nil {
 		return err

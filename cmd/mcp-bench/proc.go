@@ -57,6 +57,15 @@ func memoryKiB(pid int, field string) (int64, error) {
 	return 0, fmt.Errorf("process %d: no %s in its status", pid, field)
 }
 
+// usage reads the CPU time and the RSS (KiB) of process pid.
+func usage(pid int) (cpu time.Duration, rssKiB int64, err error) {
+	if cpu, err = cpuTime(pid); err != nil {
+		return 0, 0, err
+	}
+	rssKiB, err = memoryKiB(pid, "VmRSS")
+	return cpu, rssKiB, err
+}
+
 // resetPeakRSS makes VmHWM start again from the current RSS (clear_refs
 // value 5, Linux 4.0 and later).
 func resetPeakRSS(pid int) error {

@@ -85,15 +85,14 @@ func stdioSystem(command []string) *system {
 // legacy HTTP+SSE and WebSocket.
 var bridgeTransports = []string{"streamable", "stateless", "sse", "ws"}
 
-// bridgeSystem connects over transport to the bridge mounted at base (such
-// as http://127.0.0.1:8080/iso).
-func bridgeSystem(c *caddyProcess, mount, transport string, minIdle int) *system {
-	base := c.url + mount
+// bridgeSystem connects over transport to the bridge at base, one of c's
+// sites (such as http://127.0.0.1:8080).
+func bridgeSystem(c *caddyProcess, base, transport string, minIdle int) *system {
 	sys := &system{
 		name:    "bridge " + transport,
 		pid:     c.pid(),
-		settle:  func(ctx context.Context) error { return c.waitSpares(ctx, mount, minIdle) },
-		reset:   func(ctx context.Context) error { return c.waitIdle(ctx, mount, minIdle) },
+		settle:  func(ctx context.Context) error { return c.waitSpares(ctx, base, minIdle) },
+		reset:   func(ctx context.Context) error { return c.waitIdle(ctx, base, minIdle) },
 		profile: c.profile,
 	}
 	switch transport {
@@ -115,40 +114,43 @@ func bridgeSystem(c *caddyProcess, mount, transport string, minIdle int) *system
 // project's cmd/caddy build.
 type caddyProcess struct {
 	cmd   *exec.Cmd
-	url   string // http://127.0.0.1:<port>
+	urls  []string // a site's base, http://127.0.0.1:<port>
+	ports []int
 	admin string // http://127.0.0.1:<admin port>
-	port  int
 	done  chan struct{}
 	log   string
 }
 
-// startCaddy runs `caddy run` with the Caddyfile site, serving on a free
-// port, and waits until it listens. site is the body of the site block.
-func startCaddy(exe, dir, site string) (*caddyProcess, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
+// startCaddy runs `caddy run` with a Caddyfile of the sites (each the body
+// of a site block, on a free port of its own) and waits until it listens.
+// A site of its own per bridge is how the README deploys one: no subroute
+// or path rewrite sits in front of it.
+func startCaddy(exe, dir string, sites ...string) (*caddyProcess, error) {
 	adminPort, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	caddyfile := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n}\n\n:%d {\n\tbind 127.0.0.1\n%s}\n", adminPort, port, site)
+	c := &caddyProcess{admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort), done: make(chan struct{})}
+	caddyfile := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n}\n", adminPort)
+	for _, site := range sites {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		c.ports = append(c.ports, port)
+		c.urls = append(c.urls, fmt.Sprintf("http://127.0.0.1:%d", port))
+		caddyfile += fmt.Sprintf("\n:%d {\n\tbind 127.0.0.1\n%s}\n", port, site)
+	}
 	cfg := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(cfg, []byte(caddyfile), 0o644); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(dir, "caddy.log")
-	logFile, err := os.Create(logPath)
+	c.log = filepath.Join(dir, "caddy.log")
+	logFile, err := os.Create(c.log)
 	if err != nil {
 		return nil, err
 	}
 	defer logFile.Close()
-	c := &caddyProcess{
-		url:   fmt.Sprintf("http://127.0.0.1:%d", port),
-		admin: fmt.Sprintf("http://127.0.0.1:%d", adminPort),
-		port:  port, done: make(chan struct{}), log: logPath,
-	}
 	c.cmd = exec.Command(exe, "run", "--config", cfg, "--adapter", "caddyfile")
 	c.cmd.Dir = dir
 	c.cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
@@ -157,9 +159,11 @@ func startCaddy(exe, dir, site string) (*caddyProcess, error) {
 		return nil, err
 	}
 	go func() { c.cmd.Wait(); close(c.done) }()
-	if err := waitListening(fmt.Sprintf("127.0.0.1:%d", port), c.done); err != nil {
-		c.stop()
-		return nil, fmt.Errorf("caddy: %v (its log: %s)", err, logPath)
+	for _, port := range c.ports {
+		if err := waitListening(fmt.Sprintf("127.0.0.1:%d", port), c.done); err != nil {
+			c.stop()
+			return nil, fmt.Errorf("caddy: %v (its log: %s)", err, c.log)
+		}
 	}
 	return c, nil
 }
@@ -186,48 +190,22 @@ func (c *caddyProcess) profile(ctx context.Context, seconds int, path string) er
 
 // savePprof saves one of Caddy's pprof endpoints, such as "heap", to path.
 func (c *caddyProcess) savePprof(ctx context.Context, which, path string) error {
-	url := c.admin + "/debug/pprof/" + which
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	body, err := get(ctx, c.admin+"/debug/pprof/"+which)
 	if err != nil {
 		return err
 	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return os.WriteFile(path, body, 0o644)
 }
 
 // goMetrics reads the named Go runtime gauges from Caddy's metrics, such
 // as go_goroutines and go_memstats_stack_inuse_bytes.
 func (c *caddyProcess) goMetrics(ctx context.Context, names ...string) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.admin+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
+	body, err := get(ctx, c.admin+"/metrics")
 	if err != nil {
 		return nil, err
 	}
 	values := map[string]float64{}
-	for line := range strings.Lines(string(data)) {
+	for line := range strings.Lines(string(body)) {
 		name, value, ok := strings.Cut(strings.TrimSpace(line), " ")
 		if ok && slices.Contains(names, name) {
 			if v, err := strconv.ParseFloat(value, 64); err == nil {
@@ -238,40 +216,54 @@ func (c *caddyProcess) goMetrics(ctx context.Context, names ...string) (map[stri
 	return values, nil
 }
 
-// health reads the bridge's health endpoint under mount.
-func (c *caddyProcess) health(ctx context.Context, mount string) (bridge.Health, error) {
+// health reads the health endpoint of the bridge at base.
+func (c *caddyProcess) health(ctx context.Context, base string) (bridge.Health, error) {
 	var h bridge.Health
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url+mount+"/health", nil)
+	body, err := get(ctx, base+"/health")
 	if err != nil {
 		return h, err
+	}
+	return h, json.Unmarshal(body, &h)
+}
+
+// get fetches url, and fails on a status other than 200 or 503 (which the
+// health endpoint answers with a body worth reading).
+func get(ctx context.Context, url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
 	}
 	resp, err := httpClient.Do(req)
 	if err != nil {
-		return h, err
+		return nil, err
 	}
 	defer resp.Body.Close()
-	return h, json.NewDecoder(resp.Body).Decode(&h)
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusServiceUnavailable {
+		return nil, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return io.ReadAll(resp.Body)
 }
 
-// waitSpares waits until the pool under mount has at least minIdle warm
-// spares and is starting no more: the state a load should begin in.
-func (c *caddyProcess) waitSpares(ctx context.Context, mount string, minIdle int) error {
+// waitSpares waits until the pool of the bridge at base has at least
+// minIdle warm spares and is starting no more: the state a load should
+// begin in.
+func (c *caddyProcess) waitSpares(ctx context.Context, base string, minIdle int) error {
 	return poll(ctx, time.Minute, func() error {
-		h, err := c.health(ctx, mount)
+		h, err := c.health(ctx, base)
 		if err == nil && (h.Processes.Starting != 0 || h.Processes.Idle < minIdle) {
-			err = fmt.Errorf("%s: %d spares, %d starting, want %d spares (last error: %s)", mount, h.Processes.Idle, h.Processes.Starting, minIdle, h.LastError)
+			err = fmt.Errorf("%s: %d spares, %d starting, want %d spares (last error: %s)", base, h.Processes.Idle, h.Processes.Starting, minIdle, h.LastError)
 		}
 		return err
 	})
 }
 
-// waitIdle waits until the pool under mount has no session and no child
+// waitIdle waits until the pool of the bridge at base has no session and no child
 // beyond its spares, so that one run's teardown does not cost the next.
-func (c *caddyProcess) waitIdle(ctx context.Context, mount string, minIdle int) error {
+func (c *caddyProcess) waitIdle(ctx context.Context, base string, minIdle int) error {
 	return poll(ctx, time.Minute, func() error {
-		h, err := c.health(ctx, mount)
+		h, err := c.health(ctx, base)
 		if err == nil && (h.Sessions != 0 || h.Processes.Starting != 0 || h.Processes.Idle < minIdle || h.Processes.Running != h.Processes.Idle) {
-			err = fmt.Errorf("%s: %d sessions, %+v, want no session and %d spares", mount, h.Sessions, h.Processes, minIdle)
+			err = fmt.Errorf("%s: %d sessions, %+v, want no session and %d spares", base, h.Sessions, h.Processes, minIdle)
 		}
 		return err
 	})
