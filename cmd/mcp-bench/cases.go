@@ -220,7 +220,7 @@ func (b *bench) idleCase(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	time.Sleep(2 * time.Second) // let the last set-ups' garbage go
+	time.Sleep(5 * time.Second) // let the set-ups' garbage collection finish
 	cpu0, rss, err := usage(c.pid())
 	if err != nil {
 		return err
