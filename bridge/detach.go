@@ -12,16 +12,17 @@ import (
 const detachedWriteTimeout = time.Minute
 
 // detachStream serves a long-lived stream on goroutines of its own. Over
-// HTTP/1.x it takes the connection from net/http, as a WebSocket upgrade
+// HTTP/1.1 it takes the connection from net/http, as a WebSocket upgrade
 // does, so that the request's goroutine (with the deep stack of Caddy's
 // handler chain) and the server's connection buffers are let go while the
 // stream idles: an idle GET stream then costs a few KiB rather than about
 // 25 KiB, which is what lets one bridge hold ten thousand of them. serve
 // writes the stream to w until it ends or done is closed (the client
 // left). It reports false, having done nothing, where the connection
-// cannot be taken (HTTP/2 and HTTP/3).
+// cannot be taken (HTTP/2 and HTTP/3) or the body could not be chunked
+// (HTTP/1.0).
 func detachStream(w http.ResponseWriter, r *http.Request, serve func(w http.ResponseWriter, done <-chan struct{})) bool {
-	if r.ProtoMajor != 1 {
+	if r.ProtoMajor != 1 || !r.ProtoAtLeast(1, 1) {
 		return false
 	}
 	conn, _, err := http.NewResponseController(w).Hijack()

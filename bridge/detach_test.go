@@ -1,0 +1,68 @@
+package bridge
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDetachedGetStream checks the GET stream that leaves the request's
+// goroutine: over HTTP/1.1 it is a chunked response that closes its
+// connection at the end, carries the stream's events, and leaves no
+// goroutine behind when the client goes; over HTTP/1.0, which has no
+// chunked bodies, it is served as any response (net/http does not watch
+// an HTTP/1.0 connection for the client leaving: the next keepalive write
+// finds it gone).
+func TestDetachedGetStream(t *testing.T) {
+	srv, _ := startBridge(t, PoolConfig{MinIdle: 1})
+	const version = "2025-11-25"
+	for _, tc := range []struct {
+		proto    string
+		detached bool
+	}{
+		{"HTTP/1.1", true},
+		{"HTTP/1.0", false},
+	} {
+		t.Run(tc.proto, func(t *testing.T) {
+			session := initialize(t, srv.URL, version)
+			before := runtime.NumGoroutine()
+			conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "GET /mcp %s\r\nHost: bridge\r\nAccept: text/event-stream\r\n%s: %s\r\nMCP-Protocol-Version: %s\r\n\r\n",
+				tc.proto, headerSessionID, session, version)
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chunked := len(resp.TransferEncoding) == 1 && resp.TransferEncoding[0] == "chunked"
+			if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" || chunked != (tc.proto == "HTTP/1.1") {
+				t.Fatalf("GET: %s, Content-Type %q, Transfer-Encoding %v", resp.Status, resp.Header.Get("Content-Type"), resp.TransferEncoding)
+			}
+			if tc.detached && !resp.Close {
+				t.Error("a detached stream's response does not say Connection: close")
+			}
+			if ev := nextEvent(t, readSSE(resp.Body)); !ev.HasID || ev.Data != "" {
+				t.Fatalf("GET stream opened with %+v, want a priming event", ev)
+			}
+			conn.Close()
+			if !tc.detached {
+				return
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for runtime.NumGoroutine() > before {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d goroutines after the client left, %d before it came", runtime.NumGoroutine(), before)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}
