@@ -42,7 +42,7 @@ func BenchmarkInitialize(b *testing.B) {
 				if err := sess.send(append([]byte(nil), initialize...), &env); err != nil {
 					b.Fatal(err)
 				}
-				gen, cursor, _ := st.attach(-1)
+				gen, cursor, _, _ := st.attach(-1)
 				for {
 					evs, _, _ := st.events(gen, cursor, nil)
 					if len(evs) > 0 {

@@ -65,11 +65,15 @@ type stream struct {
 	next   int // seq of the next event; 0 is the priming event's
 	sent   int // events below this seq were written to a client
 	writer int // generation of the writer attached; 0 when none
-	gens   int
-	closed bool
-	wake   chan struct{} // the writer waits here for events (cap 1)
-	room   chan struct{} // a waiting push waits here (cap 1)
-	done   chan struct{} // closed with the stream
+	// replaced is closed when the writer attached last is replaced. The
+	// wake channel cannot tell it: the writer replacing it may take the
+	// one wake-up first.
+	replaced chan struct{}
+	gens     int
+	closed   bool
+	wake     chan struct{} // the writer waits here for events (cap 1)
+	room     chan struct{} // a waiting push waits here (cap 1)
+	done     chan struct{} // closed with the stream
 
 	// Guarded by the session's mutex.
 	pending int // responses this stream still waits for
@@ -138,8 +142,9 @@ func (st *stream) evictLocked() {
 
 // attach makes the caller the stream's one writer (a previous one stops),
 // starting after the event seq after, or at the first unwritten event when
-// after is negative. It returns the writer's generation and first seq.
-func (st *stream) attach(after int) (gen, cursor int, err error) {
+// after is negative. It returns the writer's generation, its first seq,
+// and a channel closed when another writer replaces it.
+func (st *stream) attach(after int) (gen, cursor int, replaced <-chan struct{}, err error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	cursor = st.sent
@@ -150,13 +155,16 @@ func (st *stream) attach(after int) (gen, cursor int, err error) {
 			first = st.log[0].seq
 		}
 		if cursor < first || cursor > st.next {
-			return 0, 0, errEventGone
+			return 0, 0, nil, errEventGone
 		}
 	}
 	st.gens++
 	st.writer = st.gens
-	signal(st.wake) // a writer it replaces wakes up and leaves
-	return st.writer, cursor, nil
+	if st.replaced != nil {
+		close(st.replaced) // a writer it replaces leaves
+	}
+	st.replaced = make(chan struct{})
+	return st.writer, cursor, st.replaced, nil
 }
 
 // detach lets go of the stream if gen is still its writer.
@@ -384,7 +392,7 @@ const (
 // with the endpoint event, endpoint. It reports whether the stream was
 // finished.
 func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *Session, st *stream, mode streamMode, after int) bool {
-	gen, cursor, err := st.attach(after)
+	gen, cursor, replaced, err := st.attach(after)
 	if err != nil {
 		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "cannot resume: "+err.Error())
 		return false
@@ -460,6 +468,8 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 		}
 		select {
 		case <-st.wake:
+		case <-replaced:
+			return false
 		case <-hold:
 			hold = nil
 		case <-ping:

@@ -47,7 +47,7 @@ func BenchmarkSSEEvent(b *testing.B) {
 // BenchmarkStreamQueue measures one message through a stream's log: pushed, read back, written.
 func BenchmarkStreamQueue(b *testing.B) {
 	st := newStream(1, ReplayBuffer{Events: DefaultReplayEvents, Bytes: DefaultReplayBytes})
-	gen, cursor, err := st.attach(-1)
+	gen, cursor, _, err := st.attach(-1)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -42,7 +42,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		conn.Close(websocket.StatusGoingAway, "session ended")
 		return
 	}
-	gen, cursor, _ := st.attach(-1)
+	gen, cursor, _, _ := st.attach(-1)
 	defer st.detach(gen)
 
 	ctx, cancel := context.WithCancel(context.Background())
