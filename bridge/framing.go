@@ -56,15 +56,17 @@ func (lr *LineReader) add(chunk []byte) {
 func (lr *LineReader) take() []byte {
 	line := make([]byte, 0, lr.size+1)
 	line = append(line, lr.long...)
-	for i, p := range lr.pieces {
+	for _, p := range lr.pieces {
 		line = append(line, p...)
-		lr.pieces[i] = nil
 	}
 	lr.reset()
 	return line
 }
 
+// reset starts a new line, letting go of the pieces of the last one (an
+// oversize line's too, which are not taken).
 func (lr *LineReader) reset() {
+	clear(lr.pieces)
 	lr.long, lr.pieces, lr.size = lr.long[:0], lr.pieces[:0], 0
 }
 

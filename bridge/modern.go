@@ -209,7 +209,7 @@ func (s *Server) pumpModern(sw *sseWriter, r *http.Request, out <-chan []byte, e
 				return false
 			}
 		case <-ping:
-			if sw.comment("ping") != nil {
+			if sw.ping() != nil {
 				return false
 			}
 		case <-r.Context().Done():

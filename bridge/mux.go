@@ -501,30 +501,30 @@ func (m *Mux) routeRequest(msg []byte, env *Envelope) {
 	target.deliver(msg)
 }
 
+// deliverRestored gives msg to the session that table says the bridge id
+// tag (a raw value inside msg) stands for, with the session's own value
+// put back in its place.
+func (m *Mux) deliverRestored(msg, tag []byte, table map[bridgeID]muxRequest) {
+	id, _ := parseBridgeID(tag)
+	m.mu.Lock()
+	req, ok := table[id]
+	m.mu.Unlock()
+	if ok && req.member != nil {
+		req.member.deliver(applySplices(msg, splice{old: tag, new: req.id}))
+	}
+}
+
 func (m *Mux) routeNotification(msg []byte, env *Envelope) {
 	// A notification of a stateless subscription names the listen request
 	// it belongs to: it goes to that request's client, with its own id.
 	if sub := Member(Member(env.Params, "_meta"), metaSubscriptionIDField); sub != nil {
-		id, _ := parseBridgeID(sub)
-		m.mu.Lock()
-		req, ok := m.requests[id]
-		m.mu.Unlock()
-		if ok && req.member != nil {
-			req.member.deliver(applySplices(msg, splice{old: sub, new: req.id}))
-		}
+		m.deliverRestored(msg, sub, m.requests)
 		return
 	}
 	method := env.MethodName()
 	switch {
 	case method == "notifications/progress":
-		tok := Member(env.Params, "progressToken")
-		id, _ := parseBridgeID(tok)
-		m.mu.Lock()
-		req, ok := m.tokens[id]
-		m.mu.Unlock()
-		if ok && req.member != nil {
-			req.member.deliver(applySplices(msg, splice{old: tok, new: req.id}))
-		}
+		m.deliverRestored(msg, Member(env.Params, "progressToken"), m.tokens)
 	case method == "notifications/resources/updated":
 		uri := StringValue(Member(env.Params, "uri"))
 		m.each(msg, func(mem *MuxMember) bool { return mem.subs[uri] })

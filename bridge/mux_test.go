@@ -254,18 +254,7 @@ func (s *muxSession) start(ctx context.Context, body string) (<-chan muxMsg, err
 		resp.Body.Close()
 		return nil, &muxStatusError{code: resp.StatusCode, header: resp.Header, body: b}
 	}
-	out := make(chan muxMsg, 64)
-	go func() {
-		defer close(out)
-		for data := range muxEvents(resp.Body) {
-			m, err := parseMuxMsg(data)
-			if err != nil {
-				m = muxMsg{Method: "<invalid>", raw: data}
-			}
-			out <- m
-		}
-	}()
-	return out, nil
+	return muxMessages(resp.Body), nil
 }
 
 type muxStatusError struct {
@@ -334,6 +323,23 @@ func (s *muxSession) waitStats(t *testing.T, what string, ok func(muxStats) bool
 	}
 }
 
+// muxMessages returns the messages of an event stream as they come; the
+// channel is closed when the stream ends.
+func muxMessages(body io.ReadCloser) <-chan muxMsg {
+	out := make(chan muxMsg, 64)
+	go func() {
+		defer close(out)
+		for data := range muxEvents(body) {
+			m, err := parseMuxMsg(data)
+			if err != nil {
+				m = muxMsg{Method: "<invalid>", raw: data}
+			}
+			out <- m
+		}
+	}()
+	return out
+}
+
 // get opens the session's GET stream; it is closed with ctx.
 func (s *muxSession) get(ctx context.Context) (<-chan muxMsg, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
@@ -351,18 +357,7 @@ func (s *muxSession) get(ctx context.Context) (<-chan muxMsg, error) {
 		resp.Body.Close()
 		return nil, fmt.Errorf("GET: %s", resp.Status)
 	}
-	out := make(chan muxMsg, 64)
-	go func() {
-		defer close(out)
-		for data := range muxEvents(resp.Body) {
-			m, err := parseMuxMsg(data)
-			if err != nil {
-				m = muxMsg{Method: "<invalid>", raw: data}
-			}
-			out <- m
-		}
-	}()
-	return out, nil
+	return muxMessages(resp.Body), nil
 }
 
 func (s *muxSession) del(t *testing.T) {

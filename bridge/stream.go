@@ -307,9 +307,11 @@ func (sw *sseWriter) event(id []byte, name string, data []byte) error {
 
 var eventEnd = []byte("\n\n")
 
-// comment writes an SSE comment line, used as a keepalive, and flushes it.
-func (sw *sseWriter) comment(text string) error {
-	if err := sw.write([]byte(": " + text + "\n\n")); err != nil {
+var pingComment = []byte(": ping\n\n")
+
+// ping writes a keepalive, an SSE comment line, and flushes it.
+func (sw *sseWriter) ping() error {
+	if err := sw.write(pingComment); err != nil {
 		return err
 	}
 	return sw.flush()
@@ -473,7 +475,7 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 		case <-hold:
 			hold = nil
 		case <-ping:
-			err = sw.comment("ping")
+			err = sw.ping()
 		case <-done:
 			return false
 		case <-closing:

@@ -121,25 +121,7 @@ func cliStartServe(t *testing.T, dir, listen string, args ...string) *cliServe {
 			t.Logf("caddy mcp-bridge serve output:\n%s", s.output())
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for _, addr := range []string{cliDefaultAdmin, listen} {
-		for {
-			conn, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
-				conn.Close()
-				break
-			}
-			select {
-			case <-s.done:
-				t.Fatalf("caddy mcp-bridge serve exited: %v\n%s", s.cmd.ProcessState, s.output())
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("caddy mcp-bridge serve did not listen on %s:\n%s", addr, s.output())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	mcptest.WaitListening(t, "caddy mcp-bridge serve", s.cmd, s.done, s.output, cliDefaultAdmin, listen)
 	return s
 }
 

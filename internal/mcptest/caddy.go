@@ -63,8 +63,17 @@ func StartCaddy(t testing.TB, dir, caddyfile, adminAddr string, wait ...string) 
 			t.Logf("caddy output:\n%s", c.Output())
 		}
 	})
+	WaitListening(t, "caddy", c.cmd, c.done, c.Output, append([]string{adminAddr}, wait...)...)
+	return c
+}
+
+// WaitListening waits up to a minute until every address in addrs accepts
+// connections, and fails the test if the program named name (run by cmd,
+// whose exit closes exited) exits first or never listens, with its output.
+func WaitListening(t testing.TB, name string, cmd *exec.Cmd, exited <-chan struct{}, output func() string, addrs ...string) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	for _, addr := range append([]string{adminAddr}, wait...) {
+	for _, addr := range addrs {
 		for {
 			conn, err := net.DialTimeout("tcp", addr, time.Second)
 			if err == nil {
@@ -72,17 +81,16 @@ func StartCaddy(t testing.TB, dir, caddyfile, adminAddr string, wait ...string) 
 				break
 			}
 			select {
-			case <-c.done:
-				t.Fatalf("caddy exited: %v\n%s", c.cmd.ProcessState, c.Output())
+			case <-exited:
+				t.Fatalf("%s exited: %v\n%s", name, cmd.ProcessState, output())
 			default:
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("caddy did not listen on %s:\n%s", addr, c.Output())
+				t.Fatalf("%s did not listen on %s:\n%s", name, addr, output())
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	return c
 }
 
 type lockedWriter Caddy
