@@ -323,6 +323,16 @@ func (s *muxSession) waitStats(t *testing.T, what string, ok func(muxStats) bool
 	}
 }
 
+// mustMuxOpen opens a 2025-11-25 session at url, or fails the test.
+func mustMuxOpen(t *testing.T, url string) *muxSession {
+	t.Helper()
+	s, _, err := muxOpen(t.Context(), url, `1`, "2025-11-25")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // muxMessages returns the messages of an event stream as they come; the
 // channel is closed when the stream ends.
 func muxMessages(body io.ReadCloser) <-chan muxMsg {
@@ -687,14 +697,7 @@ func TestMuxSubscriptions(t *testing.T) {
 	srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
-	open := func() *muxSession {
-		s, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	a, b, c := open(), open(), open()
+	a, b, c := mustMuxOpen(t, url), mustMuxOpen(t, url), mustMuxOpen(t, url)
 	getA, err := a.get(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -802,10 +805,7 @@ func TestMuxLogging(t *testing.T) {
 	ctx := t.Context()
 	a, b := connectMuxSDK(t, url), connectMuxSDK(t, url)
 	defer a.Close()
-	c, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustMuxOpen(t, url)
 	if err := a.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: "error"}); err != nil {
 		t.Fatal(err)
 	}
@@ -861,14 +861,7 @@ func TestMuxServerRequests(t *testing.T) {
 	srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
-	open := func() *muxSession {
-		s, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	a, b, c := open(), open(), open()
+	a, b, c := mustMuxOpen(t, url), mustMuxOpen(t, url), mustMuxOpen(t, url)
 
 	// One session in flight: its client gets the sampling request on the
 	// stream of its call, and answers it with a POST.
@@ -938,14 +931,8 @@ func TestMuxSessionEndCancels(t *testing.T) {
 	srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
-	a, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustMuxOpen(t, url)
+	c := mustMuxOpen(t, url)
 	ch, err := a.start(ctx, `{"jsonrpc":"2.0","id":"slow-1","method":"slow","params":{"ms":10000}}`)
 	if err != nil {
 		t.Fatal(err)
@@ -981,18 +968,9 @@ func TestMuxClientCancel(t *testing.T) {
 	srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
-	a, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := mustMuxOpen(t, url)
+	b := mustMuxOpen(t, url)
+	c := mustMuxOpen(t, url)
 	callCtx, cancelCall := context.WithCancel(ctx)
 	if _, err := a.start(callCtx, `{"jsonrpc":"2.0","id":5,"method":"slow","params":{"ms":10000}}`); err != nil {
 		t.Fatal(err)
@@ -1051,10 +1029,7 @@ func TestMuxChildCrash(t *testing.T) {
 	}
 	byPid := map[int][]*muxSession{}
 	for range 6 {
-		s, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := mustMuxOpen(t, url)
 		pid := pidOf(t, backend, s)
 		byPid[pid] = append(byPid[pid], s)
 	}
@@ -1169,10 +1144,7 @@ func TestMuxChildCrash(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	s, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := mustMuxOpen(t, url)
 	if pid := pidOf(t, backend, s); pid != fresh {
 		t.Errorf("a new session went to child %d, want the fresh one %d", pid, fresh)
 	}
@@ -1193,10 +1165,7 @@ func TestMuxPlacement(t *testing.T) {
 	ctx := t.Context()
 	byPid := map[int][]*muxSession{}
 	for range 4 {
-		s, _, err := muxOpen(ctx, url, `1`, "2025-11-25")
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := mustMuxOpen(t, url)
 		pid := pidOf(t, backend, s)
 		byPid[pid] = append(byPid[pid], s)
 	}
