@@ -11,9 +11,9 @@ import (
 // in either direction unless configured otherwise.
 const DefaultMaxMessageSize = 16 << 20
 
-// oversizePrefix is how much of an oversize line is kept, so that the id of
+// OversizePrefixSize is how much of an oversize line is kept, so that the id of
 // a response that was too large can still be found and answered.
-const oversizePrefix = 4 << 10
+const OversizePrefixSize = 4 << 10
 
 // ErrMessageTooLarge reports a line longer than the configured maximum. The
 // line is consumed; the reader stays usable.
@@ -117,8 +117,8 @@ func (lr *LineReader) readLine() ([]byte, error) {
 		if !tooLarge {
 			if lr.size+len(chunk) > lr.max {
 				tooLarge = true
-				lr.prefix = append(lr.prefix[:0], lr.long[:min(len(lr.long), oversizePrefix)]...)
-				if room := oversizePrefix - len(lr.prefix); room > 0 {
+				lr.prefix = append(lr.prefix[:0], lr.long[:min(len(lr.long), OversizePrefixSize)]...)
+				if room := OversizePrefixSize - len(lr.prefix); room > 0 {
 					lr.prefix = append(lr.prefix, chunk[:min(len(chunk), room)]...)
 				}
 				lr.reset()

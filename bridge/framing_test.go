@@ -74,13 +74,13 @@ func TestLineReader(t *testing.T) {
 		// Ending exactly at a read-buffer boundary, at EOF without newline:
 		// the last read brings no bytes, only EOF.
 		{"an oversize last line of exactly two read buffers is refused", "first\n" + strings.Repeat("g", 128<<10), 1000,
-			[]string{"first", "<too large: " + strings.Repeat("g", oversizePrefix) + ">"}},
+			[]string{"first", "<too large: " + strings.Repeat("g", OversizePrefixSize) + ">"}},
 		{"a last line of exactly two read buffers passes", strings.Repeat("g", 128<<10), 1 << 20,
 			[]string{strings.Repeat("g", 128<<10)}},
 		// The kept prefix is capped, so that a huge message costs nothing
 		// beyond its first bytes.
 		{"a long oversize line keeps only a capped prefix", long + "\nz\n", 1000,
-			[]string{"<too large: " + long[:oversizePrefix] + ">", "z"}},
+			[]string{"<too large: " + long[:OversizePrefixSize] + ">", "z"}},
 	} {
 		readers := []struct {
 			name string

@@ -90,12 +90,12 @@ func (e *Envelope) Kind() Kind {
 		if e.ID == nil {
 			return KindNotification
 		}
-		if !validID(e.ID) || string(e.ID) == "null" {
+		if !ValidID(e.ID) || string(e.ID) == "null" {
 			return KindInvalid
 		}
 		return KindRequest
 	case e.Result != nil || e.Error != nil:
-		if e.ID == nil || (e.Result != nil && e.Error != nil) || !validID(e.ID) {
+		if e.ID == nil || (e.Result != nil && e.Error != nil) || !ValidID(e.ID) {
 			return KindInvalid
 		}
 		return KindResponse
@@ -120,7 +120,7 @@ func (e *Envelope) MethodName() string {
 	return s
 }
 
-func validID(id []byte) bool {
+func ValidID(id []byte) bool {
 	if len(id) == 0 {
 		return false
 	}
@@ -185,13 +185,13 @@ var errTruncated = errors.New("truncated JSON")
 // scanObject calls visit with each top-level member of the JSON object obj,
 // in order, until visit returns false. Keys are decoded: "\u0069d" is "id".
 func scanObject(obj []byte, visit func(key, val []byte) bool) error {
-	i := skipSpace(obj, 0)
+	i := SkipSpace(obj, 0)
 	if i >= len(obj) || obj[i] != '{' {
 		return errNotObject
 	}
 	i++
 	for {
-		i = skipSpace(obj, i)
+		i = SkipSpace(obj, i)
 		if i >= len(obj) {
 			return errTruncated
 		}
@@ -199,7 +199,7 @@ func scanObject(obj []byte, visit func(key, val []byte) bool) error {
 			return nil
 		}
 		if obj[i] == ',' {
-			i = skipSpace(obj, i+1)
+			i = SkipSpace(obj, i+1)
 		}
 		keyEnd, err := skipString(obj, i)
 		if err != nil {
@@ -213,12 +213,12 @@ func scanObject(obj []byte, visit func(key, val []byte) bool) error {
 			}
 			key = []byte(s)
 		}
-		i = skipSpace(obj, keyEnd)
+		i = SkipSpace(obj, keyEnd)
 		if i >= len(obj) || obj[i] != ':' {
 			return errTruncated
 		}
-		i = skipSpace(obj, i+1)
-		valEnd, err := skipValue(obj, i)
+		i = SkipSpace(obj, i+1)
+		valEnd, err := SkipValue(obj, i)
 		if err != nil {
 			return err
 		}
@@ -229,7 +229,7 @@ func scanObject(obj []byte, visit func(key, val []byte) bool) error {
 	}
 }
 
-func skipSpace(b []byte, i int) int {
+func SkipSpace(b []byte, i int) int {
 	for i < len(b) {
 		switch b[i] {
 		case ' ', '\t', '\n', '\r':
@@ -261,8 +261,8 @@ func skipString(b []byte, i int) (int, error) {
 	}
 }
 
-// skipValue returns the index just past the JSON value starting at b[i].
-func skipValue(b []byte, i int) (int, error) {
+// SkipValue returns the index just past the JSON value starting at b[i].
+func SkipValue(b []byte, i int) (int, error) {
 	if i >= len(b) {
 		return 0, errTruncated
 	}
@@ -305,4 +305,24 @@ func skipValue(b []byte, i int) (int, error) {
 		}
 		return i, nil
 	}
+}
+
+// ScanArray calls visit with each element of a JSON array.
+func ScanArray(arr []byte, visit func([]byte)) error {
+	i := SkipSpace(arr, 0)
+	if i >= len(arr) || arr[i] != '[' {
+		return errors.New("not an array")
+	}
+	for i = SkipSpace(arr, i+1); i < len(arr) && arr[i] != ']'; {
+		end, err := SkipValue(arr, i)
+		if err != nil {
+			return err
+		}
+		visit(arr[i:end])
+		i = SkipSpace(arr, end)
+		if i < len(arr) && arr[i] == ',' {
+			i = SkipSpace(arr, i+1)
+		}
+	}
+	return nil
 }

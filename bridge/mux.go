@@ -22,9 +22,9 @@ type Mux struct {
 	// subscriptions): each is decided and sent before the next is decided.
 	ctl      sync.Mutex
 	mu       sync.Mutex
-	nextID   bridgeID
-	requests map[bridgeID]muxRequest // requests forwarded to the child
-	tokens   map[bridgeID]muxRequest // progress tokens forwarded, by their bridge token
+	nextID   BridgeID
+	requests map[BridgeID]muxRequest // requests forwarded to the child
+	tokens   map[BridgeID]muxRequest // progress tokens forwarded, by their bridge token
 	asked    map[string]*MuxMember   // the child's requests → the session asked
 	members  map[*MuxMember]struct{}
 	subs     map[string]map[*MuxMember]struct{} // resource URI → subscribers
@@ -78,8 +78,8 @@ func NewMux(child *Process, logger *zap.Logger, onExit func(*Mux), onRelease fun
 	m := &Mux{
 		child:     child,
 		logger:    logger.With(zap.Int("pid", child.Pid())),
-		requests:  make(map[bridgeID]muxRequest),
-		tokens:    make(map[bridgeID]muxRequest),
+		requests:  make(map[BridgeID]muxRequest),
+		tokens:    make(map[BridgeID]muxRequest),
 		asked:     make(map[string]*MuxMember),
 		members:   make(map[*MuxMember]struct{}),
 		subs:      make(map[string]map[*MuxMember]struct{}),
@@ -211,7 +211,7 @@ func (m *Mux) forwardRequest(mem *MuxMember, msg []byte, env *Envelope, init boo
 	if level, ok := logLevels[StringValue(Member(Member(env.Params, "_meta"), metaLogLevelField))]; ok {
 		mem.statelessLevel = level
 	}
-	out, tok := tagRequest(msg, env, id)
+	out, tok := TagRequest(msg, env, id)
 	if tok != nil {
 		m.tokens[id] = muxRequest{member: mem, id: tok}
 	}
@@ -227,13 +227,13 @@ func (m *Mux) sendOwn(method string, params []byte) {
 	id := m.nextID
 	m.requests[id] = muxRequest{}
 	m.mu.Unlock()
-	msg := []byte(`{"jsonrpc":"2.0","id":` + string(id.raw()) + `,"method":"` + method + `","params":` + string(params) + `}`)
+	msg := []byte(`{"jsonrpc":"2.0","id":` + string(id.Raw()) + `,"method":"` + method + `","params":` + string(params) + `}`)
 	_ = m.child.Send(msg)
 }
 
 // answer replies to a session's request from the bridge.
 func (mem *MuxMember) answer(id, result []byte) error {
-	mem.deliver(responseWithResult(id, result))
+	mem.deliver(ResponseWithResult(id, result))
 	return nil
 }
 
@@ -351,7 +351,7 @@ func (m *Mux) cancel(mem *MuxMember, msg []byte, env *Envelope) error {
 		if req.member == mem && !req.init && string(req.id) == string(requestID) {
 			// The child need not answer a cancelled request: it is no
 			// longer in flight, or the session would count as busy forever.
-			target = id.raw()
+			target = id.Raw()
 			delete(m.requests, id)
 			delete(m.tokens, id)
 			mem.inflight--
@@ -362,7 +362,7 @@ func (m *Mux) cancel(mem *MuxMember, msg []byte, env *Envelope) error {
 	if target == nil {
 		return nil // already answered, never sent, or initialize (not cancellable)
 	}
-	return m.child.Send(applySplices(msg, splice{old: requestID, new: target}))
+	return m.child.Send(ApplySplices(msg, Splice{Old: requestID, New: target}))
 }
 
 // Release detaches an ended session: its requests in flight are cancelled
@@ -377,7 +377,7 @@ func (mem *MuxMember) Release() {
 		return
 	}
 	delete(m.members, mem)
-	var cancelled []bridgeID
+	var cancelled []BridgeID
 	for id, req := range m.requests {
 		switch {
 		case req.member != mem:
@@ -417,7 +417,7 @@ func (mem *MuxMember) Release() {
 		return
 	}
 	for _, id := range cancelled {
-		_ = m.child.Send([]byte(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + string(id.raw()) + `,"reason":"the client's session ended"}}`))
+		_ = m.child.Send([]byte(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + string(id.Raw()) + `,"reason":"the client's session ended"}}`))
 	}
 	for _, uri := range unsubscribe {
 		params, _ := json.Marshal(map[string]string{"uri": uri})
@@ -445,7 +445,7 @@ func (m *Mux) fromChild(msg []byte) {
 }
 
 func (m *Mux) routeResponse(msg []byte, env *Envelope) {
-	id, ok := parseBridgeID(env.ID)
+	id, ok := ParseBridgeID(env.ID)
 	m.mu.Lock()
 	req, found := m.requests[id]
 	if !ok || !found {
@@ -470,7 +470,7 @@ func (m *Mux) routeResponse(msg []byte, env *Envelope) {
 	}
 	m.mu.Unlock()
 	if req.member != nil {
-		req.member.deliver(applySplices(msg, splice{old: env.ID, new: req.id}))
+		req.member.deliver(ApplySplices(msg, Splice{Old: env.ID, New: req.id}))
 	}
 }
 
@@ -504,13 +504,13 @@ func (m *Mux) routeRequest(msg []byte, env *Envelope) {
 // deliverRestored gives msg to the session that table says the bridge id
 // tag (a raw value inside msg) stands for, with the session's own value
 // put back in its place.
-func (m *Mux) deliverRestored(msg, tag []byte, table map[bridgeID]muxRequest) {
-	id, _ := parseBridgeID(tag)
+func (m *Mux) deliverRestored(msg, tag []byte, table map[BridgeID]muxRequest) {
+	id, _ := ParseBridgeID(tag)
 	m.mu.Lock()
 	req, ok := table[id]
 	m.mu.Unlock()
 	if ok && req.member != nil {
-		req.member.deliver(applySplices(msg, splice{old: tag, new: req.id}))
+		req.member.deliver(ApplySplices(msg, Splice{Old: tag, New: req.id}))
 	}
 }
 
@@ -580,7 +580,7 @@ func (m *Mux) each(msg []byte, wants func(*MuxMember) bool) {
 
 // onOversize answers the request whose response was too large.
 func (m *Mux) onOversize(prefix []byte) {
-	if id := Member(prefix, "id"); id != nil && validID(id) {
+	if id := Member(prefix, "id"); id != nil && ValidID(id) {
 		m.fromChild(ErrorResponse(id, CodeInternalError, "the MCP server's response exceeds max_message_size"))
 	}
 }

@@ -509,12 +509,12 @@ func TestMuxCrossTalk(t *testing.T) {
 						return
 					}
 					// The child saw our params with only the token changed.
-					childTok := progressTokenOf(result.Params)
-					if _, ok := parseBridgeID(childTok); !ok {
+					childTok := ProgressToken(result.Params)
+					if _, ok := ParseBridgeID(childTok); !ok {
 						t.Errorf("session %d call %s: the child saw progress token %s, want a bridge token", i, id, childTok)
 						return
 					}
-					restored := applySplices(result.Params, splice{old: childTok, new: []byte(tokens[k])})
+					restored := ApplySplices(result.Params, Splice{Old: childTok, New: []byte(tokens[k])})
 					if string(restored) != params {
 						t.Errorf("session %d call %s: the child saw params\n %s\nwant (token aside)\n %s", i, id, result.Params, params)
 					}
@@ -685,7 +685,7 @@ func TestMuxInitialize(t *testing.T) {
 	}
 	if init := st.seenIDs("initialize"); len(init) != 1 {
 		t.Errorf("the child's initialize had ids %v, want one", init)
-	} else if _, ok := parseBridgeID([]byte(init[0])); !ok {
+	} else if _, ok := ParseBridgeID([]byte(init[0])); !ok {
 		t.Errorf("the child's initialize had id %s, want a bridge id", init[0])
 	}
 }

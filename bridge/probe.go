@@ -196,7 +196,7 @@ func probeChild(ctx context.Context, cfg ProcessConfig, logger *zap.Logger) Prob
 			}
 			return res
 		}
-		if err := scanArray(Member(result, "tools"), func([]byte) { res.Tools++ }); err != nil {
+		if err := ScanArray(Member(result, "tools"), func([]byte) { res.Tools++ }); err != nil {
 			res.Err = fmt.Errorf("tools/list: %v", err)
 			return res
 		}
@@ -214,7 +214,7 @@ func eraOf(discovered []byte, err error) string {
 		return "legacy"
 	}
 	modern, legacy := false, false
-	_ = scanArray(Member(discovered, "supportedVersions"), func(v []byte) {
+	_ = ScanArray(Member(discovered, "supportedVersions"), func(v []byte) {
 		if StringValue(v) >= versionModern {
 			modern = true
 		} else {
@@ -228,24 +228,4 @@ func eraOf(discovered []byte, err error) string {
 		return "modern"
 	}
 	return "legacy"
-}
-
-// scanArray calls visit with each element of a JSON array.
-func scanArray(arr []byte, visit func([]byte)) error {
-	i := skipSpace(arr, 0)
-	if i >= len(arr) || arr[i] != '[' {
-		return errors.New("not an array")
-	}
-	for i = skipSpace(arr, i+1); i < len(arr) && arr[i] != ']'; {
-		end, err := skipValue(arr, i)
-		if err != nil {
-			return err
-		}
-		visit(arr[i:end])
-		i = skipSpace(arr, end)
-		if i < len(arr) && arr[i] == ',' {
-			i = skipSpace(arr, i+1)
-		}
-	}
-	return nil
 }

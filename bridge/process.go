@@ -228,7 +228,7 @@ func (p *Process) readStdout(onMessage func([]byte), onOversize func([]byte), on
 		case err != nil:
 			return
 		}
-		if !validJSON(line) {
+		if !Valid(line) {
 			p.logger.Warn("child wrote a line that is not JSON to stdout; dropped",
 				zap.ByteString("line", line[:min(len(line), 200)]))
 			continue
@@ -261,7 +261,7 @@ func (p *Process) Ping(timeout time.Duration) error {
 		case err != nil:
 			return fmt.Errorf("no answer to ping: %w", err)
 		}
-		if !validJSON(line) {
+		if !Valid(line) {
 			continue
 		}
 		if string(Member(line, "id")) == id {

@@ -341,8 +341,8 @@ func TestProcessOversize(t *testing.T) {
 		if id := Member(prefix, "id"); string(id) != `"big"` {
 			t.Errorf("id in the oversize prefix = %s, want \"big\" (prefix %.80s)", id, prefix)
 		}
-		if len(prefix) > oversizePrefix {
-			t.Errorf("prefix is %d bytes, want at most %d", len(prefix), oversizePrefix)
+		if len(prefix) > OversizePrefixSize {
+			t.Errorf("prefix is %d bytes, want at most %d", len(prefix), OversizePrefixSize)
 		}
 	case msg := <-c.msgs:
 		t.Fatalf("got a %d-byte message, want it refused as too large", len(msg))

@@ -38,7 +38,7 @@ func TestRewriteOffsetIn(t *testing.T) {
 	}
 	// Values found by Member, nested.
 	msg = []byte(`{"params":{"_meta":{"progressToken":"tok"}},"id":7}`)
-	tok := progressTokenOf(Member(msg, "params"))
+	tok := ProgressToken(Member(msg, "params"))
 	if got, want := offsetIn(msg, tok), bytes.Index(msg, []byte(`"tok"`)); got != want {
 		t.Errorf("offsetIn of a nested value = %d, want %d", got, want)
 	}
@@ -66,12 +66,12 @@ func TestRewriteApplySplices(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			msg := []byte(tc.msg)
 			orig := bytes.Clone(msg)
-			var splices []splice
+			var splices []Splice
 			for i, old := range tc.olds {
 				at := bytes.Index(msg, []byte(old))
-				splices = append(splices, splice{old: msg[at : at+len(old)], new: []byte(tc.news[i])})
+				splices = append(splices, Splice{Old: msg[at : at+len(old)], New: []byte(tc.news[i])})
 			}
-			got := applySplices(msg, splices...)
+			got := ApplySplices(msg, splices...)
 			if string(got) != tc.want {
 				t.Errorf("applySplices = %s, want %s", got, tc.want)
 			}
@@ -93,13 +93,13 @@ func TestRewriteApplySplices(t *testing.T) {
 }
 
 func TestRewriteParseBridgeID(t *testing.T) {
-	for _, id := range []bridgeID{1, 2, 10, 12345, 1<<53 + 1, 1<<63 - 1} {
-		got, ok := parseBridgeID(id.raw())
+	for _, id := range []BridgeID{1, 2, 10, 12345, 1<<53 + 1, 1<<63 - 1} {
+		got, ok := ParseBridgeID(id.Raw())
 		if !ok || got != id {
-			t.Errorf("parseBridgeID(%s) = %d, %v; want %d, true", id.raw(), got, ok, id)
+			t.Errorf("parseBridgeID(%s) = %d, %v; want %d, true", id.Raw(), got, ok, id)
 		}
-		if string(id.raw()) != strconv.FormatInt(int64(id), 10) {
-			t.Errorf("raw(%d) = %s", id, id.raw())
+		if string(id.Raw()) != strconv.FormatInt(int64(id), 10) {
+			t.Errorf("raw(%d) = %s", id, id.Raw())
 		}
 	}
 	// Ids the bridge never writes: a session's own, or the child's.
@@ -107,14 +107,14 @@ func TestRewriteParseBridgeID(t *testing.T) {
 		``, `0`, `-1`, `-0`, `"1"`, `"abc"`, `1.0`, `1e3`, `1.5`, `null`, `true`, `{}`, `[1]`, ` 1`, `1 `,
 		`9223372036854775808`, `99999999999999999999`, `-9223372036854775808`,
 	} {
-		if id, ok := parseBridgeID([]byte(raw)); ok {
+		if id, ok := ParseBridgeID([]byte(raw)); ok {
 			t.Errorf("parseBridgeID(%q) = %d, true; want false", raw, id)
 		}
 	}
 }
 
 func TestRewriteResponseWithResult(t *testing.T) {
-	got := responseWithResult([]byte(`"x\"y"`), []byte(`{"a": [1, 2]}`))
+	got := ResponseWithResult([]byte(`"x\"y"`), []byte(`{"a": [1, 2]}`))
 	if want := `{"jsonrpc":"2.0","id":"x\"y","result":{"a": [1, 2]}}`; string(got) != want {
 		t.Errorf("responseWithResult = %s, want %s", got, want)
 	}
@@ -247,35 +247,35 @@ func FuzzRewriteRestore(f *testing.F) {
 		if !bytes.Equal(env.ID, id) {
 			t.Fatalf("ParseEnvelope id = %s, want %s", env.ID, id)
 		}
-		envTok := progressTokenOf(env.Params)
+		envTok := ProgressToken(env.Params)
 		if tok != nil && !bytes.Equal(envTok, noLineBreaks(tok)) {
 			t.Fatalf("progress token = %s, want %s", envTok, tok)
 		}
 		tok = envTok // the fuzzed params may hold a token of their own
 
 		// applySplices alone: to bridge id and back.
-		const bid = bridgeID(1 << 40)
-		splices := []splice{{old: env.ID, new: bid.raw()}}
+		const bid = BridgeID(1 << 40)
+		splices := []Splice{{Old: env.ID, New: bid.Raw()}}
 		if tok != nil {
-			splices = append(splices, splice{old: envTok, new: bid.raw()})
+			splices = append(splices, Splice{Old: envTok, New: bid.Raw()})
 		}
-		out := applySplices(msg, splices...)
+		out := ApplySplices(msg, splices...)
 		if !json.Valid(out) {
 			t.Fatalf("rewritten message is not JSON: %s", out)
 		}
 		outEnv, err := ParseEnvelope(out)
-		if err != nil || string(outEnv.ID) != string(bid.raw()) {
-			t.Fatalf("rewritten id = %s (%v), want %s: %s", outEnv.ID, err, bid.raw(), out)
+		if err != nil || string(outEnv.ID) != string(bid.Raw()) {
+			t.Fatalf("rewritten id = %s (%v), want %s: %s", outEnv.ID, err, bid.Raw(), out)
 		}
-		back := []splice{{old: outEnv.ID, new: id}}
+		back := []Splice{{Old: outEnv.ID, New: id}}
 		if tok != nil {
-			outTok := progressTokenOf(outEnv.Params)
-			if string(outTok) != string(bid.raw()) {
-				t.Fatalf("rewritten token = %s, want %s", outTok, bid.raw())
+			outTok := ProgressToken(outEnv.Params)
+			if string(outTok) != string(bid.Raw()) {
+				t.Fatalf("rewritten token = %s, want %s", outTok, bid.Raw())
 			}
-			back = append(back, splice{old: outTok, new: tok})
+			back = append(back, Splice{Old: outTok, New: tok})
 		}
-		if restored := applySplices(out, back...); !bytes.Equal(restored, msg) {
+		if restored := ApplySplices(out, back...); !bytes.Equal(restored, msg) {
 			t.Fatalf("restored message differs:\n got %s\nwant %s", restored, msg)
 		}
 
@@ -295,25 +295,25 @@ func FuzzRewriteRestore(f *testing.F) {
 		if err != nil || !json.Valid(fwd) {
 			t.Fatalf("the child got an invalid message (%v): %s", err, fwd)
 		}
-		fwdID, ok := parseBridgeID(fwdEnv.ID)
+		fwdID, ok := ParseBridgeID(fwdEnv.ID)
 		if !ok {
 			t.Fatalf("the child got id %s, not a bridge id", fwdEnv.ID)
 		}
-		back = []splice{{old: fwdEnv.ID, new: id}}
-		fwdTok := progressTokenOf(fwdEnv.Params)
+		back = []Splice{{Old: fwdEnv.ID, New: id}}
+		fwdTok := ProgressToken(fwdEnv.Params)
 		if tok != nil {
-			if _, ok := parseBridgeID(fwdTok); !ok {
+			if _, ok := ParseBridgeID(fwdTok); !ok {
 				t.Fatalf("the child got progress token %s, not a bridge token", fwdTok)
 			}
-			back = append(back, splice{old: fwdTok, new: tok})
+			back = append(back, Splice{Old: fwdTok, New: tok})
 		}
-		if restored := applySplices(fwd, back...); !bytes.Equal(restored, msg) {
+		if restored := ApplySplices(fwd, back...); !bytes.Equal(restored, msg) {
 			t.Fatalf("the child's message, restored, differs:\n got %s\nwant %s", restored, msg)
 		}
 		if tok != nil {
 			h.mux.fromChild([]byte(`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":` + string(fwdTok) + `,"progress":1}}`))
 		}
-		h.mux.fromChild([]byte(`{"jsonrpc":"2.0","id":` + string(fwdID.raw()) + `,"result":{"seen":` + string(fwdEnv.Params) + `}}`))
+		h.mux.fromChild([]byte(`{"jsonrpc":"2.0","id":` + string(fwdID.Raw()) + `,"result":{"seen":` + string(fwdEnv.Params) + `}}`))
 		delivered := got()
 		want := []string{`{"jsonrpc":"2.0","id":` + string(id) + `,"result":{"seen":` + string(fwdEnv.Params) + `}}`}
 		if tok != nil {
@@ -509,7 +509,7 @@ func (r *lineRecorder) take() [][]byte {
 
 // BenchmarkRewriteRequest measures putting a bridge id and token on a request.
 func BenchmarkRewriteRequest(b *testing.B) {
-	const bid = bridgeID(1042)
+	const bid = BridgeID(1042)
 	for _, bc := range []struct {
 		name string
 		msg  []byte
@@ -526,10 +526,10 @@ func BenchmarkRewriteRequest(b *testing.B) {
 			b.ReportAllocs()
 			var out []byte
 			for b.Loop() {
-				out, _ = tagRequest(bc.msg, &env, bid)
+				out, _ = TagRequest(bc.msg, &env, bid)
 			}
-			if id := Member(out, "id"); string(id) != string(bid.raw()) {
-				b.Errorf("rewritten id = %s, want %s", id, bid.raw())
+			if id := Member(out, "id"); string(id) != string(bid.Raw()) {
+				b.Errorf("rewritten id = %s, want %s", id, bid.Raw())
 			}
 		})
 	}
@@ -555,10 +555,10 @@ func BenchmarkRewriteResponse(b *testing.B) {
 			b.ReportAllocs()
 			var out []byte
 			for b.Loop() {
-				if _, ok := parseBridgeID(env.ID); !ok {
+				if _, ok := ParseBridgeID(env.ID); !ok {
 					b.Fatalf("parseBridgeID(%s) failed", env.ID)
 				}
-				out = applySplices(msg, splice{old: env.ID, new: clientID})
+				out = ApplySplices(msg, Splice{Old: env.ID, New: clientID})
 			}
 			if !bytes.Equal(out, bc.msg) {
 				b.Errorf("restored result differs from the original: %.80s", out)

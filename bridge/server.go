@@ -293,14 +293,14 @@ func accepts(header, mediaType string) bool {
 // parseMessages splits a POST body into JSON-RPC messages: one, or the
 // elements of a batch. It answers the client itself when the body is bad.
 func parseMessages(w http.ResponseWriter, body []byte) (msgs [][]byte, batch, ok bool) {
-	if !validJSON(body) {
+	if !Valid(body) {
 		WriteError(w, http.StatusBadRequest, CodeParseError, "parse error: the body is not valid JSON")
 		return nil, false, false
 	}
-	if body[skipSpace(body, 0)] != '[' {
+	if body[SkipSpace(body, 0)] != '[' {
 		return [][]byte{body}, false, true
 	}
-	_ = scanArray(body, func(msg []byte) { msgs = append(msgs, msg[:len(msg):len(msg)]) })
+	_ = ScanArray(body, func(msg []byte) { msgs = append(msgs, msg[:len(msg):len(msg)]) })
 	if len(msgs) == 0 {
 		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "empty batch")
 		return nil, true, false

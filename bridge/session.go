@@ -395,7 +395,7 @@ func (s *Session) soleRequestStreamLocked() *stream {
 // kept prefix still shows its id.
 func (s *Session) onOversize(prefix []byte) {
 	id := Member(prefix, "id")
-	if id == nil || !validID(id) {
+	if id == nil || !ValidID(id) {
 		return
 	}
 	s.fromChild(ErrorResponse(id, CodeInternalError, "the MCP server's response exceeds max_message_size"))

@@ -6,15 +6,15 @@ import "encoding/binary"
 // that it accepts exactly what json.Valid accepts.
 const maxJSONDepth = 10000
 
-// validJSON reports whether b is one JSON value, with optional whitespace
+// Valid reports whether b is one JSON value, with optional whitespace
 // around it: the same answer as json.Valid (a fuzz test holds it to
 // that), but several times faster on the long strings that tool results
 // carry, which it crosses eight bytes at a time. Every message in both
 // directions is checked, so this is on the hot path.
-func validJSON(b []byte) bool {
+func Valid(b []byte) bool {
 	var stackArray [32]byte
 	stack := stackArray[:0] // '{' or '[' for each open container
-	i := skipSpace(b, 0)
+	i := SkipSpace(b, 0)
 	for {
 		// A value starts at b[i].
 		if i >= len(b) {
@@ -25,7 +25,7 @@ func validJSON(b []byte) bool {
 			if len(stack) == maxJSONDepth {
 				return false
 			}
-			i = skipSpace(b, i+1)
+			i = SkipSpace(b, i+1)
 			if i < len(b) && b[i] == closing(c) {
 				i++
 				break
@@ -49,7 +49,7 @@ func validJSON(b []byte) bool {
 		}
 		// After a value: close containers until another value is due.
 		for {
-			i = skipSpace(b, i)
+			i = SkipSpace(b, i)
 			if len(stack) == 0 {
 				return i == len(b)
 			}
@@ -65,7 +65,7 @@ func validJSON(b []byte) bool {
 			if b[i] != ',' {
 				return false
 			}
-			i = skipSpace(b, i+1)
+			i = SkipSpace(b, i+1)
 			if open == '{' {
 				if i = validKey(b, i); i < 0 {
 					return false
@@ -92,11 +92,11 @@ func validKey(b []byte, i int) int {
 	if i = validString(b, i); i < 0 {
 		return -1
 	}
-	i = skipSpace(b, i)
+	i = SkipSpace(b, i)
 	if i >= len(b) || b[i] != ':' {
 		return -1
 	}
-	return skipSpace(b, i+1)
+	return SkipSpace(b, i+1)
 }
 
 // SWAR constants: a byte repeated in each of a word's eight lanes.

@@ -23,7 +23,7 @@ var validJSONCases = []string{
 
 func TestValidJSONAgreesWithEncodingJSON(t *testing.T) {
 	for _, c := range validJSONCases {
-		if got, want := validJSON([]byte(c)), json.Valid([]byte(c)); got != want {
+		if got, want := Valid([]byte(c)), json.Valid([]byte(c)); got != want {
 			t.Errorf("validJSON(%.60q) = %v, json.Valid says %v", c, got, want)
 		}
 	}
@@ -37,7 +37,7 @@ func FuzzValidJSON(f *testing.F) {
 	f.Add([]byte(toolsCallRequest))
 	f.Add([]byte(toolsCallResult))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if got, want := validJSON(b), json.Valid(b); got != want {
+		if got, want := Valid(b), json.Valid(b); got != want {
 			t.Errorf("validJSON(%q) = %v, json.Valid says %v", b, got, want)
 		}
 	})
@@ -56,7 +56,7 @@ func BenchmarkValidJSON(b *testing.B) {
 		for _, impl := range []struct {
 			name  string
 			valid func([]byte) bool
-		}{{"validJSON", validJSON}, {"json.Valid", json.Valid}} {
+		}{{"validJSON", Valid}, {"json.Valid", json.Valid}} {
 			b.Run(bc.name+"/"+impl.name, func(b *testing.B) {
 				b.SetBytes(int64(len(bc.data)))
 				b.ReportAllocs()

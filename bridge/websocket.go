@@ -67,7 +67,7 @@ func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *Session
 			conn.Close(websocket.StatusUnsupportedData, "binary frames are not supported; send JSON-RPC as text")
 			return
 		}
-		if !validJSON(data) {
+		if !Valid(data) {
 			if conn.Write(ctx, websocket.MessageText, ErrorResponse(nil, CodeParseError, "parse error: the frame is not valid JSON")) != nil {
 				return
 			}
