@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
 
@@ -77,7 +78,7 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 		cfg.Replay.Bytes = DefaultReplayBytes
 	}
 	if cfg.Process.MaxMessageSize <= 0 {
-		cfg.Process.MaxMessageSize = DefaultMaxMessageSize
+		cfg.Process.MaxMessageSize = jsonrpc.DefaultMaxMessageSize
 	}
 	if logger == nil {
 		logger = zap.NewNop()

@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -38,7 +39,7 @@ func BenchmarkInitialize(b *testing.B) {
 					b.Fatal(err)
 				}
 				st, _ := sess.openRequestStream([][]byte{[]byte("1")}, nil)
-				env, _ := ParseEnvelope(initialize)
+				env, _ := jsonrpc.ParseEnvelope(initialize)
 				if err := sess.send(append([]byte(nil), initialize...), &env); err != nil {
 					b.Fatal(err)
 				}

@@ -3,6 +3,8 @@ package bridge
 import (
 	"encoding/json"
 	"net/http"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 )
 
 // Health is the report of GET <mount>/health.
@@ -67,7 +69,7 @@ func (b *Backend) Health() Health {
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		WriteError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+		WriteError(w, http.StatusMethodNotAllowed, jsonrpc.CodeInvalidRequest, "method not allowed")
 		return
 	}
 	h := s.backend.Health()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -27,7 +28,7 @@ func TestLargeMessages(t *testing.T) {
 	body, payload := bigEcho("7", tenMiB)
 	check := func(t *testing.T, data string) {
 		t.Helper()
-		blob := StringValue(Member(Member(Member([]byte(data), "result"), "params"), "blob"))
+		blob := jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member(jsonrpc.Member([]byte(data), "result"), "params"), "blob"))
 		if blob != payload {
 			t.Errorf("the 10 MiB answer came back with %d bytes, not the %d sent", len(blob), len(payload))
 		}

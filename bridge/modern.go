@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 )
 
 // The stateless protocol (2026-07-28 on): every request stands alone,
@@ -53,8 +55,8 @@ func decodeHeaderValue(v string) (string, bool) {
 
 // checkModernHeaders compares the headers of a stateless request with its
 // body; it returns what is wrong, or "".
-func checkModernHeaders(r *http.Request, env *Envelope, version string) string {
-	if meta := StringValue(Member(Member(env.Params, "_meta"), metaProtocolVersionField)); meta != version {
+func checkModernHeaders(r *http.Request, env *jsonrpc.Envelope, version string) string {
+	if meta := jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), metaProtocolVersionField)); meta != version {
 		return "MCP-Protocol-Version header " + version + " does not match _meta " + metaProtocolVersionField + " '" + meta + "'"
 	}
 	method := env.MethodName()
@@ -63,7 +65,7 @@ func checkModernHeaders(r *http.Request, env *Envelope, version string) string {
 	}
 	if field, ok := nameField[method]; ok {
 		name, valid := decodeHeaderValue(r.Header.Get("Mcp-Name"))
-		if body := StringValue(Member(env.Params, field)); !valid || name != body {
+		if body := jsonrpc.StringValue(jsonrpc.Member(env.Params, field)); !valid || name != body {
 			return "Mcp-Name header does not match body " + field + " '" + body + "'"
 		}
 	}
@@ -79,7 +81,7 @@ func (s *Server) serveModern(w http.ResponseWriter, r *http.Request, version str
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
-		WriteError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "the stateless protocol has no GET or DELETE")
+		WriteError(w, http.StatusMethodNotAllowed, jsonrpc.CodeInvalidRequest, "the stateless protocol has no GET or DELETE")
 		return true
 	}
 	supported := false
@@ -104,13 +106,13 @@ func (s *Server) serveModern(w http.ResponseWriter, r *http.Request, version str
 	if !ok {
 		return true
 	}
-	env, err := ParseEnvelope(msgs[0])
+	env, err := jsonrpc.ParseEnvelope(msgs[0])
 	kind := env.Kind()
 	switch {
-	case batch || err != nil || kind == KindInvalid || kind == KindResponse:
-		writeErrorID(w, http.StatusBadRequest, env.ID, CodeInvalidRequest, "a stateless request must be one JSON-RPC request or notification")
+	case batch || err != nil || kind == jsonrpc.KindInvalid || kind == jsonrpc.KindResponse:
+		writeErrorID(w, http.StatusBadRequest, env.ID, jsonrpc.CodeInvalidRequest, "a stateless request must be one JSON-RPC request or notification")
 		return true
-	case kind == KindNotification:
+	case kind == jsonrpc.KindNotification:
 		// Cancellation comes from closing the request's stream; there is
 		// nothing else a stateless notification can mean to a child here.
 		w.WriteHeader(http.StatusAccepted)
@@ -121,7 +123,7 @@ func (s *Server) serveModern(w http.ResponseWriter, r *http.Request, version str
 		return true
 	}
 	if !modernMethods[env.MethodName()] {
-		writeErrorID(w, http.StatusNotFound, env.ID, CodeMethodNotFound, "method not found: "+env.MethodName())
+		writeErrorID(w, http.StatusNotFound, env.ID, jsonrpc.CodeMethodNotFound, "method not found: "+env.MethodName())
 		return true
 	}
 	s.forwardModern(w, r, msgs[0], &env)
@@ -132,7 +134,7 @@ func (s *Server) serveModern(w http.ResponseWriter, r *http.Request, version str
 // what belongs to it back as SSE, without event ids: stateless streams are
 // not resumable. Closing the stream cancels the request at the child. A
 // subscriptions/listen stream whose child dies is opened again on another.
-func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byte, env *Envelope) {
+func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byte, env *jsonrpc.Envelope) {
 	listen := env.MethodName() == "subscriptions/listen"
 	var sw *sseWriter
 	for {
@@ -150,7 +152,7 @@ func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byt
 			// What is sent is the child's to keep: send a copy, whose
 			// envelope must alias the copy.
 			copied := bytes.Clone(msg)
-			copiedEnv, _ := ParseEnvelope(copied)
+			copiedEnv, _ := jsonrpc.ParseEnvelope(copied)
 			err = member.Send(copied, &copiedEnv)
 		}
 		if err != nil {
@@ -179,7 +181,7 @@ func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byt
 // client leaving, or the child exiting (then it reports true). Like
 // writeStream, it gives a request's answer a moment to leave with the
 // headers, then flushes whenever nothing more is queued.
-func (s *Server) pumpModern(sw *sseWriter, r *http.Request, out <-chan []byte, env *Envelope) bool {
+func (s *Server) pumpModern(sw *sseWriter, r *http.Request, out <-chan []byte, env *jsonrpc.Envelope) bool {
 	ping, stopPing := keepalive(s.cfg.Keepalive)
 	defer stopPing()
 	var hold <-chan time.Time
@@ -198,14 +200,14 @@ func (s *Server) pumpModern(sw *sseWriter, r *http.Request, out <-chan []byte, e
 		case m, open := <-out:
 			if !open {
 				if env.MethodName() != "subscriptions/listen" {
-					_ = sw.event(nil, "", ErrorResponse(env.ID, CodeServerExited, "the MCP server process exited"))
+					_ = sw.event(nil, "", jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeServerExited, "the MCP server process exited"))
 				}
 				return true
 			}
 			if sw.event(nil, "", m) != nil {
 				return false
 			}
-			if other, err := ParseEnvelope(m); err == nil && other.Kind() == KindResponse && string(other.ID) == string(env.ID) {
+			if other, err := jsonrpc.ParseEnvelope(m); err == nil && other.Kind() == jsonrpc.KindResponse && string(other.ID) == string(env.ID) {
 				return false
 			}
 		case <-ping:

@@ -14,6 +14,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -40,7 +41,7 @@ func TestModernRequests(t *testing.T) {
 		{"version header differs from _meta", "POST", "2026-07-28", "tools/call", "test_simple_text",
 			strings.Replace(call, `"2026-07-28"`, `"2025-11-25"`, 1), 400, CodeHeaderMismatch, "_meta"},
 		{"unsupported version", "POST", "2099-01-01", "tools/call", "test_simple_text", call, 400, CodeUnsupportedVersion, `"supported":["2026-07-28"`},
-		{"unknown method", "POST", "2026-07-28", "frobnicate", "", `{"jsonrpc":"2.0","id":3,"method":"frobnicate","params":{` + modernMeta + `}}`, 404, CodeMethodNotFound, "frobnicate"},
+		{"unknown method", "POST", "2026-07-28", "frobnicate", "", `{"jsonrpc":"2.0","id":3,"method":"frobnicate","params":{` + modernMeta + `}}`, 404, jsonrpc.CodeMethodNotFound, "frobnicate"},
 		{"a notification", "POST", "2026-07-28", "notifications/cancelled", "", `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}`, 202, 0, ""},
 		{"GET", "GET", "2026-07-28", "", "", "", 405, 0, ""},
 		{"DELETE", "DELETE", "2026-07-28", "", "", "", 405, 0, ""},

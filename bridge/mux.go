@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
 
@@ -22,10 +23,10 @@ type Mux struct {
 	// subscriptions): each is decided and sent before the next is decided.
 	ctl      sync.Mutex
 	mu       sync.Mutex
-	nextID   BridgeID
-	requests map[BridgeID]muxRequest // requests forwarded to the child
-	tokens   map[BridgeID]muxRequest // progress tokens forwarded, by their bridge token
-	asked    map[string]*MuxMember   // the child's requests → the session asked
+	nextID   jsonrpc.BridgeID
+	requests map[jsonrpc.BridgeID]muxRequest // requests forwarded to the child
+	tokens   map[jsonrpc.BridgeID]muxRequest // progress tokens forwarded, by their bridge token
+	asked    map[string]*MuxMember           // the child's requests → the session asked
 	members  map[*MuxMember]struct{}
 	subs     map[string]map[*MuxMember]struct{} // resource URI → subscribers
 	level    int                                // the log level the child was last set to; -1 none
@@ -78,8 +79,8 @@ func NewMux(child *Process, logger *zap.Logger, onExit func(*Mux), onRelease fun
 	m := &Mux{
 		child:     child,
 		logger:    logger.With(zap.Int("pid", child.Pid())),
-		requests:  make(map[BridgeID]muxRequest),
-		tokens:    make(map[BridgeID]muxRequest),
+		requests:  make(map[jsonrpc.BridgeID]muxRequest),
+		tokens:    make(map[jsonrpc.BridgeID]muxRequest),
 		asked:     make(map[string]*MuxMember),
 		members:   make(map[*MuxMember]struct{}),
 		subs:      make(map[string]map[*MuxMember]struct{}),
@@ -153,10 +154,10 @@ func (mem *MuxMember) Pid() int { return mem.mux.child.Pid() }
 func (mem *MuxMember) Started() time.Time { return mem.mux.child.Started() }
 
 // Send forwards one of the session's messages to the child.
-func (mem *MuxMember) Send(msg []byte, env *Envelope) error {
+func (mem *MuxMember) Send(msg []byte, env *jsonrpc.Envelope) error {
 	m := mem.mux
 	switch env.Kind() {
-	case KindRequest:
+	case jsonrpc.KindRequest:
 		switch env.MethodName() {
 		case "initialize":
 			return m.initialize(mem, msg, env)
@@ -166,7 +167,7 @@ func (mem *MuxMember) Send(msg []byte, env *Envelope) error {
 			return m.subscription(mem, msg, env)
 		}
 		return m.forwardRequest(mem, msg, env, false)
-	case KindNotification:
+	case jsonrpc.KindNotification:
 		switch env.MethodName() {
 		case "notifications/initialized":
 			m.mu.Lock()
@@ -180,7 +181,7 @@ func (mem *MuxMember) Send(msg []byte, env *Envelope) error {
 			return m.cancel(mem, msg, env)
 		}
 		return m.child.Send(msg)
-	case KindResponse:
+	case jsonrpc.KindResponse:
 		m.mu.Lock()
 		owner := m.asked[string(env.ID)]
 		if owner == mem {
@@ -198,7 +199,7 @@ func (mem *MuxMember) Send(msg []byte, env *Envelope) error {
 
 // forwardRequest gives the request a bridge id (and its progress token a
 // bridge token) and sends it to the child.
-func (m *Mux) forwardRequest(mem *MuxMember, msg []byte, env *Envelope, init bool) error {
+func (m *Mux) forwardRequest(mem *MuxMember, msg []byte, env *jsonrpc.Envelope, init bool) error {
 	m.mu.Lock()
 	if m.exited {
 		m.mu.Unlock()
@@ -208,10 +209,10 @@ func (m *Mux) forwardRequest(mem *MuxMember, msg []byte, env *Envelope, init boo
 	id := m.nextID
 	m.requests[id] = muxRequest{member: mem, id: env.ID, init: init}
 	mem.inflight++
-	if level, ok := logLevels[StringValue(Member(Member(env.Params, "_meta"), metaLogLevelField))]; ok {
+	if level, ok := logLevels[jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), metaLogLevelField))]; ok {
 		mem.statelessLevel = level
 	}
-	out, tok := TagRequest(msg, env, id)
+	out, tok := jsonrpc.TagRequest(msg, env, id)
 	if tok != nil {
 		m.tokens[id] = muxRequest{member: mem, id: tok}
 	}
@@ -233,13 +234,13 @@ func (m *Mux) sendOwn(method string, params []byte) {
 
 // answer replies to a session's request from the bridge.
 func (mem *MuxMember) answer(id, result []byte) error {
-	mem.deliver(ResponseWithResult(id, result))
+	mem.deliver(jsonrpc.ResponseWithResult(id, result))
 	return nil
 }
 
 // initialize forwards the first session's initialize and answers later
 // ones from its result, which describes the same child.
-func (m *Mux) initialize(mem *MuxMember, msg []byte, env *Envelope) error {
+func (m *Mux) initialize(mem *MuxMember, msg []byte, env *jsonrpc.Envelope) error {
 	m.mu.Lock()
 	switch m.initState {
 	case initNone:
@@ -255,12 +256,12 @@ func (m *Mux) initialize(mem *MuxMember, msg []byte, env *Envelope) error {
 	result := m.initResult
 	m.mu.Unlock()
 	if result == nil {
-		mem.deliver(ErrorResponse(env.ID, CodeInternalError, "the shared MCP server failed to initialize"))
+		mem.deliver(jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeInternalError, "the shared MCP server failed to initialize"))
 		return nil
 	}
-	if asked := StringValue(Member(env.Params, "protocolVersion")); asked != StringValue(Member(result, "protocolVersion")) {
+	if asked := jsonrpc.StringValue(jsonrpc.Member(env.Params, "protocolVersion")); asked != jsonrpc.StringValue(jsonrpc.Member(result, "protocolVersion")) {
 		m.logger.Info("a session asked for another protocol version than the shared child negotiated; it gets the child's",
-			zap.String("asked", asked), zap.String("negotiated", StringValue(Member(result, "protocolVersion"))))
+			zap.String("asked", asked), zap.String("negotiated", jsonrpc.StringValue(jsonrpc.Member(result, "protocolVersion"))))
 	}
 	return mem.answer(env.ID, result)
 }
@@ -274,10 +275,10 @@ var logLevelNames = []string{"debug", "info", "notice", "warning", "error", "cri
 
 // setLevel keeps the session's log level and sets the child to the most
 // verbose level any session asked for.
-func (m *Mux) setLevel(mem *MuxMember, env *Envelope) error {
-	level, ok := logLevels[StringValue(Member(env.Params, "level"))]
+func (m *Mux) setLevel(mem *MuxMember, env *jsonrpc.Envelope) error {
+	level, ok := logLevels[jsonrpc.StringValue(jsonrpc.Member(env.Params, "level"))]
 	if !ok {
-		mem.deliver(ErrorResponse(env.ID, CodeInvalidParams, "unknown log level"))
+		mem.deliver(jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeInvalidParams, "unknown log level"))
 		return nil
 	}
 	m.ctl.Lock()
@@ -310,8 +311,8 @@ func (m *Mux) updateLevelLocked() int {
 
 // subscription reference-counts resource subscriptions: the child sees
 // the first subscribe to a URI and the last unsubscribe.
-func (m *Mux) subscription(mem *MuxMember, msg []byte, env *Envelope) error {
-	uri := StringValue(Member(env.Params, "uri"))
+func (m *Mux) subscription(mem *MuxMember, msg []byte, env *jsonrpc.Envelope) error {
+	uri := jsonrpc.StringValue(jsonrpc.Member(env.Params, "uri"))
 	subscribe := env.MethodName() == "resources/subscribe"
 	m.ctl.Lock()
 	defer m.ctl.Unlock()
@@ -343,8 +344,8 @@ func (m *Mux) subscription(mem *MuxMember, msg []byte, env *Envelope) error {
 
 // cancel forwards a session's cancellation with the bridge id of the
 // request it names.
-func (m *Mux) cancel(mem *MuxMember, msg []byte, env *Envelope) error {
-	requestID := Member(env.Params, "requestId")
+func (m *Mux) cancel(mem *MuxMember, msg []byte, env *jsonrpc.Envelope) error {
+	requestID := jsonrpc.Member(env.Params, "requestId")
 	m.mu.Lock()
 	var target []byte
 	for id, req := range m.requests {
@@ -362,7 +363,7 @@ func (m *Mux) cancel(mem *MuxMember, msg []byte, env *Envelope) error {
 	if target == nil {
 		return nil // already answered, never sent, or initialize (not cancellable)
 	}
-	return m.child.Send(ApplySplices(msg, Splice{Old: requestID, New: target}))
+	return m.child.Send(jsonrpc.ApplySplices(msg, jsonrpc.Splice{Old: requestID, New: target}))
 }
 
 // Release detaches an ended session: its requests in flight are cancelled
@@ -377,7 +378,7 @@ func (mem *MuxMember) Release() {
 		return
 	}
 	delete(m.members, mem)
-	var cancelled []BridgeID
+	var cancelled []jsonrpc.BridgeID
 	for id, req := range m.requests {
 		switch {
 		case req.member != mem:
@@ -430,22 +431,22 @@ func (mem *MuxMember) Release() {
 
 // fromChild routes one message of the child.
 func (m *Mux) fromChild(msg []byte) {
-	env, err := ParseEnvelope(msg)
+	env, err := jsonrpc.ParseEnvelope(msg)
 	if err != nil {
 		return
 	}
 	switch env.Kind() {
-	case KindResponse:
+	case jsonrpc.KindResponse:
 		m.routeResponse(msg, &env)
-	case KindRequest:
+	case jsonrpc.KindRequest:
 		m.routeRequest(msg, &env)
-	case KindNotification:
+	case jsonrpc.KindNotification:
 		m.routeNotification(msg, &env)
 	}
 }
 
-func (m *Mux) routeResponse(msg []byte, env *Envelope) {
-	id, ok := ParseBridgeID(env.ID)
+func (m *Mux) routeResponse(msg []byte, env *jsonrpc.Envelope) {
+	id, ok := jsonrpc.ParseBridgeID(env.ID)
 	m.mu.Lock()
 	req, found := m.requests[id]
 	if !ok || !found {
@@ -470,14 +471,14 @@ func (m *Mux) routeResponse(msg []byte, env *Envelope) {
 	}
 	m.mu.Unlock()
 	if req.member != nil {
-		req.member.deliver(ApplySplices(msg, Splice{Old: env.ID, New: req.id}))
+		req.member.deliver(jsonrpc.ApplySplices(msg, jsonrpc.Splice{Old: env.ID, New: req.id}))
 	}
 }
 
 // routeRequest hands a server-to-client request to the only session with
 // requests in flight; with none or several, the bridge cannot know whose
 // client should answer, and refuses it.
-func (m *Mux) routeRequest(msg []byte, env *Envelope) {
+func (m *Mux) routeRequest(msg []byte, env *jsonrpc.Envelope) {
 	m.mu.Lock()
 	var target *MuxMember
 	busy := 0
@@ -494,7 +495,7 @@ func (m *Mux) routeRequest(msg []byte, env *Envelope) {
 	if busy != 1 {
 		m.logger.Warn("refused a request of the shared MCP server: it cannot be tied to one client",
 			zap.String("method", env.MethodName()), zap.Int("sessions_with_requests_in_flight", busy))
-		_ = m.child.Send(ErrorResponse(env.ID, CodeInternalError,
+		_ = m.child.Send(jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeInternalError,
 			"the bridge shares this server between clients and cannot tell which one to ask: exactly one must have a request in flight"))
 		return
 	}
@@ -504,35 +505,35 @@ func (m *Mux) routeRequest(msg []byte, env *Envelope) {
 // deliverRestored gives msg to the session that table says the bridge id
 // tag (a raw value inside msg) stands for, with the session's own value
 // put back in its place.
-func (m *Mux) deliverRestored(msg, tag []byte, table map[BridgeID]muxRequest) {
-	id, _ := ParseBridgeID(tag)
+func (m *Mux) deliverRestored(msg, tag []byte, table map[jsonrpc.BridgeID]muxRequest) {
+	id, _ := jsonrpc.ParseBridgeID(tag)
 	m.mu.Lock()
 	req, ok := table[id]
 	m.mu.Unlock()
 	if ok && req.member != nil {
-		req.member.deliver(ApplySplices(msg, Splice{Old: tag, New: req.id}))
+		req.member.deliver(jsonrpc.ApplySplices(msg, jsonrpc.Splice{Old: tag, New: req.id}))
 	}
 }
 
-func (m *Mux) routeNotification(msg []byte, env *Envelope) {
+func (m *Mux) routeNotification(msg []byte, env *jsonrpc.Envelope) {
 	// A notification of a stateless subscription names the listen request
 	// it belongs to: it goes to that request's client, with its own id.
-	if sub := Member(Member(env.Params, "_meta"), metaSubscriptionIDField); sub != nil {
+	if sub := jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), metaSubscriptionIDField); sub != nil {
 		m.deliverRestored(msg, sub, m.requests)
 		return
 	}
 	method := env.MethodName()
 	switch {
 	case method == "notifications/progress":
-		m.deliverRestored(msg, Member(env.Params, "progressToken"), m.tokens)
+		m.deliverRestored(msg, jsonrpc.Member(env.Params, "progressToken"), m.tokens)
 	case method == "notifications/resources/updated":
-		uri := StringValue(Member(env.Params, "uri"))
+		uri := jsonrpc.StringValue(jsonrpc.Member(env.Params, "uri"))
 		m.each(msg, func(mem *MuxMember) bool { return mem.subs[uri] })
 	case method == "notifications/message":
 		// To the sessions whose level allows it; and to the stateless
 		// request that asked for logs, when only one on this child did
 		// (nothing on stdio says which request a log message is about).
-		level, ok := logLevels[StringValue(Member(env.Params, "level"))]
+		level, ok := logLevels[jsonrpc.StringValue(jsonrpc.Member(env.Params, "level"))]
 		m.mu.Lock()
 		var asking *MuxMember
 		askers := 0
@@ -550,7 +551,7 @@ func (m *Mux) routeNotification(msg []byte, env *Envelope) {
 			return ok && mem.level >= 0 && level >= mem.level
 		})
 	case method == "notifications/cancelled":
-		requestID := Member(env.Params, "requestId")
+		requestID := jsonrpc.Member(env.Params, "requestId")
 		m.mu.Lock()
 		owner := m.asked[string(requestID)]
 		delete(m.asked, string(requestID))
@@ -580,7 +581,7 @@ func (m *Mux) each(msg []byte, wants func(*MuxMember) bool) {
 
 // onOversize answers the request whose response was too large.
 func (m *Mux) onOversize(prefix []byte) {
-	if id := Member(prefix, "id"); id != nil && ValidID(id) {
-		m.fromChild(ErrorResponse(id, CodeInternalError, "the MCP server's response exceeds max_message_size"))
+	if id := jsonrpc.Member(prefix, "id"); id != nil && jsonrpc.ValidID(id) {
+		m.fromChild(jsonrpc.ErrorResponse(id, jsonrpc.CodeInternalError, "the MCP server's response exceeds max_message_size"))
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -201,7 +202,7 @@ func muxOpen(ctx context.Context, url, initID, version string) (*muxSession, mux
 }
 
 func muxOpenParams(ctx context.Context, url, initID, params string) (*muxSession, muxMsg, error) {
-	version := StringValue(Member([]byte(params), "protocolVersion"))
+	version := jsonrpc.StringValue(jsonrpc.Member([]byte(params), "protocolVersion"))
 	resp, err := muxPost(ctx, url, "", "", `{"jsonrpc":"2.0","id":`+initID+`,"method":"initialize","params":`+params+`}`)
 	if err != nil {
 		return nil, muxMsg{}, err
@@ -509,12 +510,12 @@ func TestMuxCrossTalk(t *testing.T) {
 						return
 					}
 					// The child saw our params with only the token changed.
-					childTok := ProgressToken(result.Params)
-					if _, ok := ParseBridgeID(childTok); !ok {
+					childTok := jsonrpc.ProgressToken(result.Params)
+					if _, ok := jsonrpc.ParseBridgeID(childTok); !ok {
 						t.Errorf("session %d call %s: the child saw progress token %s, want a bridge token", i, id, childTok)
 						return
 					}
-					restored := ApplySplices(result.Params, Splice{Old: childTok, New: []byte(tokens[k])})
+					restored := jsonrpc.ApplySplices(result.Params, jsonrpc.Splice{Old: childTok, New: []byte(tokens[k])})
 					if string(restored) != params {
 						t.Errorf("session %d call %s: the child saw params\n %s\nwant (token aside)\n %s", i, id, result.Params, params)
 					}
@@ -685,7 +686,7 @@ func TestMuxInitialize(t *testing.T) {
 	}
 	if init := st.seenIDs("initialize"); len(init) != 1 {
 		t.Errorf("the child's initialize had ids %v, want one", init)
-	} else if _, ok := ParseBridgeID([]byte(init[0])); !ok {
+	} else if _, ok := jsonrpc.ParseBridgeID([]byte(init[0])); !ok {
 		t.Errorf("the child's initialize had id %s, want a bridge id", init[0])
 	}
 }
@@ -1085,7 +1086,7 @@ func TestMuxChildCrash(t *testing.T) {
 				t.Errorf("request %s: the stream ended without a response", r.id)
 				continue
 			}
-			if string(m.ID) != r.id || m.Error == nil || m.Error.Code != CodeServerExited {
+			if string(m.ID) != r.id || m.Error == nil || m.Error.Code != jsonrpc.CodeServerExited {
 				t.Errorf("request %s got %s, want a server-exited error", r.id, m.raw)
 			}
 			d := m.at.Sub(killed)
@@ -1297,7 +1298,7 @@ func TestMuxInitializeAfterFirstSessionLeft(t *testing.T) {
 		if len(lines) != 1 {
 			t.Fatalf("the child got %q", lines)
 		}
-		initID := Member(lines[0], "id")
+		initID := jsonrpc.Member(lines[0], "id")
 		a.Release()
 		for _, line := range h.stdin.take() {
 			t.Errorf("BUG: the child was sent %s after the first session left during initialize; initialize must not be cancelled", line)
@@ -1337,7 +1338,7 @@ func TestMuxCancelledRequestNotInFlight(t *testing.T) {
 	if len(lines) != 2 {
 		t.Fatalf("the child got %q", lines)
 	}
-	if want := `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + string(Member(lines[0], "id")) + `}}`; string(lines[1]) != want {
+	if want := `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + string(jsonrpc.Member(lines[0], "id")) + `}}`; string(lines[1]) != want {
 		t.Errorf("the child got %s, want %s", lines[1], want)
 	}
 	// The child does not answer a cancelled request. B calls, and the

@@ -6,6 +6,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -33,7 +34,7 @@ func TestPoolHealthCheck(t *testing.T) {
 		child.Send([]byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`))
 		select {
 		case m := <-got:
-			if Member(m, "result") == nil {
+			if jsonrpc.Member(m, "result") == nil {
 				t.Errorf("initialize after pings: %s", m)
 			}
 		case <-time.After(5 * time.Second):

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
 
@@ -131,7 +132,7 @@ func probeChild(ctx context.Context, cfg ProcessConfig, logger *zap.Logger) Prob
 	defer child.Stop()
 	responses := make(chan []byte, 16)
 	child.Attach(func(msg []byte) {
-		if env, err := ParseEnvelope(msg); err == nil && env.Kind() == KindResponse {
+		if env, err := jsonrpc.ParseEnvelope(msg); err == nil && env.Kind() == jsonrpc.KindResponse {
 			responses <- msg
 		}
 	}, func([]byte) {}, func() { close(responses) })
@@ -149,13 +150,13 @@ func probeChild(ctx context.Context, cfg ProcessConfig, logger *zap.Logger) Prob
 				if !ok {
 					return nil, exitError(child)
 				}
-				if string(Member(resp, "id")) != strconv.Itoa(id) {
+				if string(jsonrpc.Member(resp, "id")) != strconv.Itoa(id) {
 					continue
 				}
-				if e := Member(resp, "error"); e != nil {
-					return nil, fmt.Errorf("%s: %s", method, StringValue(Member(e, "message")))
+				if e := jsonrpc.Member(resp, "error"); e != nil {
+					return nil, fmt.Errorf("%s: %s", method, jsonrpc.StringValue(jsonrpc.Member(e, "message")))
 				}
-				return Member(resp, "result"), nil
+				return jsonrpc.Member(resp, "result"), nil
 			case <-ctx.Done():
 				return nil, fmt.Errorf("%s: no answer within %v", method, probeTimeout)
 			}
@@ -196,11 +197,11 @@ func probeChild(ctx context.Context, cfg ProcessConfig, logger *zap.Logger) Prob
 			}
 			return res
 		}
-		if err := ScanArray(Member(result, "tools"), func([]byte) { res.Tools++ }); err != nil {
+		if err := jsonrpc.ScanArray(jsonrpc.Member(result, "tools"), func([]byte) { res.Tools++ }); err != nil {
 			res.Err = fmt.Errorf("tools/list: %v", err)
 			return res
 		}
-		if cursor = StringValue(Member(result, "nextCursor")); cursor == "" {
+		if cursor = jsonrpc.StringValue(jsonrpc.Member(result, "nextCursor")); cursor == "" {
 			return res
 		}
 	}
@@ -214,8 +215,8 @@ func eraOf(discovered []byte, err error) string {
 		return "legacy"
 	}
 	modern, legacy := false, false
-	_ = ScanArray(Member(discovered, "supportedVersions"), func(v []byte) {
-		if StringValue(v) >= versionModern {
+	_ = jsonrpc.ScanArray(jsonrpc.Member(discovered, "supportedVersions"), func(v []byte) {
+		if jsonrpc.StringValue(v) >= versionModern {
 			modern = true
 		} else {
 			legacy = true

@@ -5,6 +5,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -20,7 +21,7 @@ func TestProbe(t *testing.T) {
 		{"legacy-only server", muxChildPackage, "legacy", 6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res := probeChild(t.Context(), ProcessConfig{Argv: []string{mcptest.Build(t, tc.pkg)}, MaxMessageSize: DefaultMaxMessageSize}, zaptest.NewLogger(t))
+			res := probeChild(t.Context(), ProcessConfig{Argv: []string{mcptest.Build(t, tc.pkg)}, MaxMessageSize: jsonrpc.DefaultMaxMessageSize}, zaptest.NewLogger(t))
 			if res.Err != nil || res.Era != tc.era || res.Tools != tc.tools {
 				t.Errorf("probe: era %q, %d tools, error %v; want %q and %d", res.Era, res.Tools, res.Err, tc.era, tc.tools)
 			}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-shellwords"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -80,7 +81,7 @@ type Process struct {
 	logger *zap.Logger
 
 	stdout  *os.File
-	lines   *LineReader
+	lines   *jsonrpc.LineReader
 	early   [][]byte // read by Ping before Attach, for the session
 	writeMu sync.Mutex
 	stdin   io.WriteCloser
@@ -140,7 +141,7 @@ func StartProcess(cfg ProcessConfig, logger *zap.Logger) (*Process, error) {
 		cmd:     cmd,
 		logger:  logger.With(zap.Int("pid", cmd.Process.Pid)),
 		stdout:  stdoutR,
-		lines:   NewLineReader(stdoutR, cfg.MaxMessageSize),
+		lines:   jsonrpc.NewLineReader(stdoutR, cfg.MaxMessageSize),
 		stdin:   stdin,
 		done:    make(chan struct{}),
 		started: time.Now(),
@@ -220,15 +221,15 @@ func (p *Process) readStdout(onMessage func([]byte), onOversize func([]byte), on
 	for {
 		line, err := lr.Next()
 		switch {
-		case errors.Is(err, ErrMessageTooLarge):
+		case errors.Is(err, jsonrpc.ErrMessageTooLarge):
 			p.logger.Warn("child sent a message over max_message_size; dropped",
-				zap.Int("max_message_size", lr.max))
+				zap.Int("max_message_size", lr.Max()))
 			onOversize(lr.OversizePrefix())
 			continue
 		case err != nil:
 			return
 		}
-		if !Valid(line) {
+		if !jsonrpc.Valid(line) {
 			p.logger.Warn("child wrote a line that is not JSON to stdout; dropped",
 				zap.ByteString("line", line[:min(len(line), 200)]))
 			continue
@@ -256,15 +257,15 @@ func (p *Process) Ping(timeout time.Duration) error {
 	for {
 		line, err := p.lines.Next()
 		switch {
-		case errors.Is(err, ErrMessageTooLarge):
+		case errors.Is(err, jsonrpc.ErrMessageTooLarge):
 			continue
 		case err != nil:
 			return fmt.Errorf("no answer to ping: %w", err)
 		}
-		if !Valid(line) {
+		if !jsonrpc.Valid(line) {
 			continue
 		}
-		if string(Member(line, "id")) == id {
+		if string(jsonrpc.Member(line, "id")) == id {
 			return nil
 		}
 		if len(p.early) < earlyLimit {

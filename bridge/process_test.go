@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -122,8 +123,8 @@ func (c *attachedChild) call(t *testing.T, id int, method string, params any) js
 	}
 	select {
 	case msg := <-c.msgs:
-		env, err := ParseEnvelope(msg)
-		if err != nil || env.Kind() != KindResponse || string(env.ID) != strconv.Itoa(id) {
+		env, err := jsonrpc.ParseEnvelope(msg)
+		if err != nil || env.Kind() != jsonrpc.KindResponse || string(env.ID) != strconv.Itoa(id) {
 			t.Fatalf("got %s, want the response to request %d", msg, id)
 		}
 		return env.Result
@@ -338,11 +339,11 @@ func TestProcessOversize(t *testing.T) {
 	}
 	select {
 	case prefix := <-c.oversize:
-		if id := Member(prefix, "id"); string(id) != `"big"` {
+		if id := jsonrpc.Member(prefix, "id"); string(id) != `"big"` {
 			t.Errorf("id in the oversize prefix = %s, want \"big\" (prefix %.80s)", id, prefix)
 		}
-		if len(prefix) > OversizePrefixSize {
-			t.Errorf("prefix is %d bytes, want at most %d", len(prefix), OversizePrefixSize)
+		if len(prefix) > jsonrpc.OversizePrefixSize {
+			t.Errorf("prefix is %d bytes, want at most %d", len(prefix), jsonrpc.OversizePrefixSize)
 		}
 	case msg := <-c.msgs:
 		t.Fatalf("got a %d-byte message, want it refused as too large", len(msg))

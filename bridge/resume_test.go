@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -62,7 +63,7 @@ func resumeGet(t *testing.T, url string, s *muxSession, lastID string) *http.Res
 
 // progressValue reads the progress of a notifications/progress event.
 func progressValue(data string) string {
-	return string(Member(Member([]byte(data), "params"), "progress"))
+	return string(jsonrpc.Member(jsonrpc.Member([]byte(data), "params"), "progress"))
 }
 
 // TestResumePOSTStream breaks a POST stream while the child reports
@@ -153,7 +154,7 @@ func TestResumeGETStream(t *testing.T) {
 	for i := range 3 {
 		update(i)
 		ev, _ := events.next()
-		got, lastID = append(got, StringValue(Member(Member([]byte(ev.Data), "params"), "uri"))), ev.ID
+		got, lastID = append(got, jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member([]byte(ev.Data), "params"), "uri"))), ev.ID
 	}
 	get.Body.Close() // the connection breaks
 	for i := 3; i < 8; i++ {
@@ -167,7 +168,7 @@ func TestResumeGETStream(t *testing.T) {
 		if !ok {
 			t.Fatal("resumed stream ended")
 		}
-		got = append(got, StringValue(Member(Member([]byte(ev.Data), "params"), "uri")))
+		got = append(got, jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member([]byte(ev.Data), "params"), "uri")))
 	}
 	for i, uri := range got {
 		if uri != fmt.Sprintf("test://r/%d", i) {

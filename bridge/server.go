@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
 
@@ -159,7 +160,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !s.cfg.Origins.Allow(r) {
 		s.logger.Info("refused a request from a disallowed origin", zap.String("origin", r.Header.Get("Origin")))
-		WriteError(w, http.StatusForbidden, CodeInvalidRequest, "origin not allowed")
+		WriteError(w, http.StatusForbidden, jsonrpc.CodeInvalidRequest, "origin not allowed")
 		return
 	}
 	serve(w, r)
@@ -179,7 +180,7 @@ func WriteError(w http.ResponseWriter, status, code int, message string) {
 }
 
 func writeErrorID(w http.ResponseWriter, status int, id []byte, code int, message string) {
-	body := ErrorResponse(id, code, message)
+	body := jsonrpc.ErrorResponse(id, code, message)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
@@ -207,16 +208,16 @@ func writeAcquireError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrTooManySessions):
 		w.Header().Set("Retry-After", "60")
-		WriteError(w, http.StatusTooManyRequests, CodeServerBusy, "too many open sessions for this client; end one first")
+		WriteError(w, http.StatusTooManyRequests, jsonrpc.CodeServerBusy, "too many open sessions for this client; end one first")
 	case errors.Is(err, ErrPoolExhausted):
 		w.Header().Set("Retry-After", "5")
-		WriteError(w, http.StatusServiceUnavailable, CodeServerBusy, "all MCP server processes are busy; retry later")
+		WriteError(w, http.StatusServiceUnavailable, jsonrpc.CodeServerBusy, "all MCP server processes are busy; retry later")
 	case errors.Is(err, ErrPoolClosed):
 		w.Header().Set("Retry-After", "1")
-		WriteError(w, http.StatusServiceUnavailable, CodeServerBusy, "the MCP server is restarting; retry")
+		WriteError(w, http.StatusServiceUnavailable, jsonrpc.CodeServerBusy, "the MCP server is restarting; retry")
 	default:
 		w.Header().Set("Retry-After", "5")
-		WriteError(w, http.StatusServiceUnavailable, CodeServerBusy, "the MCP server could not be started")
+		WriteError(w, http.StatusServiceUnavailable, jsonrpc.CodeServerBusy, "the MCP server could not be started")
 	}
 }
 
@@ -232,13 +233,13 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		var tooLarge *http.MaxBytesError
 		switch {
 		case errors.As(err, &tooLarge):
-			WriteError(w, http.StatusRequestEntityTooLarge, CodeInvalidRequest,
+			WriteError(w, http.StatusRequestEntityTooLarge, jsonrpc.CodeInvalidRequest,
 				"request body exceeds max_message_size ("+strconv.Itoa(limit)+" bytes)")
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			w.Header().Set("Connection", "close")
-			WriteError(w, http.StatusRequestTimeout, CodeInvalidRequest, "request body too slow")
+			WriteError(w, http.StatusRequestTimeout, jsonrpc.CodeInvalidRequest, "request body too slow")
 		default:
-			WriteError(w, http.StatusBadRequest, CodeParseError, "could not read the request body")
+			WriteError(w, http.StatusBadRequest, jsonrpc.CodeParseError, "could not read the request body")
 		}
 		return nil, false
 	}
@@ -293,16 +294,16 @@ func accepts(header, mediaType string) bool {
 // parseMessages splits a POST body into JSON-RPC messages: one, or the
 // elements of a batch. It answers the client itself when the body is bad.
 func parseMessages(w http.ResponseWriter, body []byte) (msgs [][]byte, batch, ok bool) {
-	if !Valid(body) {
-		WriteError(w, http.StatusBadRequest, CodeParseError, "parse error: the body is not valid JSON")
+	if !jsonrpc.Valid(body) {
+		WriteError(w, http.StatusBadRequest, jsonrpc.CodeParseError, "parse error: the body is not valid JSON")
 		return nil, false, false
 	}
-	if body[SkipSpace(body, 0)] != '[' {
+	if body[jsonrpc.SkipSpace(body, 0)] != '[' {
 		return [][]byte{body}, false, true
 	}
-	_ = ScanArray(body, func(msg []byte) { msgs = append(msgs, msg[:len(msg):len(msg)]) })
+	_ = jsonrpc.ScanArray(body, func(msg []byte) { msgs = append(msgs, msg[:len(msg):len(msg)]) })
 	if len(msgs) == 0 {
-		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "empty batch")
+		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "empty batch")
 		return nil, true, false
 	}
 	return msgs, true, true

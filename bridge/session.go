@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
 
@@ -205,7 +206,7 @@ func (s *Session) resumable(lastEventID string) (*stream, int, error) {
 // (isolated), or a share of one through its multiplexer (shared).
 type upstream interface {
 	// Send forwards a client message; it takes ownership of msg.
-	Send(msg []byte, env *Envelope) error
+	Send(msg []byte, env *jsonrpc.Envelope) error
 	// Release lets go of the child once the session has ended.
 	Release()
 	Pid() int
@@ -219,10 +220,10 @@ type ownChild struct {
 	pool *Pool
 }
 
-func (o ownChild) Send(msg []byte, _ *Envelope) error { return o.proc.Send(msg) }
-func (o ownChild) Release()                           { o.pool.Release(o.proc) }
-func (o ownChild) Pid() int                           { return o.proc.Pid() }
-func (o ownChild) Started() time.Time                 { return o.proc.Started() }
+func (o ownChild) Send(msg []byte, _ *jsonrpc.Envelope) error { return o.proc.Send(msg) }
+func (o ownChild) Release()                                   { o.pool.Release(o.proc) }
+func (o ownChild) Pid() int                                   { return o.proc.Pid() }
+func (o ownChild) Started() time.Time                         { return o.proc.Started() }
 
 // sentRequest is what metrics need of a request in flight.
 type sentRequest struct {
@@ -231,19 +232,19 @@ type sentRequest struct {
 }
 
 // send forwards a client message to the child.
-func (s *Session) send(msg []byte, env *Envelope) error {
+func (s *Session) send(msg []byte, env *jsonrpc.Envelope) error {
 	now := time.Now()
 	s.mu.Lock()
 	s.lastActive = now
 	switch env.Kind() {
-	case KindRequest:
+	case jsonrpc.KindRequest:
 		s.sent[string(env.ID)] = sentRequest{method: MetricMethod(env.MethodName()), at: now}
-	case KindNotification:
+	case jsonrpc.KindNotification:
 		// A cancelled request of a single-stream session may never be
 		// answered: forget it, or it stays for the session's life. (On a
 		// POST stream it goes with the stream.)
 		if env.MethodName() == "notifications/cancelled" {
-			id := string(Member(env.Params, "requestId"))
+			id := string(jsonrpc.Member(env.Params, "requestId"))
 			if owner, ok := s.pending[id]; ok && owner == nil {
 				delete(s.pending, id)
 				delete(s.sent, id)
@@ -264,10 +265,10 @@ func (s *Session) send(msg []byte, env *Envelope) error {
 // session protocols only: the stateless protocol's server/discover is
 // answered "method not found", so that a dual-era client falls back to
 // initialize, and the child never sees a stateless request first.
-func (s *Session) forward(msg []byte, env *Envelope) error {
-	if env.Kind() == KindRequest {
+func (s *Session) forward(msg []byte, env *jsonrpc.Envelope) error {
+	if env.Kind() == jsonrpc.KindRequest {
 		if env.MethodName() == "server/discover" {
-			s.fromChild(ErrorResponse(env.ID, CodeMethodNotFound, "server/discover is not served on this transport; send initialize"))
+			s.fromChild(jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeMethodNotFound, "server/discover is not served on this transport; send initialize"))
 			return nil
 		}
 		s.mu.Lock()
@@ -288,7 +289,7 @@ func (s *Session) touch() {
 // token, and logs and server requests to the one request in flight if there
 // is exactly one; everything else to the GET stream.
 func (s *Session) fromChild(msg []byte) {
-	env, err := ParseEnvelope(msg)
+	env, err := jsonrpc.ParseEnvelope(msg)
 	if err != nil {
 		return // json.Valid passed, so only a non-object gets here
 	}
@@ -301,7 +302,7 @@ func (s *Session) fromChild(msg []byte) {
 	var target *stream
 	last := false
 	switch env.Kind() {
-	case KindResponse:
+	case jsonrpc.KindResponse:
 		owner, ok := s.pending[string(env.ID)]
 		if !ok && !s.single {
 			s.mu.Unlock()
@@ -325,7 +326,7 @@ func (s *Session) fromChild(msg []byte) {
 				delete(s.requestStreams, owner) // nothing more belongs on it
 			}
 		}
-	case KindNotification:
+	case jsonrpc.KindNotification:
 		method := env.MethodName()
 		if method == "notifications/tools/list_changed" {
 			s.backend.prober.markStale()
@@ -335,11 +336,11 @@ func (s *Session) fromChild(msg []byte) {
 		}
 		switch method {
 		case "notifications/progress":
-			target = s.progress[string(Member(env.Params, "progressToken"))]
+			target = s.progress[string(jsonrpc.Member(env.Params, "progressToken"))]
 		case "notifications/message":
 			target = s.soleRequestStreamLocked()
 		}
-	case KindRequest:
+	case jsonrpc.KindRequest:
 		if !s.single {
 			target = s.soleRequestStreamLocked()
 		}
@@ -394,11 +395,11 @@ func (s *Session) soleRequestStreamLocked() *stream {
 // onOversize answers a response that was too large with an error, when the
 // kept prefix still shows its id.
 func (s *Session) onOversize(prefix []byte) {
-	id := Member(prefix, "id")
-	if id == nil || !ValidID(id) {
+	id := jsonrpc.Member(prefix, "id")
+	if id == nil || !jsonrpc.ValidID(id) {
 		return
 	}
-	s.fromChild(ErrorResponse(id, CodeInternalError, "the MCP server's response exceeds max_message_size"))
+	s.fromChild(jsonrpc.ErrorResponse(id, jsonrpc.CodeInternalError, "the MCP server's response exceeds max_message_size"))
 }
 
 // onChildExit fails the requests in flight and ends the session.
@@ -422,7 +423,7 @@ func (s *Session) onChildExit() {
 	s.mu.Unlock()
 	for st, ids := range failed {
 		for i, id := range ids {
-			_ = st.push(ErrorResponse(id, CodeServerExited, "the MCP server process exited"), i == len(ids)-1, pushForce)
+			_ = st.push(jsonrpc.ErrorResponse(id, jsonrpc.CodeServerExited, "the MCP server process exited"), i == len(ids)-1, pushForce)
 		}
 	}
 	s.end("child exited")

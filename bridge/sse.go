@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 )
 
 // The legacy HTTP+SSE transport of protocol revision 2024-11-05: a GET opens
@@ -13,11 +15,11 @@ import (
 func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET")
-		WriteError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+		WriteError(w, http.StatusMethodNotAllowed, jsonrpc.CodeInvalidRequest, "method not allowed")
 		return
 	}
 	if accept := r.Header.Get("Accept"); accept != "" && !accepts(accept, "text/event-stream") {
-		WriteError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list text/event-stream")
+		WriteError(w, http.StatusNotAcceptable, jsonrpc.CodeInvalidRequest, "Accept must list text/event-stream")
 		return
 	}
 	var sess *Session
@@ -26,7 +28,7 @@ func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 		// A client back within the grace gets its session and what it
 		// missed; after it, the session is gone.
 		if sess, after = s.backend.resumeLegacy(lastID, PrincipalFrom(r.Context())); sess == nil {
-			WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session not found: it ended, or its resume grace ran out")
+			WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found: it ended, or its resume grace ran out")
 			return
 		}
 	} else if sess = s.newSession(w, r, "sse", true); sess == nil {
@@ -34,7 +36,7 @@ func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 	}
 	st, err := sess.standaloneStream()
 	if err != nil {
-		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session ended")
 		return
 	}
 	s.writeStream(w, r.Context().Done(), s.endpointURI(r, sess), sess, st, streamLegacy, after)
@@ -62,17 +64,17 @@ func (s *Server) endpointURI(r *http.Request, sess *Session) string {
 func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
-		WriteError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+		WriteError(w, http.StatusMethodNotAllowed, jsonrpc.CodeInvalidRequest, "method not allowed")
 		return
 	}
 	id := r.URL.Query().Get("sessionId")
 	if id == "" {
-		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "missing sessionId query parameter")
+		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "missing sessionId query parameter")
 		return
 	}
 	sess := s.backend.Session(id, PrincipalFrom(r.Context()))
 	if sess == nil || sess.Transport != "sse" {
-		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session not found")
+		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found")
 		return
 	}
 	body, ok := s.readBody(w, r)
@@ -83,18 +85,18 @@ func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	envs := make([]Envelope, len(msgs))
+	envs := make([]jsonrpc.Envelope, len(msgs))
 	for i, msg := range msgs {
-		env, err := ParseEnvelope(msg)
-		if err != nil || env.Kind() == KindInvalid {
-			writeErrorID(w, http.StatusBadRequest, env.ID, CodeInvalidRequest, "invalid JSON-RPC message")
+		env, err := jsonrpc.ParseEnvelope(msg)
+		if err != nil || env.Kind() == jsonrpc.KindInvalid {
+			writeErrorID(w, http.StatusBadRequest, env.ID, jsonrpc.CodeInvalidRequest, "invalid JSON-RPC message")
 			return
 		}
 		envs[i] = env
 	}
 	for i, msg := range msgs {
 		if sess.forward(msg, &envs[i]) != nil {
-			WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+			WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session ended")
 			return
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
 
@@ -396,7 +397,7 @@ const (
 func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *Session, st *stream, mode streamMode, after int) bool {
 	gen, cursor, replaced, err := st.attach(after)
 	if err != nil {
-		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "cannot resume: "+err.Error())
+		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "cannot resume: "+err.Error())
 		return false
 	}
 	defer st.detach(gen)

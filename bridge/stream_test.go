@@ -3,6 +3,8 @@ package bridge
 import (
 	"net/http"
 	"testing"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
 // discardResponseWriter is an http.ResponseWriter and http.Flusher that
@@ -21,8 +23,8 @@ func BenchmarkSSEEvent(b *testing.B) {
 		name string
 		data []byte
 	}{
-		{"result", []byte(toolsCallResult)},
-		{"result_64KiB", largeToolsCallResult(64 << 10)},
+		{"result", []byte(mcptest.ToolsCallResult)},
+		{"result_64KiB", mcptest.LargeToolsCallResult(64 << 10)},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			sw := startSSE(&discardResponseWriter{header: make(http.Header)})
@@ -51,7 +53,7 @@ func BenchmarkStreamQueue(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	msg := []byte(toolsCallResult)
+	msg := []byte(mcptest.ToolsCallResult)
 	var evs []event
 	b.ReportAllocs()
 	for b.Loop() {

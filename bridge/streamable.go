@@ -2,6 +2,8 @@ package bridge
 
 import (
 	"net/http"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 )
 
 // Protocol revisions of the Streamable HTTP transport with sessions.
@@ -37,7 +39,7 @@ func (s *Server) serveStreamable(w http.ResponseWriter, r *http.Request) {
 		s.streamableDelete(w, r)
 	default:
 		w.Header().Set("Allow", "GET, POST, DELETE")
-		WriteError(w, http.StatusMethodNotAllowed, CodeInvalidRequest, "method not allowed")
+		WriteError(w, http.StatusMethodNotAllowed, jsonrpc.CodeInvalidRequest, "method not allowed")
 	}
 }
 
@@ -50,10 +52,10 @@ func checkVersion(w http.ResponseWriter, r *http.Request) bool {
 	case v == "" || sessionVersions[v]:
 		return true
 	case v >= versionModern:
-		WriteError(w, http.StatusBadRequest, CodeInvalidRequest,
+		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest,
 			"this endpoint serves MCP sessions: send initialize (protocol 2025-11-25 or earlier)")
 	default:
-		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "unsupported MCP-Protocol-Version: "+v)
+		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "unsupported MCP-Protocol-Version: "+v)
 	}
 	return false
 }
@@ -63,12 +65,12 @@ func checkVersion(w http.ResponseWriter, r *http.Request) bool {
 func (s *Server) lookupSession(w http.ResponseWriter, r *http.Request) *Session {
 	id := r.Header.Get(headerSessionID)
 	if id == "" {
-		WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "missing Mcp-Session-Id header")
+		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "missing Mcp-Session-Id header")
 		return nil
 	}
 	sess := s.backend.Session(id, PrincipalFrom(r.Context()))
 	if sess == nil || sess.Transport != "streamable" {
-		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session not found")
+		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found")
 		return nil
 	}
 	return sess
@@ -76,12 +78,12 @@ func (s *Server) lookupSession(w http.ResponseWriter, r *http.Request) *Session 
 
 func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	if !hasMediaType(r.Header.Get("Content-Type"), "application/json") {
-		WriteError(w, http.StatusUnsupportedMediaType, CodeInvalidRequest, "Content-Type must be application/json")
+		WriteError(w, http.StatusUnsupportedMediaType, jsonrpc.CodeInvalidRequest, "Content-Type must be application/json")
 		return
 	}
 	accept := r.Header.Get("Accept")
 	if !accepts(accept, "application/json") || !accepts(accept, "text/event-stream") {
-		WriteError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list application/json and text/event-stream")
+		WriteError(w, http.StatusNotAcceptable, jsonrpc.CodeInvalidRequest, "Accept must list application/json and text/event-stream")
 		return
 	}
 	if !checkVersion(w, r) {
@@ -97,18 +99,18 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	}
 	var ids, tokens [][]byte
 	initialize := false
-	envs := make([]Envelope, len(msgs))
+	envs := make([]jsonrpc.Envelope, len(msgs))
 	for i, msg := range msgs {
-		env, err := ParseEnvelope(msg)
+		env, err := jsonrpc.ParseEnvelope(msg)
 		kind := env.Kind()
-		if err != nil || kind == KindInvalid {
-			writeErrorID(w, http.StatusBadRequest, env.ID, CodeInvalidRequest, "invalid JSON-RPC message")
+		if err != nil || kind == jsonrpc.KindInvalid {
+			writeErrorID(w, http.StatusBadRequest, env.ID, jsonrpc.CodeInvalidRequest, "invalid JSON-RPC message")
 			return
 		}
 		envs[i] = env
-		if kind == KindRequest {
+		if kind == jsonrpc.KindRequest {
 			ids = append(ids, env.ID)
-			if tok := Member(Member(env.Params, "_meta"), "progressToken"); tok != nil {
+			if tok := jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), "progressToken"); tok != nil {
 				tokens = append(tokens, tok)
 			}
 			initialize = initialize || env.MethodName() == "initialize"
@@ -118,7 +120,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	var sess *Session
 	if initialize {
 		if batch {
-			WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "initialize must not be part of a batch")
+			WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "initialize must not be part of a batch")
 			return
 		}
 		if sess = s.newSession(w, r, "streamable", false); sess == nil {
@@ -129,7 +131,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if v := sess.ProtocolVersion(); batch && v >= version20250618 {
-			WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "batches are not supported in protocol version "+v)
+			WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "batches are not supported in protocol version "+v)
 			return
 		}
 	}
@@ -137,7 +139,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	if len(ids) == 0 {
 		for i, msg := range msgs {
 			if sess.send(msg, &envs[i]) != nil {
-				WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+				WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session ended")
 				return
 			}
 		}
@@ -148,9 +150,9 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	st, err := sess.openRequestStream(ids, tokens)
 	if err != nil {
 		if err == errSessionEnded {
-			WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+			WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session ended")
 		} else {
-			writeErrorID(w, http.StatusBadRequest, ids[0], CodeInvalidRequest, err.Error())
+			writeErrorID(w, http.StatusBadRequest, ids[0], jsonrpc.CodeInvalidRequest, err.Error())
 		}
 		return
 	}
@@ -169,7 +171,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 	if !accepts(r.Header.Get("Accept"), "text/event-stream") {
-		WriteError(w, http.StatusNotAcceptable, CodeInvalidRequest, "Accept must list text/event-stream")
+		WriteError(w, http.StatusNotAcceptable, jsonrpc.CodeInvalidRequest, "Accept must list text/event-stream")
 		return
 	}
 	if !checkVersion(w, r) {
@@ -184,7 +186,7 @@ func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 		// the client got.
 		st, seq, err := sess.resumable(lastID)
 		if err != nil {
-			WriteError(w, http.StatusBadRequest, CodeInvalidRequest, "cannot resume: "+err.Error())
+			WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "cannot resume: "+err.Error())
 			return
 		}
 		mode := streamResponse
@@ -198,7 +200,7 @@ func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 	}
 	st, err := sess.standaloneStream()
 	if err != nil {
-		WriteError(w, http.StatusNotFound, CodeSessionNotFound, "session ended")
+		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session ended")
 		return
 	}
 	serve := func(w http.ResponseWriter, done <-chan struct{}) {
@@ -221,10 +223,10 @@ func (s *Server) streamableDelete(w http.ResponseWriter, r *http.Request) {
 // finishInitialize records the protocol version the child negotiated, and
 // reports false when initialize failed.
 func (s *Server) finishInitialize(sess *Session, response []byte) bool {
-	result := Member(response, "result")
+	result := jsonrpc.Member(response, "result")
 	if result == nil {
 		return false
 	}
-	sess.setProtocolVersion(StringValue(Member(result, "protocolVersion")))
+	sess.setProtocolVersion(jsonrpc.StringValue(jsonrpc.Member(result, "protocolVersion")))
 	return true
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -252,8 +253,8 @@ func checkErrorBody(t *testing.T, resp *http.Response) int {
 	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("error Content-Type %q, want application/json", ct)
 	}
-	env, err := ParseEnvelope(body)
-	if !json.Valid(body) || err != nil || env.Kind() != KindResponse || env.Error == nil {
+	env, err := jsonrpc.ParseEnvelope(body)
+	if !json.Valid(body) || err != nil || env.Kind() != jsonrpc.KindResponse || env.Error == nil {
 		t.Fatalf("error body is not a JSON-RPC error response: %q", body)
 	}
 	m := decode(t, string(body))
@@ -280,57 +281,57 @@ func TestStreamableStatus(t *testing.T) {
 	}{
 		// Content negotiation.
 		{name: "POST without Content-Type: 415", header: map[string]string{"Content-Type": ""}, body: toolsList, session: "live",
-			wantStatus: 415, wantCode: CodeInvalidRequest},
+			wantStatus: 415, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "POST with Content-Type text/plain: 415", header: map[string]string{"Content-Type": "text/plain"}, body: toolsList, session: "live",
-			wantStatus: 415, wantCode: CodeInvalidRequest},
+			wantStatus: 415, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "POST with Content-Type parameters: accepted", header: map[string]string{"Content-Type": "application/json; charset=utf-8"}, body: initializeBody("2025-11-25"),
 			wantStatus: 200},
 		{name: "POST with Accept missing text/event-stream: 406", header: map[string]string{"Accept": "application/json"}, body: toolsList, session: "live",
-			wantStatus: 406, wantCode: CodeInvalidRequest},
+			wantStatus: 406, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "POST with Accept missing application/json: 406", header: map[string]string{"Accept": "text/event-stream"}, body: toolsList, session: "live",
-			wantStatus: 406, wantCode: CodeInvalidRequest},
+			wantStatus: 406, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "POST without Accept: 406", header: map[string]string{"Accept": ""}, body: toolsList, session: "live",
-			wantStatus: 406, wantCode: CodeInvalidRequest},
+			wantStatus: 406, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "POST with Accept */*: accepted", header: map[string]string{"Accept": "*/*"}, body: initializeBody("2025-11-25"),
 			wantStatus: 200},
 		{name: "GET with Accept not allowing text/event-stream: 406", method: "GET", session: "live", header: map[string]string{"Accept": "application/json"},
-			wantStatus: 406, wantCode: CodeInvalidRequest},
+			wantStatus: 406, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "GET without Accept: 406", method: "GET", session: "live", header: map[string]string{"Accept": ""},
-			wantStatus: 406, wantCode: CodeInvalidRequest},
+			wantStatus: 406, wantCode: jsonrpc.CodeInvalidRequest},
 
 		// Sessions.
 		{name: "request without Mcp-Session-Id: 400", body: toolsList,
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "request with an unknown session: 404", session: "unknown", body: toolsList,
-			wantStatus: 404, wantCode: CodeSessionNotFound},
+			wantStatus: 404, wantCode: jsonrpc.CodeSessionNotFound},
 		{name: "request on a deleted session: 404", session: "deleted", body: toolsList,
-			wantStatus: 404, wantCode: CodeSessionNotFound},
+			wantStatus: 404, wantCode: jsonrpc.CodeSessionNotFound},
 		{name: "GET on a deleted session: 404", method: "GET", session: "deleted",
-			wantStatus: 404, wantCode: CodeSessionNotFound},
+			wantStatus: 404, wantCode: jsonrpc.CodeSessionNotFound},
 		{name: "DELETE on a deleted session: 404", method: "DELETE", session: "deleted",
-			wantStatus: 404, wantCode: CodeSessionNotFound},
+			wantStatus: 404, wantCode: jsonrpc.CodeSessionNotFound},
 		{name: "GET without Mcp-Session-Id: 400", method: "GET",
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "DELETE without Mcp-Session-Id: 400", method: "DELETE",
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "DELETE of a live session: 200", method: "DELETE", session: "live",
 			wantStatus: 200},
 
 		// Bodies.
 		{name: "invalid JSON: 400 parse error", session: "live", body: `{"jsonrpc":"2.0",`,
-			wantStatus: 400, wantCode: CodeParseError},
+			wantStatus: 400, wantCode: jsonrpc.CodeParseError},
 		{name: "empty body: 400 parse error", session: "live", body: ``,
-			wantStatus: 400, wantCode: CodeParseError},
+			wantStatus: 400, wantCode: jsonrpc.CodeParseError},
 		{name: "valid JSON that is not JSON-RPC: 400", session: "live", body: `{"hello":"world"}`,
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "JSON that is not an object: 400", session: "live", body: `"tools/list"`,
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "batch after a 2025-11-25 initialize: 400", session: "live", body: `[` + toolsList + `,{"jsonrpc":"2.0","id":2,"method":"ping"}]`,
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "empty batch: 400", session: "live", body: `[]`,
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "initialize in a batch: 400", body: `[` + initializeBody("2025-03-26") + `]`,
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		// "\u0069d" is "id" to the child, so this is a request the child
 		// answers, not a notification to accept with 202.
 		{name: "request with an escaped member name: answered on a stream", session: "live",
@@ -345,13 +346,13 @@ func TestStreamableStatus(t *testing.T) {
 			}},
 		{name: "body over the max message size: 413", session: "live",
 			body:       `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"pad":"` + strings.Repeat("x", maxSize) + `"}}`,
-			wantStatus: 413, wantCode: CodeInvalidRequest},
+			wantStatus: 413, wantCode: jsonrpc.CodeInvalidRequest},
 
 		// Protocol versions.
 		{name: "MCP-Protocol-Version 1999-01-01: 400", session: "live", header: map[string]string{"MCP-Protocol-Version": "1999-01-01"}, body: toolsList,
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "MCP-Protocol-Version with invalid UTF-8: 400 with a valid JSON body", session: "live", header: map[string]string{"MCP-Protocol-Version": "2025-\xff"}, body: toolsList,
-			wantStatus: 400, wantCode: CodeInvalidRequest},
+			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		// A modern (sessionless) request must get a plain JSON-RPC error, not
 		// one of the codes that would tell a dual-era client the server is
 		// modern but refused it: the client then falls back to initialize.
@@ -369,7 +370,7 @@ func TestStreamableStatus(t *testing.T) {
 
 		// HTTP methods.
 		{name: "PUT: 405 with Allow", method: "PUT", session: "live", body: toolsList,
-			wantStatus: 405, wantCode: CodeInvalidRequest, check: func(t *testing.T, resp *http.Response) {
+			wantStatus: 405, wantCode: jsonrpc.CodeInvalidRequest, check: func(t *testing.T, resp *http.Response) {
 				allow := resp.Header.Get("Allow")
 				for _, m := range []string{"GET", "POST", "DELETE"} {
 					if !strings.Contains(allow, m) {
@@ -380,13 +381,13 @@ func TestStreamableStatus(t *testing.T) {
 
 		// Origins (DNS rebinding).
 		{name: "Origin of another site: 403", header: map[string]string{"Origin": "http://evil.example.com"}, body: initializeBody("2025-11-25"),
-			wantStatus: 403, wantCode: CodeInvalidRequest},
+			wantStatus: 403, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "Origin of a localhost site on a loopback connection: allowed", header: map[string]string{"Origin": "http://localhost:1234"}, body: initializeBody("2025-11-25"),
 			wantStatus: 200},
 		{name: "Origin 127.0.0.1 on a loopback connection: allowed", header: map[string]string{"Origin": "http://127.0.0.1:8080"}, body: initializeBody("2025-11-25"),
 			wantStatus: 200},
 		{name: "Origin null (a sandboxed page): 403", header: map[string]string{"Origin": "null"}, body: initializeBody("2025-11-25"),
-			wantStatus: 403, wantCode: CodeInvalidRequest},
+			wantStatus: 403, wantCode: jsonrpc.CodeInvalidRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			session := ""
@@ -660,8 +661,8 @@ func TestStreamablePoolExhausted(t *testing.T) {
 	if resp.Header.Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
 	}
-	if code := checkErrorBody(t, resp); code != CodeServerBusy {
-		t.Errorf("JSON-RPC error code %d, want %d", code, CodeServerBusy)
+	if code := checkErrorBody(t, resp); code != jsonrpc.CodeServerBusy {
+		t.Errorf("JSON-RPC error code %d, want %d", code, jsonrpc.CodeServerBusy)
 	}
 
 	if resp := mcpRequest(t, srv.URL, http.MethodDelete, first, nil, ""); resp.StatusCode != http.StatusOK {
@@ -745,8 +746,8 @@ func TestStreamableChildExits(t *testing.T) {
 			session := initialize(t, srv.URL, version)
 			pid := sessionByID(backend, session).up.Pid()
 			m, _ := call(t, srv.URL, session, version, `{"jsonrpc":"2.0","id":"doomed","method":"tools/call","params":{"name":"x"}}`)
-			if string(m.ID) != `"doomed"` || m.Error == nil || m.Error.Code != CodeServerExited {
-				t.Errorf("pending request got id %s error %+v, want id \"doomed\" and code %d", m.ID, m.Error, CodeServerExited)
+			if string(m.ID) != `"doomed"` || m.Error == nil || m.Error.Code != jsonrpc.CodeServerExited {
+				t.Errorf("pending request got id %s error %+v, want id \"doomed\" and code %d", m.ID, m.Error, jsonrpc.CodeServerExited)
 			}
 			if resp := post(t, srv.URL, session, version, `{"jsonrpc":"2.0","id":2,"method":"ping"}`); resp.StatusCode != http.StatusNotFound {
 				t.Errorf("request after the child exited: %s, want 404", resp.Status)
@@ -765,8 +766,8 @@ func TestStreamableOversizeResponse(t *testing.T) {
 		BackendConfig{Process: ProcessConfig{MaxMessageSize: 100000}, Pool: PoolConfig{MinIdle: 1}}, ServerConfig{})
 	session := initialize(t, srv.URL, "2025-11-25")
 	m, _ := call(t, srv.URL, session, "2025-11-25", `{"jsonrpc":"2.0","id":7,"method":"huge"}`)
-	if string(m.ID) != "7" || m.Error == nil || m.Error.Code != CodeInternalError {
-		t.Errorf("oversize response became id %s error %+v, want id 7 and code %d", m.ID, m.Error, CodeInternalError)
+	if string(m.ID) != "7" || m.Error == nil || m.Error.Code != jsonrpc.CodeInternalError {
+		t.Errorf("oversize response became id %s error %+v, want id 7 and code %d", m.ID, m.Error, jsonrpc.CodeInternalError)
 	}
 	m, _ = call(t, srv.URL, session, "2025-11-25", `{"jsonrpc":"2.0","id":8,"method":"ping","params":{"ok":true}}`)
 	if m.Error != nil || string(m.Result) != `{"echo":{"ok":true}}` {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
 
@@ -67,15 +68,15 @@ func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *Session
 			conn.Close(websocket.StatusUnsupportedData, "binary frames are not supported; send JSON-RPC as text")
 			return
 		}
-		if !Valid(data) {
-			if conn.Write(ctx, websocket.MessageText, ErrorResponse(nil, CodeParseError, "parse error: the frame is not valid JSON")) != nil {
+		if !jsonrpc.Valid(data) {
+			if conn.Write(ctx, websocket.MessageText, jsonrpc.ErrorResponse(nil, jsonrpc.CodeParseError, "parse error: the frame is not valid JSON")) != nil {
 				return
 			}
 			continue
 		}
-		env, err := ParseEnvelope(data)
-		if err != nil || env.Kind() == KindInvalid {
-			if conn.Write(ctx, websocket.MessageText, ErrorResponse(env.ID, CodeInvalidRequest, "invalid JSON-RPC message")) != nil {
+		env, err := jsonrpc.ParseEnvelope(data)
+		if err != nil || env.Kind() == jsonrpc.KindInvalid {
+			if conn.Write(ctx, websocket.MessageText, jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeInvalidRequest, "invalid JSON-RPC message")) != nil {
 				return
 			}
 			continue

@@ -1,4 +1,4 @@
-package bridge
+package jsonrpc
 
 import (
 	"bufio"
@@ -98,6 +98,9 @@ func (lr *LineReader) Next() ([]byte, error) {
 
 // OversizePrefix returns the start of the last line refused as too large.
 func (lr *LineReader) OversizePrefix() []byte { return lr.prefix }
+
+// Max is the longest line the reader passes.
+func (lr *LineReader) Max() int { return lr.max }
 
 func (lr *LineReader) readLine() ([]byte, error) {
 	lr.reset()

@@ -1,10 +1,11 @@
-package bridge
+package jsonrpc
 
 import (
 	"bytes"
 	"encoding/json"
-	"strings"
 	"testing"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
 // kindNames names the kinds in failure messages.
@@ -302,23 +303,6 @@ func FuzzParseEnvelope(f *testing.F) {
 	})
 }
 
-// Typical MCP messages, for benchmarks: a tools/call request and its result.
-const (
-	toolsCallRequest = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"test_simple_text","arguments":{}}}`
-	toolsCallResult  = `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"This is a simple text response for testing."}]}}`
-)
-
-// largeToolsCallResult returns a tools/call result of about size bytes, its
-// text lines of a tool's output with their escaped newlines.
-func largeToolsCallResult(size int) []byte {
-	const (
-		head = `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"`
-		line = `2025-11-25T10:00:00Z INFO worker finished a job in 12ms\n`
-		tail = `"}]}}`
-	)
-	return []byte(head + strings.Repeat(line, (size-len(head)-len(tail))/len(line)) + tail)
-}
-
 // BenchmarkParseEnvelope measures reading a tools/call request, its result and a 64 KiB result.
 func BenchmarkParseEnvelope(b *testing.B) {
 	for _, bc := range []struct {
@@ -326,9 +310,9 @@ func BenchmarkParseEnvelope(b *testing.B) {
 		msg  []byte
 		kind Kind
 	}{
-		{"request", []byte(toolsCallRequest), KindRequest},
-		{"result", []byte(toolsCallResult), KindResponse},
-		{"result_64KiB", largeToolsCallResult(64 << 10), KindResponse},
+		{"request", []byte(mcptest.ToolsCallRequest), KindRequest},
+		{"result", []byte(mcptest.ToolsCallResult), KindResponse},
+		{"result_64KiB", mcptest.LargeToolsCallResult(64 << 10), KindResponse},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.SetBytes(int64(len(bc.msg)))

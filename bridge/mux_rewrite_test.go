@@ -9,116 +9,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
-
-func TestRewriteOffsetIn(t *testing.T) {
-	msg := []byte(`{"jsonrpc":"2.0","id":42}`)
-	i := bytes.Index(msg, []byte("42"))
-	if got := offsetIn(msg, msg[i:i+2]); got != i {
-		t.Errorf("offsetIn = %d, want %d", got, i)
-	}
-	if got := offsetIn(msg, msg[:0]); got != 0 {
-		t.Errorf("offsetIn of the start = %d, want 0", got)
-	}
-	if got := offsetIn(msg, msg[len(msg):]); got != len(msg) {
-		t.Errorf("offsetIn of the end = %d, want %d", got, len(msg))
-	}
-	// A message that is itself a slice of a larger buffer, with spare
-	// capacity past its end (as a line of a read buffer).
-	buf := make([]byte, 10, 100)
-	buf = append(buf, `{"id":"abc"}`...)
-	line := buf[10:]
-	env, err := ParseEnvelope(line)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := offsetIn(line, env.ID), strings.Index(string(line), `"abc"`); got != want {
-		t.Errorf("offsetIn in a sub-buffer = %d, want %d", got, want)
-	}
-	// Values found by Member, nested.
-	msg = []byte(`{"params":{"_meta":{"progressToken":"tok"}},"id":7}`)
-	tok := ProgressToken(Member(msg, "params"))
-	if got, want := offsetIn(msg, tok), bytes.Index(msg, []byte(`"tok"`)); got != want {
-		t.Errorf("offsetIn of a nested value = %d, want %d", got, want)
-	}
-}
-
-func TestRewriteApplySplices(t *testing.T) {
-	for _, tc := range []struct {
-		name, msg string
-		olds      []string // values to replace, found in msg by their first occurrence
-		news      []string
-		want      string
-	}{
-		{"none", `{"id":1}`, nil, nil, `{"id":1}`},
-		{"grow", `{"id":1,"method":"m"}`, []string{`1`}, []string{`"a long string id"`}, `{"id":"a long string id","method":"m"}`},
-		{"shrink", `{"id":"a long string id","method":"m"}`, []string{`"a long string id"`}, []string{`3`}, `{"id":3,"method":"m"}`},
-		{"at start", `"abc"`, []string{`"abc"`}, []string{`12`}, `12`},
-		{"whole", `123`, []string{`123`}, []string{`"x"`}, `"x"`},
-		{"empty new", `[1,2,3]`, []string{`2`}, []string{``}, `[1,,3]`},
-		{"in order", `{"id":"x","params":{"_meta":{"progressToken":"y"}}}`, []string{`"x"`, `"y"`}, []string{`1`, `2`},
-			`{"id":1,"params":{"_meta":{"progressToken":2}}}`},
-		{"out of order", `{"params":{"_meta":{"progressToken":"y"}},"id":"x"}`, []string{`"x"`, `"y"`}, []string{`10`, `20`},
-			`{"params":{"_meta":{"progressToken":20}},"id":10}`},
-		{"adjacent", `[1,22]`, []string{`1`, `22`}, []string{`"a"`, `"b"`}, `["a","b"]`},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			msg := []byte(tc.msg)
-			orig := bytes.Clone(msg)
-			var splices []Splice
-			for i, old := range tc.olds {
-				at := bytes.Index(msg, []byte(old))
-				splices = append(splices, Splice{Old: msg[at : at+len(old)], New: []byte(tc.news[i])})
-			}
-			got := ApplySplices(msg, splices...)
-			if string(got) != tc.want {
-				t.Errorf("applySplices = %s, want %s", got, tc.want)
-			}
-			if !bytes.Equal(msg, orig) {
-				t.Errorf("the original was modified: %s", msg)
-			}
-			if cap(got) <= len(got) {
-				t.Errorf("no room for the newline Process.Send appends: len %d cap %d", len(got), cap(got))
-			}
-			// The result does not alias the original.
-			if len(got) > 0 {
-				got[0] = 'X'
-				if !bytes.Equal(msg, orig) {
-					t.Error("the result aliases the original")
-				}
-			}
-		})
-	}
-}
-
-func TestRewriteParseBridgeID(t *testing.T) {
-	for _, id := range []BridgeID{1, 2, 10, 12345, 1<<53 + 1, 1<<63 - 1} {
-		got, ok := ParseBridgeID(id.Raw())
-		if !ok || got != id {
-			t.Errorf("parseBridgeID(%s) = %d, %v; want %d, true", id.Raw(), got, ok, id)
-		}
-		if string(id.Raw()) != strconv.FormatInt(int64(id), 10) {
-			t.Errorf("raw(%d) = %s", id, id.Raw())
-		}
-	}
-	// Ids the bridge never writes: a session's own, or the child's.
-	for _, raw := range []string{
-		``, `0`, `-1`, `-0`, `"1"`, `"abc"`, `1.0`, `1e3`, `1.5`, `null`, `true`, `{}`, `[1]`, ` 1`, `1 `,
-		`9223372036854775808`, `99999999999999999999`, `-9223372036854775808`,
-	} {
-		if id, ok := ParseBridgeID([]byte(raw)); ok {
-			t.Errorf("parseBridgeID(%q) = %d, true; want false", raw, id)
-		}
-	}
-}
-
-func TestRewriteResponseWithResult(t *testing.T) {
-	got := ResponseWithResult([]byte(`"x\"y"`), []byte(`{"a": [1, 2]}`))
-	if want := `{"jsonrpc":"2.0","id":"x\"y","result":{"a": [1, 2]}}`; string(got) != want {
-		t.Errorf("responseWithResult = %s, want %s", got, want)
-	}
-}
 
 // fuzzID makes a valid JSON-RPC id (or, with another kind, a progress
 // token) out of fuzzed bytes: a number of any size, a string with escapes,
@@ -240,42 +133,42 @@ func FuzzRewriteRestore(f *testing.F) {
 		if !json.Valid(msg) {
 			t.Fatalf("built invalid JSON: %s", msg)
 		}
-		env, err := ParseEnvelope(msg)
-		if err != nil || env.Kind() != KindRequest {
+		env, err := jsonrpc.ParseEnvelope(msg)
+		if err != nil || env.Kind() != jsonrpc.KindRequest {
 			t.Fatalf("built no request (%v, kind %d): %s", err, env.Kind(), msg)
 		}
 		if !bytes.Equal(env.ID, id) {
 			t.Fatalf("ParseEnvelope id = %s, want %s", env.ID, id)
 		}
-		envTok := ProgressToken(env.Params)
+		envTok := jsonrpc.ProgressToken(env.Params)
 		if tok != nil && !bytes.Equal(envTok, noLineBreaks(tok)) {
 			t.Fatalf("progress token = %s, want %s", envTok, tok)
 		}
 		tok = envTok // the fuzzed params may hold a token of their own
 
 		// applySplices alone: to bridge id and back.
-		const bid = BridgeID(1 << 40)
-		splices := []Splice{{Old: env.ID, New: bid.Raw()}}
+		const bid = jsonrpc.BridgeID(1 << 40)
+		splices := []jsonrpc.Splice{{Old: env.ID, New: bid.Raw()}}
 		if tok != nil {
-			splices = append(splices, Splice{Old: envTok, New: bid.Raw()})
+			splices = append(splices, jsonrpc.Splice{Old: envTok, New: bid.Raw()})
 		}
-		out := ApplySplices(msg, splices...)
+		out := jsonrpc.ApplySplices(msg, splices...)
 		if !json.Valid(out) {
 			t.Fatalf("rewritten message is not JSON: %s", out)
 		}
-		outEnv, err := ParseEnvelope(out)
+		outEnv, err := jsonrpc.ParseEnvelope(out)
 		if err != nil || string(outEnv.ID) != string(bid.Raw()) {
 			t.Fatalf("rewritten id = %s (%v), want %s: %s", outEnv.ID, err, bid.Raw(), out)
 		}
-		back := []Splice{{Old: outEnv.ID, New: id}}
+		back := []jsonrpc.Splice{{Old: outEnv.ID, New: id}}
 		if tok != nil {
-			outTok := ProgressToken(outEnv.Params)
+			outTok := jsonrpc.ProgressToken(outEnv.Params)
 			if string(outTok) != string(bid.Raw()) {
 				t.Fatalf("rewritten token = %s, want %s", outTok, bid.Raw())
 			}
-			back = append(back, Splice{Old: outTok, New: tok})
+			back = append(back, jsonrpc.Splice{Old: outTok, New: tok})
 		}
-		if restored := ApplySplices(out, back...); !bytes.Equal(restored, msg) {
+		if restored := jsonrpc.ApplySplices(out, back...); !bytes.Equal(restored, msg) {
 			t.Fatalf("restored message differs:\n got %s\nwant %s", restored, msg)
 		}
 
@@ -291,23 +184,23 @@ func FuzzRewriteRestore(f *testing.F) {
 			t.Fatalf("the child got %d lines, want 1: %q", len(lines), lines)
 		}
 		fwd := lines[0]
-		fwdEnv, err := ParseEnvelope(fwd)
+		fwdEnv, err := jsonrpc.ParseEnvelope(fwd)
 		if err != nil || !json.Valid(fwd) {
 			t.Fatalf("the child got an invalid message (%v): %s", err, fwd)
 		}
-		fwdID, ok := ParseBridgeID(fwdEnv.ID)
+		fwdID, ok := jsonrpc.ParseBridgeID(fwdEnv.ID)
 		if !ok {
 			t.Fatalf("the child got id %s, not a bridge id", fwdEnv.ID)
 		}
-		back = []Splice{{Old: fwdEnv.ID, New: id}}
-		fwdTok := ProgressToken(fwdEnv.Params)
+		back = []jsonrpc.Splice{{Old: fwdEnv.ID, New: id}}
+		fwdTok := jsonrpc.ProgressToken(fwdEnv.Params)
 		if tok != nil {
-			if _, ok := ParseBridgeID(fwdTok); !ok {
+			if _, ok := jsonrpc.ParseBridgeID(fwdTok); !ok {
 				t.Fatalf("the child got progress token %s, not a bridge token", fwdTok)
 			}
-			back = append(back, Splice{Old: fwdTok, New: tok})
+			back = append(back, jsonrpc.Splice{Old: fwdTok, New: tok})
 		}
-		if restored := ApplySplices(fwd, back...); !bytes.Equal(restored, msg) {
+		if restored := jsonrpc.ApplySplices(fwd, back...); !bytes.Equal(restored, msg) {
 			t.Fatalf("the child's message, restored, differs:\n got %s\nwant %s", restored, msg)
 		}
 		if tok != nil {
@@ -382,7 +275,7 @@ func FuzzParseEnvelopeRoute(f *testing.F) {
 			`{"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"uri":"file:///a"}}`,
 			`{"jsonrpc":"2.0","id":4,"method":"logging/setLevel","params":{"level":"debug"}}`,
 		} {
-			env, err := ParseEnvelope([]byte(msg))
+			env, err := jsonrpc.ParseEnvelope([]byte(msg))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -465,7 +358,7 @@ func (h *muxHarness) attach() (mem *MuxMember, got func() [][]byte) {
 // send has a session send a message, parsed as the session would.
 func (h *muxHarness) send(tb testing.TB, mem *MuxMember, msg string) {
 	tb.Helper()
-	env, err := ParseEnvelope([]byte(msg))
+	env, err := jsonrpc.ParseEnvelope([]byte(msg))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -505,64 +398,4 @@ func (r *lineRecorder) take() [][]byte {
 	out := r.lines
 	r.lines = nil
 	return out
-}
-
-// BenchmarkRewriteRequest measures putting a bridge id and token on a request.
-func BenchmarkRewriteRequest(b *testing.B) {
-	const bid = BridgeID(1042)
-	for _, bc := range []struct {
-		name string
-		msg  []byte
-	}{
-		{"tools_call", []byte(toolsCallRequest)},
-		{"with_progress_token", []byte(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"test_simple_text","arguments":{},"_meta":{"progressToken":"call-7"}}}`)},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			env, err := ParseEnvelope(bc.msg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.SetBytes(int64(len(bc.msg)))
-			b.ReportAllocs()
-			var out []byte
-			for b.Loop() {
-				out, _ = TagRequest(bc.msg, &env, bid)
-			}
-			if id := Member(out, "id"); string(id) != string(bid.Raw()) {
-				b.Errorf("rewritten id = %s, want %s", id, bid.Raw())
-			}
-		})
-	}
-}
-
-// BenchmarkRewriteResponse measures restoring a session's id in a result, as routeResponse does.
-func BenchmarkRewriteResponse(b *testing.B) {
-	clientID := []byte("7")
-	for _, bc := range []struct {
-		name string
-		msg  []byte
-	}{
-		{"result", []byte(toolsCallResult)},
-		{"result_64KiB", largeToolsCallResult(64 << 10)},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			msg := bytes.Replace(bc.msg, []byte(`"id":7`), []byte(`"id":1042`), 1) // as the child answers
-			env, err := ParseEnvelope(msg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.SetBytes(int64(len(msg)))
-			b.ReportAllocs()
-			var out []byte
-			for b.Loop() {
-				if _, ok := ParseBridgeID(env.ID); !ok {
-					b.Fatalf("parseBridgeID(%s) failed", env.ID)
-				}
-				out = ApplySplices(msg, Splice{Old: env.ID, New: clientID})
-			}
-			if !bytes.Equal(out, bc.msg) {
-				b.Errorf("restored result differs from the original: %.80s", out)
-			}
-		})
-	}
 }

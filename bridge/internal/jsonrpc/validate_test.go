@@ -1,9 +1,11 @@
-package bridge
+package jsonrpc
 
 import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
 // validJSONCases are inputs on each side of the grammar's edges.
@@ -34,8 +36,8 @@ func FuzzValidJSON(f *testing.F) {
 	for _, c := range validJSONCases {
 		f.Add([]byte(c))
 	}
-	f.Add([]byte(toolsCallRequest))
-	f.Add([]byte(toolsCallResult))
+	f.Add([]byte(mcptest.ToolsCallRequest))
+	f.Add([]byte(mcptest.ToolsCallResult))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if got, want := Valid(b), json.Valid(b); got != want {
 			t.Errorf("validJSON(%q) = %v, json.Valid says %v", b, got, want)
@@ -50,8 +52,8 @@ func BenchmarkValidJSON(b *testing.B) {
 		name string
 		data []byte
 	}{
-		{"request", []byte(toolsCallRequest)},
-		{"result_64KiB", largeToolsCallResult(64 << 10)},
+		{"request", []byte(mcptest.ToolsCallRequest)},
+		{"result_64KiB", mcptest.LargeToolsCallResult(64 << 10)},
 	} {
 		for _, impl := range []struct {
 			name  string
