@@ -43,7 +43,7 @@ func TestPoolHealthCheck(t *testing.T) {
 	})
 	t.Run("spare that falls silent is replaced", func(t *testing.T) {
 		// It answers the ping that makes it a spare, and the first check.
-		exe := mcptest.Build(t, testChildPackage)
+		exe := mcptest.Build(t, mcptest.TestChildPackage)
 		pool := NewPool(PoolConfig{MinIdle: 1, HealthCheck: 50 * time.Millisecond, HealthCheckTimeout: 100 * time.Millisecond},
 			ProcessConfig{Argv: []string{exe, "-mute-after", "2"}}, zaptest.NewLogger(t))
 		pool.Start()

@@ -16,8 +16,8 @@ import (
 // Children the test acquired must be released by the test.
 func startPool(t *testing.T, cfg PoolConfig) (*Pool, string) {
 	t.Helper()
-	exe := testChild(t)
-	pool := NewPool(cfg, ProcessConfig{Argv: []string{exe}}, testLogger(t))
+	exe := mcptest.TestChild(t)
+	pool := NewPool(cfg, ProcessConfig{Argv: []string{exe}}, mcptest.Logger(t))
 	pool.Start()
 	t.Cleanup(func() {
 		pool.Close()
@@ -98,11 +98,11 @@ func TestPoolMinIdleZero(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !running(exe, child.Pid()) {
+	if !mcptest.Running(exe, child.Pid()) {
 		t.Error("acquired child is not running")
 	}
 	pool.Release(child)
-	if running(exe, child.Pid()) {
+	if mcptest.Running(exe, child.Pid()) {
 		t.Error("released child is still running")
 	}
 }
@@ -167,7 +167,7 @@ func TestPoolMaxProcesses(t *testing.T) {
 				if second.Pid() == first.Pid() {
 					t.Error("the released child was handed out again")
 				}
-				if running(exe, first.Pid()) {
+				if mcptest.Running(exe, first.Pid()) {
 					t.Error("the released child still runs")
 				}
 				if n := len(mcptest.Processes(exe)); n > 1 {

@@ -9,75 +9,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
-
-// testChildPackage is a small stdio MCP server whose flags make it misbehave.
-const testChildPackage = "github.com/mcpbridge/caddy-mcp-bridge/internal/testchild"
-
-// testChild returns the path of the built test child, and checks at cleanup
-// that none of its processes is left.
-func testChild(t *testing.T) string {
-	t.Helper()
-	exe := mcptest.Build(t, testChildPackage)
-	t.Cleanup(func() { mcptest.WaitNoProcesses(t, exe, 5*time.Second) })
-	return exe
-}
-
-// testLogger logs to t until the test's cleanup ends. Unlike zaptest, a
-// goroutine that logs after the test (a child's stderr reader still
-// draining) is silenced instead of panicking.
-func testLogger(t *testing.T) *zap.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(func() {
-		w.mu.Lock()
-		w.done = true
-		w.mu.Unlock()
-	})
-	enc := zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
-	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(w), zap.DebugLevel))
-}
-
-type testWriter struct {
-	t    *testing.T
-	mu   sync.Mutex
-	done bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-// running reports whether pid is a live process running exe.
-func running(exe string, pid int) bool {
-	return slices.Contains(mcptest.Processes(exe), pid)
-}
-
-// waitGone fails the test unless pid stops running exe within timeout.
-func waitGone(t *testing.T, exe string, pid int, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for running(exe, pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("process %d is still running after %v", pid, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // attachedChild is a started Process whose stdout feeds channels.
 type attachedChild struct {
@@ -91,7 +29,7 @@ type attachedChild struct {
 // at cleanup if the test left it running.
 func startChild(t *testing.T, cfg ProcessConfig) *attachedChild {
 	t.Helper()
-	p, err := StartProcess(cfg, testLogger(t))
+	p, err := StartProcess(cfg, mcptest.Logger(t))
 	if err != nil {
 		t.Fatalf("StartProcess: %v", err)
 	}
@@ -140,7 +78,7 @@ func (c *attachedChild) call(t *testing.T, id int, method string, params any) js
 // environment plus the configured entries, and runs in the configured
 // directory.
 func TestStartProcessEnvAndDir(t *testing.T) {
-	exe := testChild(t)
+	exe := mcptest.TestChild(t)
 	t.Setenv("MCPBRIDGE_TEST_INHERITED", "from the bridge")
 	t.Setenv("MCPBRIDGE_TEST_OVERRIDDEN", "from the bridge")
 	own, err := os.Getwd()
@@ -197,7 +135,7 @@ func TestStartProcessEnvAndDir(t *testing.T) {
 // and one that ignores SIGTERM gets SIGKILL after TermTimeout too. In every
 // case Stop returns and the process is gone.
 func TestProcessStop(t *testing.T) {
-	exe := testChild(t)
+	exe := mcptest.TestChild(t)
 	const short, long = 200 * time.Millisecond, 10 * time.Second
 	for _, tc := range []struct {
 		name        string
@@ -219,7 +157,7 @@ func TestProcessStop(t *testing.T) {
 				TermTimeout:       tc.term,
 			})
 			c.call(t, 1, "ping", nil) // the child is past its setup, SIGTERM handling included
-			if !running(exe, c.Pid()) {
+			if !mcptest.Running(exe, c.Pid()) {
 				t.Fatalf("child %d is not in the process table", c.Pid())
 			}
 
@@ -238,7 +176,7 @@ func TestProcessStop(t *testing.T) {
 			if took < tc.minDuration || took > tc.maxDuration {
 				t.Errorf("Stop took %v, want between %v and %v", took, tc.minDuration, tc.maxDuration)
 			}
-			if running(exe, c.Pid()) {
+			if mcptest.Running(exe, c.Pid()) {
 				t.Errorf("child %d is still in the process table after Stop returned", c.Pid())
 			}
 			if !c.Exited() {
@@ -271,7 +209,7 @@ func TestProcessStop(t *testing.T) {
 // whichever way the child ends: the grandchild ignores SIGTERM and would
 // otherwise live on.
 func TestProcessGroupKilled(t *testing.T) {
-	exe := testChild(t)
+	exe := mcptest.TestChild(t)
 	for _, tc := range []struct {
 		name  string
 		flags []string
@@ -292,15 +230,15 @@ func TestProcessGroupKilled(t *testing.T) {
 				t.Fatalf("grandchild pid: %v", err)
 			}
 			for _, pid := range []int{c.Pid(), gc.Pid} {
-				if !running(exe, pid) {
+				if !mcptest.Running(exe, pid) {
 					t.Fatalf("process %d is not running before the stop", pid)
 				}
 			}
 			tc.end(c.Process)
-			if running(exe, c.Pid()) {
+			if mcptest.Running(exe, c.Pid()) {
 				t.Errorf("child %d still runs after the stop returned", c.Pid())
 			}
-			waitGone(t, exe, gc.Pid, 5*time.Second)
+			mcptest.WaitFor(t, 5*time.Second, "the grandchild to exit", func() bool { return !mcptest.Running(exe, gc.Pid) })
 		})
 	}
 }
@@ -310,7 +248,7 @@ func TestProcessGroupKilled(t *testing.T) {
 // output (including lines over the stderr reader's limit, many times the
 // pipe's capacity in all) neither blocks the child nor reaches the messages.
 func TestProcessDropsGarbage(t *testing.T) {
-	exe := testChild(t)
+	exe := mcptest.TestChild(t)
 	c := startChild(t, ProcessConfig{Argv: []string{exe, "-garbage"}})
 	defer c.Stop()
 	const n = 30 // each answer comes with 80 KiB of stderr
@@ -331,7 +269,7 @@ func TestProcessDropsGarbage(t *testing.T) {
 // with its start handed to onOversize, where its id can still be read, and
 // that the child's next message still arrives.
 func TestProcessOversize(t *testing.T) {
-	exe := testChild(t)
+	exe := mcptest.TestChild(t)
 	c := startChild(t, ProcessConfig{Argv: []string{exe, "-huge", "100000"}, MaxMessageSize: 10000})
 	defer c.Stop()
 	if err := c.Send([]byte(`{"jsonrpc":"2.0","id":"big","method":"huge"}`)); err != nil {
@@ -356,7 +294,7 @@ func TestProcessOversize(t *testing.T) {
 // TestStartProcessErrors checks that StartProcess itself fails, rather than
 // a child that dies at once, for every command that cannot run.
 func TestStartProcessErrors(t *testing.T) {
-	exe := testChild(t)
+	exe := mcptest.TestChild(t)
 	dir := t.TempDir()
 	for _, tc := range []struct {
 		name string
@@ -371,7 +309,7 @@ func TestStartProcessErrors(t *testing.T) {
 		{"working directory that does not exist", ProcessConfig{Argv: []string{exe}, Dir: filepath.Join(dir, "missing")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := StartProcess(tc.cfg, testLogger(t))
+			p, err := StartProcess(tc.cfg, mcptest.Logger(t))
 			if err == nil {
 				p.Kill()
 				t.Fatal("StartProcess succeeded, want an error")

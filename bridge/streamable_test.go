@@ -23,9 +23,9 @@ import (
 func startBridgeWith(t *testing.T, argv []string, bcfg BackendConfig, scfg ServerConfig) (*httptest.Server, *Backend) {
 	t.Helper()
 	bcfg.Process.Argv = argv
-	backend := NewBackend(bcfg, testLogger(t))
+	backend := NewBackend(bcfg, mcptest.Logger(t))
 	backend.Start()
-	srv := httptest.NewServer(NewServer(backend, scfg, testLogger(t)))
+	srv := httptest.NewServer(NewServer(backend, scfg, mcptest.Logger(t)))
 	t.Cleanup(func() {
 		srv.CloseClientConnections() // ends the streams the test left open
 		srv.Close()
@@ -724,7 +724,7 @@ func TestStreamableIdleReaping(t *testing.T) {
 	if resp := post(t, srv.URL, idle, "2025-11-25", `{"jsonrpc":"2.0","id":1,"method":"ping"}`); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("request on the reaped session: %s, want 404", resp.Status)
 	}
-	waitGone(t, exe, pid, 5*time.Second)
+	mcptest.WaitFor(t, 5*time.Second, "the child to exit", func() bool { return !mcptest.Running(exe, pid) })
 
 	time.Sleep(500 * time.Millisecond)
 	if sessionByID(backend, kept) == nil {
@@ -739,7 +739,7 @@ func TestStreamableIdleReaping(t *testing.T) {
 // the request in flight gets a JSON-RPC error on its stream, and the
 // session then answers 404 so that the client starts a new one.
 func TestStreamableChildExits(t *testing.T) {
-	exe := mcptest.Build(t, testChildPackage)
+	exe := mcptest.Build(t, mcptest.TestChildPackage)
 	srv, backend := startBridgeWith(t, []string{exe, "-die-on", "tools/call"}, BackendConfig{Pool: PoolConfig{MinIdle: 1}}, ServerConfig{})
 	for _, version := range []string{"2025-11-25", "2025-03-26"} {
 		t.Run(version, func(t *testing.T) {
@@ -752,7 +752,7 @@ func TestStreamableChildExits(t *testing.T) {
 			if resp := post(t, srv.URL, session, version, `{"jsonrpc":"2.0","id":2,"method":"ping"}`); resp.StatusCode != http.StatusNotFound {
 				t.Errorf("request after the child exited: %s, want 404", resp.Status)
 			}
-			waitGone(t, exe, pid, 5*time.Second)
+			mcptest.WaitFor(t, 5*time.Second, "the child to exit", func() bool { return !mcptest.Running(exe, pid) })
 		})
 	}
 }
@@ -761,7 +761,7 @@ func TestStreamableChildExits(t *testing.T) {
 // MaxMessageSize reaches the client as a JSON-RPC error for its request,
 // and the session goes on.
 func TestStreamableOversizeResponse(t *testing.T) {
-	exe := mcptest.Build(t, testChildPackage)
+	exe := mcptest.Build(t, mcptest.TestChildPackage)
 	srv, _ := startBridgeWith(t, []string{exe, "-huge", "200000"},
 		BackendConfig{Process: ProcessConfig{MaxMessageSize: 100000}, Pool: PoolConfig{MinIdle: 1}}, ServerConfig{})
 	session := initialize(t, srv.URL, "2025-11-25")
