@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
@@ -238,7 +239,7 @@ func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (_ *Sessi
 		lastActive:     time.Now(),
 		done:           make(chan struct{}),
 	}
-	var child *Process
+	var child *child.Process
 	if b.shared != nil {
 		var member *MuxMember
 		if member, err = b.shared.Attach(ctx, s.fromChild, s.onChildExit); err != nil {
@@ -333,3 +334,6 @@ func (b *Backend) reapIdle() {
 		}
 	}
 }
+
+// ProcessConfig says how to start one stdio MCP server.
+type ProcessConfig = child.Config

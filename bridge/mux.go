@@ -16,7 +16,7 @@ import (
 // to subscribers, list changes to all, log messages by each session's
 // level, and server requests to the one session with requests in flight.
 type Mux struct {
-	child  *Process
+	child  muxChild
 	logger *zap.Logger
 
 	// ctl orders the bridge's own control messages (log levels,
@@ -72,10 +72,21 @@ type MuxMember struct {
 	statelessLevel int
 }
 
+// muxChild is what a Mux needs of its child process.
+type muxChild interface {
+	Send(msg []byte) error
+	Attach(onMessage func([]byte), onOversize func(prefix []byte), onClose func())
+	Pid() int
+	Started() time.Time
+	Done() <-chan struct{}
+	ExitErr() error
+	Stop()
+}
+
 // NewMux starts routing a child's messages. onExit runs once the child's
 // stdout ends, after every member's onExit; onRelease after a session
 // leaves.
-func NewMux(child *Process, logger *zap.Logger, onExit func(*Mux), onRelease func()) *Mux {
+func NewMux(child muxChild, logger *zap.Logger, onExit func(*Mux), onRelease func()) *Mux {
 	m := &Mux{
 		child:     child,
 		logger:    logger.With(zap.Int("pid", child.Pid())),

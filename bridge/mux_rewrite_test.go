@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
@@ -317,21 +318,29 @@ func newMuxHarness(tb testing.TB) *muxHarness {
 	if err != nil {
 		tb.Skip("no sleep program for a stand-in child")
 	}
-	child, err := StartProcess(ProcessConfig{Argv: []string{sleep, "3600"}}, zap.NewNop())
+	proc, err := child.Start(ProcessConfig{Argv: []string{sleep, "3600"}}, zap.NewNop())
 	if err != nil {
 		tb.Fatal(err)
 	}
 	rec := &lineRecorder{}
-	child.writeMu.Lock()
-	child.stdin = rec // before the Mux exists, so no Send races this
-	child.writeMu.Unlock()
 	exited := make(chan struct{})
-	m := NewMux(child, zap.NewNop(), func(*Mux) { close(exited) }, func() {})
+	m := NewMux(recordingChild{proc, rec}, zap.NewNop(), func(*Mux) { close(exited) }, func() {})
 	tb.Cleanup(func() {
-		child.Kill() // its stdout ends: the Mux sees the child exit
+		proc.Kill() // its stdout ends: the Mux sees the child exit
 		<-exited
 	})
 	return &muxHarness{mux: m, stdin: rec}
+}
+
+// recordingChild is a child whose stdin is a lineRecorder.
+type recordingChild struct {
+	*child.Process
+	stdin *lineRecorder
+}
+
+func (c recordingChild) Send(msg []byte) error {
+	_, err := c.stdin.Write(append(msg, '\n'))
+	return err
 }
 
 // attach adds a session; got returns (and forgets) what it was delivered.

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"go.uber.org/zap"
 )
 
@@ -56,7 +57,7 @@ type Pool struct {
 	logger *zap.Logger
 
 	mu       sync.Mutex
-	idle     []*Process
+	idle     []*child.Process
 	starting int
 	spawning int           // spares being started, at most spareSpawns
 	busy     int           // children handed out and not yet stopped
@@ -148,7 +149,7 @@ func (p *Pool) checkSpares() {
 
 // Acquire takes a started child, starting one if none is idle and the cap
 // allows, or waiting up to AcquireTimeout for capacity.
-func (p *Pool) Acquire(ctx context.Context) (*Process, error) {
+func (p *Pool) Acquire(ctx context.Context) (*child.Process, error) {
 	timer := time.NewTimer(p.cfg.AcquireTimeout)
 	defer timer.Stop()
 	for {
@@ -200,7 +201,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Process, error) {
 }
 
 // Release stops a child handed out by Acquire and frees its place.
-func (p *Pool) Release(child *Process) {
+func (p *Pool) Release(child *child.Process) {
 	child.Stop()
 	p.mu.Lock()
 	p.busy--
@@ -243,10 +244,10 @@ func (p *Pool) Close() {
 }
 
 // idleChildren returns the warm spares.
-func (p *Pool) idleChildren() []*Process {
+func (p *Pool) idleChildren() []*child.Process {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]*Process(nil), p.idle...)
+	return append([]*child.Process(nil), p.idle...)
 }
 
 // PoolStats is a snapshot of the pool.
@@ -344,7 +345,7 @@ func (p *Pool) startSpare(delay time.Duration) {
 }
 
 // watchSpare drops a spare that exits while idle and starts another.
-func (p *Pool) watchSpare(child *Process) {
+func (p *Pool) watchSpare(child *child.Process) {
 	<-child.Done()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -361,8 +362,8 @@ func (p *Pool) watchSpare(child *Process) {
 	}
 }
 
-func (p *Pool) spawn() (*Process, error) {
-	child, err := StartProcess(p.proc, p.logger)
+func (p *Pool) spawn() (*child.Process, error) {
+	child, err := child.Start(p.proc, p.logger)
 	p.mu.Lock()
 	if err != nil {
 		p.failures++
@@ -373,7 +374,7 @@ func (p *Pool) spawn() (*Process, error) {
 	return child, err
 }
 
-func exitError(child *Process) error {
+func exitError(child interface{ ExitErr() error }) error {
 	if err := child.ExitErr(); err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
@@ -124,7 +125,7 @@ func (p *prober) startLocked() {
 // tools (following pagination), and stops it.
 func probeChild(ctx context.Context, cfg ProcessConfig, logger *zap.Logger) Probe {
 	res := Probe{CheckedAt: time.Now()}
-	child, err := StartProcess(cfg, logger.With(zap.Bool("probe", true)))
+	child, err := child.Start(cfg, logger.With(zap.Bool("probe", true)))
 	if err != nil {
 		res.Err = err
 		return res

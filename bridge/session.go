@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
@@ -216,7 +217,7 @@ type upstream interface {
 // ownChild is the upstream of an isolated session: messages go to the
 // child unchanged, and the child is stopped when the session ends.
 type ownChild struct {
-	proc *Process
+	proc *child.Process
 	pool *Pool
 }
 

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"go.uber.org/zap"
 )
 
@@ -150,10 +151,10 @@ func (p *SharedPool) Close() {
 }
 
 // idleChildren returns the children that carry no session.
-func (p *SharedPool) idleChildren() []*Process {
+func (p *SharedPool) idleChildren() []muxChild {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var idle []*Process
+	var idle []muxChild
 	for _, m := range p.muxes {
 		if load, _ := m.Load(); load == 0 {
 			idle = append(idle, m.child)
@@ -194,7 +195,7 @@ func (p *SharedPool) startChild(delay time.Duration) {
 	if delay > 0 {
 		time.Sleep(delay)
 	}
-	child, err := StartProcess(p.proc, p.logger)
+	child, err := child.Start(p.proc, p.logger)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.starting--

@@ -52,7 +52,7 @@ type exitLog struct {
 
 // note counts a crash. Its stdout may close before the child is reaped, so
 // the exit status is recorded once it is.
-func (l *exitLog) note(child *Process) {
+func (l *exitLog) note(child muxChild) {
 	l.crashes.Add(1)
 	go func() {
 		<-child.Done()
@@ -98,12 +98,19 @@ func (b *Backend) Status() Status {
 			children[ss.PID] = &ChildStatus{PID: ss.PID, StartedAt: s.up.Started(), Sessions: 1}
 		}
 	}
-	var idle []*Process
+	var idle []interface {
+		Pid() int
+		Started() time.Time
+	}
 	if b.shared != nil {
 		st.Isolation = "shared"
-		idle = b.shared.idleChildren()
+		for _, c := range b.shared.idleChildren() {
+			idle = append(idle, c)
+		}
 	} else {
-		idle = b.pool.idleChildren()
+		for _, c := range b.pool.idleChildren() {
+			idle = append(idle, c)
+		}
 	}
 	for _, p := range idle {
 		if children[p.Pid()] == nil {

@@ -1,4 +1,4 @@
-package bridge
+package child
 
 import (
 	"bufio"
@@ -16,14 +16,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mattn/go-shellwords"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
-// ProcessConfig says how to start one stdio MCP server.
-type ProcessConfig struct {
+// Config says how to start one stdio MCP server.
+type Config struct {
 	// Argv is the program and its arguments. No shell is involved.
 	Argv []string
 	// Env holds extra KEY=value entries added to the bridge's environment.
@@ -45,38 +44,22 @@ type ProcessConfig struct {
 	Observer Observer `json:"-"`
 }
 
+// Observer is told when a child starts and exits.
+type Observer interface {
+	ChildStarted()
+	ChildExited(crashed bool)
+}
+
 // Default shutdown timeouts.
 const (
 	DefaultStdinCloseTimeout = 2 * time.Second
 	DefaultTermTimeout       = 3 * time.Second
 )
 
-// SplitCommand splits a command line with shell word rules (quotes and
-// backslashes) without running a shell, expanding nothing. An unquoted shell
-// operator is an error.
-func SplitCommand(line string) ([]string, error) {
-	p := shellwords.NewParser()
-	p.ParseEnv = false
-	p.ParseBacktick = false
-	argv, err := p.Parse(line)
-	if err != nil {
-		return nil, fmt.Errorf("command %q: %w", line, err)
-	}
-	if p.Position >= 0 {
-		// The parser stops at an unquoted ; & | < or > and returns the words
-		// before it: running those would silently drop the rest.
-		return nil, fmt.Errorf("command %q: shell operators (; & | < >) need a shell; quote them, or run sh -c", line)
-	}
-	if len(argv) == 0 {
-		return nil, errors.New("command is empty")
-	}
-	return argv, nil
-}
-
 // Process is one running stdio MCP server. It is its own process group, so
 // that stopping it also stops what it started (npx, shell wrappers).
 type Process struct {
-	cfg    ProcessConfig
+	cfg    Config
 	cmd    *exec.Cmd
 	logger *zap.Logger
 
@@ -93,9 +76,9 @@ type Process struct {
 	started    time.Time
 }
 
-// StartProcess starts the child. Its stdout is not read until Attach, so a
+// Start starts the child. Its stdout is not read until Attach, so a
 // warm spare costs only its pipe buffer.
-func StartProcess(cfg ProcessConfig, logger *zap.Logger) (*Process, error) {
+func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 	if len(cfg.Argv) == 0 {
 		return nil, errors.New("no command to run")
 	}

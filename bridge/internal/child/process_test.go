@@ -1,4 +1,4 @@
-package bridge
+package child
 
 import (
 	"encoding/json"
@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,9 +26,9 @@ type attachedChild struct {
 
 // startChild starts a child and attaches to its stdout; the child is killed
 // at cleanup if the test left it running.
-func startChild(t *testing.T, cfg ProcessConfig) *attachedChild {
+func startChild(t *testing.T, cfg Config) *attachedChild {
 	t.Helper()
-	p, err := StartProcess(cfg, mcptest.Logger(t))
+	p, err := Start(cfg, mcptest.Logger(t))
 	if err != nil {
 		t.Fatalf("StartProcess: %v", err)
 	}
@@ -101,7 +100,7 @@ func TestStartProcessEnvAndDir(t *testing.T) {
 		{"dir is the working directory", nil, tmp, nil, tmp},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := startChild(t, ProcessConfig{Argv: []string{exe, "-print-env"}, Env: tc.env, Dir: tc.dir})
+			c := startChild(t, Config{Argv: []string{exe, "-print-env"}, Env: tc.env, Dir: tc.dir})
 			defer c.Stop()
 			var got struct {
 				Env []string `json:"env"`
@@ -151,7 +150,7 @@ func TestProcessStop(t *testing.T) {
 		{"ignores SIGTERM: SIGKILL after StdinCloseTimeout+TermTimeout", []string{"-ignore-term"}, short, short, syscall.SIGKILL, 2 * short, long},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := startChild(t, ProcessConfig{
+			c := startChild(t, Config{
 				Argv:              append([]string{exe}, tc.flags...),
 				StdinCloseTimeout: tc.stdinClose,
 				TermTimeout:       tc.term,
@@ -220,7 +219,7 @@ func TestProcessGroupKilled(t *testing.T) {
 		{"Kill", nil, (*Process).Kill},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := startChild(t, ProcessConfig{
+			c := startChild(t, Config{
 				Argv:              append([]string{exe, "-spawn-grandchild"}, tc.flags...),
 				StdinCloseTimeout: 100 * time.Millisecond,
 				TermTimeout:       100 * time.Millisecond,
@@ -249,7 +248,7 @@ func TestProcessGroupKilled(t *testing.T) {
 // pipe's capacity in all) neither blocks the child nor reaches the messages.
 func TestProcessDropsGarbage(t *testing.T) {
 	exe := mcptest.TestChild(t)
-	c := startChild(t, ProcessConfig{Argv: []string{exe, "-garbage"}})
+	c := startChild(t, Config{Argv: []string{exe, "-garbage"}})
 	defer c.Stop()
 	const n = 30 // each answer comes with 80 KiB of stderr
 	for i := 1; i <= n; i++ {
@@ -270,7 +269,7 @@ func TestProcessDropsGarbage(t *testing.T) {
 // that the child's next message still arrives.
 func TestProcessOversize(t *testing.T) {
 	exe := mcptest.TestChild(t)
-	c := startChild(t, ProcessConfig{Argv: []string{exe, "-huge", "100000"}, MaxMessageSize: 10000})
+	c := startChild(t, Config{Argv: []string{exe, "-huge", "100000"}, MaxMessageSize: 10000})
 	defer c.Stop()
 	if err := c.Send([]byte(`{"jsonrpc":"2.0","id":"big","method":"huge"}`)); err != nil {
 		t.Fatal(err)
@@ -298,18 +297,18 @@ func TestStartProcessErrors(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct {
 		name string
-		cfg  ProcessConfig
+		cfg  Config
 	}{
-		{"no argv", ProcessConfig{}},
-		{"absolute path that does not exist", ProcessConfig{Argv: []string{filepath.Join(dir, "no-such-server")}}},
-		{"name not on PATH", ProcessConfig{Argv: []string{"mcpbridge-no-such-program-on-path"}}},
-		{"empty program name", ProcessConfig{Argv: []string{""}}},
-		{"a directory", ProcessConfig{Argv: []string{dir}}},
-		{"a file that is not executable", ProcessConfig{Argv: []string{writeFile(t, dir, "not-executable", 0o644)}}},
-		{"working directory that does not exist", ProcessConfig{Argv: []string{exe}, Dir: filepath.Join(dir, "missing")}},
+		{"no argv", Config{}},
+		{"absolute path that does not exist", Config{Argv: []string{filepath.Join(dir, "no-such-server")}}},
+		{"name not on PATH", Config{Argv: []string{"mcpbridge-no-such-program-on-path"}}},
+		{"empty program name", Config{Argv: []string{""}}},
+		{"a directory", Config{Argv: []string{dir}}},
+		{"a file that is not executable", Config{Argv: []string{writeFile(t, dir, "not-executable", 0o644)}}},
+		{"working directory that does not exist", Config{Argv: []string{exe}, Dir: filepath.Join(dir, "missing")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := StartProcess(tc.cfg, mcptest.Logger(t))
+			p, err := Start(tc.cfg, mcptest.Logger(t))
 			if err == nil {
 				p.Kill()
 				t.Fatal("StartProcess succeeded, want an error")
@@ -326,52 +325,4 @@ func writeFile(t *testing.T, dir, name string, mode os.FileMode) string {
 		t.Fatal(err)
 	}
 	return path
-}
-
-// TestSplitCommand checks the command line rules: shell quoting and
-// backslashes work, nothing is expanded or run, and what would need a
-// shell is an error rather than silently dropped.
-func TestSplitCommand(t *testing.T) {
-	for _, tc := range []struct {
-		line    string
-		want    []string // nil: an error
-		comment string
-	}{
-		{"npx -y @modelcontextprotocol/server-everything", []string{"npx", "-y", "@modelcontextprotocol/server-everything"}, "plain words"},
-		{"  server \t --flag  ", []string{"server", "--flag"}, "extra whitespace"},
-		{`python "my server.py" --name 'it''s'`, []string{"python", "my server.py", "--name", "its"}, "double and single quotes"},
-		{`server "say \"hi\""`, []string{"server", `say "hi"`}, "escaped quote in double quotes"},
-		{`server 'a\b'`, []string{"server", `a\b`}, "backslash literal in single quotes"},
-		{`/opt/my\ server/bin --x`, []string{"/opt/my server/bin", "--x"}, "escaped space"},
-		{`server ""`, []string{"server", ""}, "empty quoted argument is kept"},
-		{`server $HOME ${HOME} "$HOME"`, []string{"server", "$HOME", "${HOME}", "$HOME"}, "no environment expansion"},
-		{"server `id` $(id)", []string{"server", "`id`", "$(id)"}, "no command substitution"},
-		{`server 'a;b' "c|d" e\>f`, []string{"server", "a;b", "c|d", "e>f"}, "quoted shell operators are plain characters"},
-		{"", nil, "empty: error"},
-		{"   \t ", nil, "only whitespace: error"},
-		{`server "unterminated`, nil, "unterminated double quote: error"},
-		{`server 'unterminated`, nil, "unterminated single quote: error"},
-		{`server trailing\`, nil, "trailing backslash: error"},
-		// Without a shell these cannot work; dropping the rest of the line
-		// would run a different command than the one configured.
-		{"server | tee log", nil, "pipe: error"},
-		{"server > log", nil, "redirect: error"},
-		{"server 2>&1", nil, "fd redirect: error"},
-		{"server; rm -rf /", nil, "command list: error"},
-		{"server && other", nil, "and-list: error"},
-		{"server &", nil, "background: error"},
-	} {
-		t.Run(tc.comment, func(t *testing.T) {
-			got, err := SplitCommand(tc.line)
-			if tc.want == nil {
-				if err == nil {
-					t.Errorf("SplitCommand(%q) = %q, want an error", tc.line, got)
-				}
-				return
-			}
-			if err != nil || !slices.Equal(got, tc.want) {
-				t.Errorf("SplitCommand(%q) = %q, %v; want %q", tc.line, got, err, tc.want)
-			}
-		})
-	}
 }

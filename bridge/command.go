@@ -1,0 +1,30 @@
+package bridge
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/mattn/go-shellwords"
+)
+
+// SplitCommand splits a command line with shell word rules (quotes and
+// backslashes) without running a shell, expanding nothing. An unquoted shell
+// operator is an error.
+func SplitCommand(line string) ([]string, error) {
+	p := shellwords.NewParser()
+	p.ParseEnv = false
+	p.ParseBacktick = false
+	argv, err := p.Parse(line)
+	if err != nil {
+		return nil, fmt.Errorf("command %q: %w", line, err)
+	}
+	if p.Position >= 0 {
+		// The parser stops at an unquoted ; & | < or > and returns the words
+		// before it: running those would silently drop the rest.
+		return nil, fmt.Errorf("command %q: shell operators (; & | < >) need a shell; quote them, or run sh -c", line)
+	}
+	if len(argv) == 0 {
+		return nil, errors.New("command is empty")
+	}
+	return argv, nil
+}
