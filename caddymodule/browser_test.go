@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
 // browserResult is what testdata/browser/client.js reports to /result.
@@ -219,15 +221,21 @@ func runBrowser(t *testing.T, chromium string, p *pageServer, endpoint, key stri
 	var waitErr error
 	go func() { waitErr = cmd.Wait(); close(exited) }()
 
+	// Whichever way it fails, the test shows what Chromium said.
+	defer func() {
+		if t.Failed() {
+			t.Logf("chromium output:\n%s", stderr.String())
+		}
+	}()
+
 	var res browserResult
-	var failure string
 	select {
 	case res = <-p.result:
 		t.Logf("the page reported after %v", time.Since(start).Round(time.Millisecond))
 	case <-exited:
-		failure = fmt.Sprintf("chromium exited before the page reported: %v", waitErr)
+		t.Errorf("chromium exited before the page reported: %v", waitErr)
 	case <-ctx.Done():
-		failure = fmt.Sprintf("no report from the page within %v", browserTimeout)
+		t.Errorf("no report from the page within %v", browserTimeout)
 	}
 
 	// Kill the group, and any process of this Chromium that left it.
@@ -237,20 +245,11 @@ func runBrowser(t *testing.T, chromium string, p *pageServer, endpoint, key stri
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 	<-exited
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		left := chromiumProcesses(pgid, home)
-		if len(left) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("chromium processes left behind: %v", left)
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if failure != "" || t.Failed() {
-		t.Fatalf("%s\nchromium output:\n%s", failure, stderr.String())
+	mcptest.WaitFor(t, 10*time.Second, "chromium's processes to exit", func() bool {
+		return len(chromiumProcesses(pgid, home)) == 0
+	})
+	if t.Failed() {
+		t.FailNow()
 	}
 	return res, stderr.String()
 }
@@ -371,20 +370,20 @@ func originAccessLog(output, origin string) []accessEntry {
 // a moment after the browser has the answer).
 func waitAccessLog(t *testing.T, output func() string, origin string, check func([]accessEntry) error) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		es := originAccessLog(output(), origin)
-		err := check(es)
-		if err == nil {
-			t.Logf("caddy's access log for %s: %v", origin, es)
-			return
+	var es []accessEntry
+	var err error
+	// WaitFor ends the test on a timeout; this says what check last saw.
+	defer func() {
+		if err != nil {
+			t.Logf("caddy's access log for %s: %v; %v", origin, es, err)
 		}
-		if time.Now().After(deadline) {
-			t.Errorf("caddy's access log for %s: %v; %v", origin, es, err)
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	}()
+	mcptest.WaitFor(t, 5*time.Second, "caddy's access log for "+origin+" to pass the check", func() bool {
+		es = originAccessLog(output(), origin)
+		err = check(es)
+		return err == nil
+	})
+	t.Logf("caddy's access log for %s: %v", origin, es)
 }
 
 // refusedOrigins returns the origins the bridge logged refusing.

@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
@@ -148,14 +147,10 @@ func TestCaddyHandlePath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := bufio.NewReader(resp.Body)
-	line := ""
-	for !strings.HasPrefix(line, "data: ") && err == nil {
-		line, err = events.ReadString('\n')
-	}
+	endpoint, err := mcptest.NewSSEReader(resp.Body).Next()
 	resp.Body.Close()
-	if !strings.HasPrefix(line, "data: /tools/message?sessionId=") {
-		t.Errorf("SSE endpoint event under handle_path: %q", line)
+	if err != nil || !strings.HasPrefix(endpoint.Data, "/tools/message?sessionId=") {
+		t.Errorf("SSE endpoint event under handle_path: %+v, %v", endpoint, err)
 	}
 	sse := mcptest.Connect(t, &mcp.SSEClientTransport{Endpoint: "http://" + addr + "/tools/sse"}, "")
 	defer sse.Close()
@@ -228,11 +223,7 @@ func TestCaddyfileExample(t *testing.T) {
 // waitProcessCount waits until exactly n processes of exe run.
 func waitProcessCount(t *testing.T, exe string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for len(mcptest.Processes(exe)) != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d processes of %s, want %d", len(mcptest.Processes(exe)), filepath.Base(exe), n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	mcptest.WaitFor(t, 10*time.Second, fmt.Sprintf("exactly %d processes of %s", n, filepath.Base(exe)), func() bool {
+		return len(mcptest.Processes(exe)) == n
+	})
 }

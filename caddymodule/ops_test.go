@@ -189,21 +189,12 @@ func opAdminDo(t *testing.T, c *opCaddy, method, path string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-// opBearer adds an API key to every request.
-type opBearer string
-
-func (k opBearer) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+string(k))
-	return http.DefaultTransport.RoundTrip(r)
-}
-
 // opHTTPClient presents key, if any.
 func opHTTPClient(key string) *http.Client {
 	if key == "" {
 		return http.DefaultClient
 	}
-	return &http.Client{Transport: opBearer(key)}
+	return mcptest.Bearer(key).Client()
 }
 
 // opConnect opens a go-sdk Streamable HTTP session (which keeps its GET
@@ -252,23 +243,6 @@ func opErrorCode(body []byte) int {
 	}
 	_ = json.Unmarshal(body, &m)
 	return m.Error.Code
-}
-
-// opWait polls cond until it holds, failing the test after timeout.
-func opWait(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// opAlive reports whether pid is a live process of exe.
-func opAlive(exe string, pid int) bool {
-	return slices.Contains(mcptest.Processes(exe), pid)
 }
 
 // opKeyName is how the bridge names an inline API key: "key:" and the
@@ -343,7 +317,7 @@ func TestHealthReport(t *testing.T) {
 		)
 		// Until the probe has counted the tools (-1 before) and the spare
 		// taken by the last session is replaced.
-		opWait(t, 15*time.Second, "the health report to settle", func() bool {
+		mcptest.WaitFor(t, 15*time.Second, "the health report to settle", func() bool {
 			status, h, header = opGetHealth(t, ok)
 			return h.Tools != -1 && h.Processes.Starting == 0 && h.Processes.Idle == 1
 		})
@@ -414,7 +388,7 @@ func TestAdminAPI(t *testing.T) {
 
 	var pool *opPool
 	var raw []byte
-	opWait(t, 10*time.Second, "three sessions and a spare in the admin report", func() bool {
+	mcptest.WaitFor(t, 10*time.Second, "three sessions and a spare in the admin report", func() bool {
 		var r opReport
 		r, raw = opAdmin(t, c)
 		if len(r.Pools) != 1 {
@@ -474,8 +448,8 @@ func TestAdminAPI(t *testing.T) {
 		if resp.StatusCode != http.StatusNotFound || opErrorCode(body) != bridge.CodeSessionNotFound {
 			t.Errorf("request in the ended session: %d %s, want 404 with %d", resp.StatusCode, body, bridge.CodeSessionNotFound)
 		}
-		opWait(t, 10*time.Second, fmt.Sprintf("the ended session's child %d to exit", st.PID), func() bool {
-			return !opAlive(exe, st.PID)
+		mcptest.WaitFor(t, 10*time.Second, fmt.Sprintf("the ended session's child %d to exit", st.PID), func() bool {
+			return !mcptest.Running(exe, st.PID)
 		})
 		if _, err := victim.ListTools(t.Context(), nil); err == nil {
 			t.Error("the go-sdk client's next request in the ended session succeeded")
@@ -600,7 +574,7 @@ func TestMetrics(t *testing.T) {
 	}
 	pool := opPoolOf(t, c, exe).ConfigHash
 	// Wait for the spare that replaced the last one taken.
-	opWait(t, 10*time.Second, "a spare", func() bool { return len(opPoolOf(t, c, exe).Children) == 3 })
+	mcptest.WaitFor(t, 10*time.Second, "a spare", func() bool { return len(opPoolOf(t, c, exe).Children) == 3 })
 
 	fams, raw := opScrape(t, c)
 	if len(fams) == 0 {
@@ -648,7 +622,7 @@ func TestMetrics(t *testing.T) {
 
 	// A session that ends leaves the gauges and its child is counted.
 	a.Close()
-	opWait(t, 10*time.Second, "the closed session to leave the gauges", func() bool {
+	mcptest.WaitFor(t, 10*time.Second, "the closed session to leave the gauges", func() bool {
 		f, _ := opScrape(t, c)
 		return opMetric(f, "caddy_mcp_bridge_sessions", p("transport", "streamable")) == 1 &&
 			opMetric(f, "caddy_mcp_bridge_child_exits_total", p("crashed", "false")) == 1
@@ -755,7 +729,7 @@ func TestMetricsPoolAtCap(t *testing.T) {
 
 	// Once the first session's child has stopped, a new session gets one.
 	first.Close()
-	opWait(t, 10*time.Second, "the first session's child to stop", func() bool { return len(mcptest.Processes(exe)) == 0 })
+	mcptest.WaitFor(t, 10*time.Second, "the first session's child to stop", func() bool { return len(mcptest.Processes(exe)) == 0 })
 	second := opConnect(t, endpoint, "")
 	second.CallText(t, "test_simple_text", nil)
 }

@@ -1,15 +1,16 @@
 package caddymodule
 
 import (
-	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,10 +85,11 @@ func rlCheckCalls(t *testing.T, what string, calls []rlCall) {
 	}
 }
 
-// rlConnectAll opens n go-sdk sessions at once. Unless noGET, each keeps
-// its standalone GET stream open, as the go-sdk client does by default.
-// Cleanup closes them.
-func rlConnectAll(t *testing.T, endpoint string, n int, noGET bool) []*mcptest.Client {
+// rlConnectAll opens n go-sdk sessions at once, with hc as their HTTP
+// client (nil for Go's default). Unless noGET, each keeps its standalone
+// GET stream open, as the go-sdk client does by default. Cleanup closes
+// them.
+func rlConnectAll(t *testing.T, hc *http.Client, endpoint string, n int, noGET bool) []*mcptest.Client {
 	t.Helper()
 	client := mcp.NewClient(&mcp.Implementation{Name: "reload-test", Version: "1"}, nil)
 	sessions := make([]*mcptest.Client, n)
@@ -95,7 +97,7 @@ func rlConnectAll(t *testing.T, endpoint string, n int, noGET bool) []*mcptest.C
 	var wg sync.WaitGroup
 	for i := range sessions {
 		wg.Go(func() {
-			transport := &mcp.StreamableClientTransport{Endpoint: endpoint, DisableStandaloneSSE: noGET}
+			transport := &mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: hc, DisableStandaloneSSE: noGET}
 			s, err := client.Connect(t.Context(), transport, &mcp.ClientSessionOptions{ProtocolVersion: opVersion})
 			sessions[i], errs[i] = &mcptest.Client{ClientSession: s}, err
 		})
@@ -116,23 +118,68 @@ func rlConnectAll(t *testing.T, endpoint string, n int, noGET bool) []*mcptest.C
 	return sessions
 }
 
-// rlForgetOldConnections lets the go-sdk clients' HTTP transport (Go's
-// default) drop its connections to the old server after a reload, so that
-// their next requests reach the new one. Otherwise a POST may go out on a
-// connection to the old server and fail, and Go's client does not retry a
-// POST. Two ways: the old server closes each connection once its response
-// is over, and a client that sends on it before it has seen the close gets
-// "server closed idle connection" (the go-sdk client hands back a call's
-// connection only after its call has returned, so the test waits a
-// moment); and Go's client dials connections ahead and pools those it did
-// not need, which the old server leaves open (no request read yet) for up
-// to 5s, then closes without an answer when a request comes on one (EOF;
+// rlWatch is Go's default HTTP transport, watched: it counts what the
+// go-sdk clients that use it do in the background, for the tests to wait
+// on. Such a client reads a call's stream in a goroutine of its own, which
+// closes it only after the call has returned, and reopens a GET stream
+// the server closed after a backoff.
+type rlWatch struct {
+	openPOSTs atomic.Int64 // POST answers whose bodies are not closed yet
+	streams   atomic.Int64 // GET streams opened
+}
+
+func (w *rlWatch) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(r)
+	if err != nil {
+		return resp, err
+	}
+	switch {
+	case r.Method == http.MethodPost:
+		w.openPOSTs.Add(1)
+		resp.Body = &rlWatchedBody{ReadCloser: resp.Body, open: &w.openPOSTs}
+	case r.Method == http.MethodGet && resp.StatusCode == http.StatusOK:
+		w.streams.Add(1)
+	}
+	return resp, nil
+}
+
+// client is an http.Client that sends through w.
+func (w *rlWatch) client() *http.Client { return &http.Client{Transport: w} }
+
+// rlWatchedBody is the body of a POST answer, counted in open until it is
+// closed.
+type rlWatchedBody struct {
+	io.ReadCloser
+	open *atomic.Int64
+	once sync.Once
+}
+
+func (b *rlWatchedBody) Close() error {
+	b.once.Do(func() { b.open.Add(-1) })
+	return b.ReadCloser.Close()
+}
+
+// rlForgetOldConnections lets the HTTP transport of the go-sdk clients
+// that w watches (Go's default) drop its connections to the old server
+// after a reload, so that their next requests reach the new one. Otherwise
+// a POST may go out on a connection to the old server and fail, and Go's
+// client does not retry a POST. Two ways: the old server closes each
+// connection once its response is over, and a client that sends on it
+// before it has seen the close gets "server closed idle connection" (the
+// go-sdk client hands back a call's connection only once it has closed the
+// call's stream, after the call has returned, so the test waits for that);
+// and Go's client dials connections ahead and pools those it did not need,
+// which the old server leaves open (no request read yet) for up to 5s,
+// then closes without an answer when a request comes on one (EOF;
 // net/http server.go: "if c.server.shuttingDown() { return }"), so the
 // test closes the idle ones. That is Go's and Caddy's graceful reload, the
 // same whatever the handler; the tests step around it so that what they
 // find is the bridge's.
-func rlForgetOldConnections() {
-	time.Sleep(200 * time.Millisecond)
+func rlForgetOldConnections(t *testing.T, w *rlWatch) {
+	t.Helper()
+	mcptest.WaitFor(t, 10*time.Second, "the go-sdk clients to close their calls' streams", func() bool {
+		return w.openPOSTs.Load() == 0
+	})
 	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 }
 
@@ -183,9 +230,10 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 
 	const n = 50
-	sessions := rlConnectAll(t, endpoint, n, false)
+	var watch rlWatch
+	sessions := rlConnectAll(t, watch.client(), endpoint, n, false)
 	wait := rlCallAll(sessions)
-	opWait(t, 10*time.Second, "50 calls in flight", func() bool { return rlInFlight(t, c, command) == n })
+	mcptest.WaitFor(t, 10*time.Second, "50 calls in flight", func() bool { return rlInFlight(t, c, command) == n })
 	pidsBefore := mcptest.Processes(exe)
 	slices.Sort(pidsBefore)
 	poolBefore := opPoolOf(t, c, command)
@@ -210,7 +258,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 
 	// Every session is still valid: a second call on each.
-	rlForgetOldConnections()
+	rlForgetOldConnections(t, &watch)
 	rlCheckCalls(t, "calls after the reload", rlCallAll(sessions)())
 
 	pidsAfter := mcptest.Processes(exe)
@@ -256,11 +304,12 @@ func TestReloadChangedCommand(t *testing.T) {
 	endpoint := c.base(0) + "/mcp"
 
 	const n = 3
-	withGET := rlConnectAll(t, endpoint, n, false)
-	withoutGET := rlConnectAll(t, endpoint, n, true)
+	var watch rlWatch
+	withGET := rlConnectAll(t, watch.client(), endpoint, n, false)
+	withoutGET := rlConnectAll(t, watch.client(), endpoint, n, true)
 	sessions := append(append([]*mcptest.Client(nil), withGET...), withoutGET...)
 	waitWith, waitWithout := rlCallAll(withGET), rlCallAll(withoutGET)
-	opWait(t, 10*time.Second, "the calls in flight", func() bool { return rlInFlight(t, c, oldCommand) == 2*n })
+	mcptest.WaitFor(t, 10*time.Second, "the calls in flight", func() bool { return rlInFlight(t, c, oldCommand) == 2*n })
 	oldPids := mcptest.Processes(exe)
 	if len(oldPids) != 2*n+1 {
 		t.Fatalf("%d children before the reload, want %d sessions' and a spare", len(oldPids), 2*n+1)
@@ -273,7 +322,7 @@ func TestReloadChangedCommand(t *testing.T) {
 	rlCheckCalls(t, "calls in flight on the old pool, sessions with a GET stream", waitWith())
 
 	// A new session runs the new command.
-	rlForgetOldConnections()
+	rlForgetOldConnections(t, &watch)
 	fresh := opConnect(t, endpoint, "")
 	if got := fresh.CallText(t, "fast", map[string]any{"x": 1}); got != `fast:{"x":1}` {
 		t.Errorf("new session's call: %q", got)
@@ -295,9 +344,9 @@ func TestReloadChangedCommand(t *testing.T) {
 	}
 
 	// The old children are gone once the drain is over.
-	opWait(t, 5*time.Second+5*time.Second, "the old children to exit", func() bool {
+	mcptest.WaitFor(t, 5*time.Second+5*time.Second, "the old children to exit", func() bool {
 		for _, pid := range oldPids {
-			if opAlive(exe, pid) {
+			if mcptest.Running(exe, pid) {
 				return false
 			}
 		}
@@ -323,7 +372,7 @@ func TestReloadChangedCommand(t *testing.T) {
 	}
 
 	// No orphan: what runs is the new pool's children, nothing else.
-	opWait(t, 5*time.Second, "only the new pool's children to run", func() bool {
+	mcptest.WaitFor(t, 5*time.Second, "only the new pool's children to run", func() bool {
 		got := mcptest.Processes(exe)
 		slices.Sort(got)
 		return slices.Equal(got, opPoolOf(t, c, newCommand).childPIDs())
@@ -343,9 +392,9 @@ func TestReloadRemovesHandler(t *testing.T) {
 	command := exe + " -delay 1s"
 	c := opStart(t, []string{exe}, opBridge(command, "drain_timeout 5s"))
 	endpoint := c.base(0) + "/mcp"
-	sessions := rlConnectAll(t, endpoint, 2, false)
+	sessions := rlConnectAll(t, nil, endpoint, 2, false)
 	wait := rlCallAll(sessions[:1])
-	opWait(t, 10*time.Second, "the call in flight", func() bool { return rlInFlight(t, c, command) == 1 })
+	mcptest.WaitFor(t, 10*time.Second, "the call in flight", func() bool { return rlInFlight(t, c, command) == 1 })
 	if n := len(mcptest.Processes(exe)); n != 3 {
 		t.Fatalf("%d children, want 3", n)
 	}
@@ -390,9 +439,9 @@ func TestStopWithSessionsOnAllTransports(t *testing.T) {
 	if !transports["streamable"] || !transports["sse"] || !transports["ws"] || len(transports) != 3 {
 		t.Fatalf("sessions by transport: %v", transports)
 	}
-	slow := rlConnectAll(t, c.base(1)+"/mcp", 1, false)
+	slow := rlConnectAll(t, nil, c.base(1)+"/mcp", 1, false)
 	wait := rlCallAll(slow)
-	opWait(t, 10*time.Second, "the slow call in flight", func() bool { return rlInFlight(t, c, child+" -delay 2s") == 1 })
+	mcptest.WaitFor(t, 10*time.Second, "the slow call in flight", func() bool { return rlInFlight(t, c, child+" -delay 2s") == 1 })
 
 	took := c.Stop(t)
 	t.Logf("caddy stop took %v", took)
@@ -424,9 +473,9 @@ func TestStopDrainsPoolsConcurrently(t *testing.T) {
 	defer cancel()
 	var waits []func() []rlCall
 	for i := range pools {
-		waits = append(waits, rlCallAllContext(ctx, rlConnectAll(t, c.base(i)+"/mcp", 1, true)))
+		waits = append(waits, rlCallAllContext(ctx, rlConnectAll(t, nil, c.base(i)+"/mcp", 1, true)))
 	}
-	opWait(t, 10*time.Second, "a call in flight in each pool", func() bool {
+	mcptest.WaitFor(t, 10*time.Second, "a call in flight in each pool", func() bool {
 		r, _ := opAdmin(t, c)
 		n := 0
 		for _, p := range r.Pools {
@@ -469,7 +518,8 @@ func TestReloadStreamCloseDelay(t *testing.T) {
 	client := mcp.NewClient(&mcp.Implementation{Name: "reload-test", Version: "1"}, &mcp.ClientOptions{
 		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) { changed <- struct{}{} },
 	})
-	session, err := client.Connect(t.Context(), &mcp.StreamableClientTransport{Endpoint: endpoint}, &mcp.ClientSessionOptions{ProtocolVersion: opVersion})
+	var watch rlWatch
+	session, err := client.Connect(t.Context(), &mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: watch.client()}, &mcp.ClientSessionOptions{ProtocolVersion: opVersion})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -504,11 +554,13 @@ func TestReloadStreamCloseDelay(t *testing.T) {
 	streamEnded := make(chan time.Time, 1)
 	go func() {
 		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-		}
+		io.Copy(io.Discard, resp.Body)
 		streamEnded <- time.Now()
 	}()
+	// The go-sdk session opens its GET stream once connected, in the
+	// background.
+	mcptest.WaitFor(t, 10*time.Second, "the session's GET stream to open", func() bool { return watch.streams.Load() > 0 })
+	opened := watch.streams.Load()
 
 	reloadStart := time.Now()
 	c.Reload(t, c.caddyfile(opBridge(exe, "stream_close_delay 200ms", "allowed_origins https://b.example")))
@@ -523,9 +575,9 @@ func TestReloadStreamCloseDelay(t *testing.T) {
 		t.Fatal("the old instance's GET stream was still open 5s after the reload")
 	}
 
-	// The go-sdk session reconnects its stream (1-2s backoff) and works.
-	time.Sleep(2500 * time.Millisecond)
-	rlForgetOldConnections()
+	// The go-sdk session reopens its stream (1-2s backoff) and works.
+	mcptest.WaitFor(t, 10*time.Second, "the session to reopen its GET stream", func() bool { return watch.streams.Load() > opened })
+	rlForgetOldConnections(t, &watch)
 	if got := call("test_simple_text"); got == "" {
 		t.Error("empty result after the reload")
 	}

@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/http"
@@ -52,14 +51,15 @@ func TestResumeAcrossReload(t *testing.T) {
 	ctx, cut := context.WithCancel(t.Context())
 	resp := post(ctx, session, `{"jsonrpc":"2.0","id":1,"method":"progress","params":{"steps":40,"delayMs":25,"_meta":{"progressToken":"p"}}}`)
 	progress, lastID := 0, ""
-	sc := bufio.NewScanner(resp.Body)
-	for progress < 5 && sc.Scan() {
-		line := sc.Text()
-		if id, ok := strings.CutPrefix(line, "id: "); ok {
-			lastID = id
+	for ev := range mcptest.NewSSEReader(resp.Body).Events() {
+		if ev.ID != "" {
+			lastID = ev.ID
 		}
-		if strings.HasPrefix(line, "data: ") && strings.Contains(line, "notifications/progress") {
+		if strings.Contains(ev.Data, "notifications/progress") {
 			progress++
+		}
+		if progress == 5 {
+			break
 		}
 	}
 	cut()
@@ -81,13 +81,11 @@ func TestResumeAcrossReload(t *testing.T) {
 		t.Fatalf("resume after reload: %s", resumed.Status)
 	}
 	answered := false
-	sc = bufio.NewScanner(resumed.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "data: ") && strings.Contains(line, "notifications/progress") {
+	for ev := range mcptest.NewSSEReader(resumed.Body).Events() {
+		if strings.Contains(ev.Data, "notifications/progress") {
 			progress++
 		}
-		if strings.HasPrefix(line, "data: ") && strings.Contains(line, `"result"`) {
+		if strings.Contains(ev.Data, `"result"`) {
 			answered = true
 			break
 		}

@@ -16,7 +16,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -173,61 +172,20 @@ func secRPCError(t *testing.T, body []byte) (int, string) {
 // JSON value.
 func secSSEData(body []byte) [][]byte {
 	var out [][]byte
-	for event := range bytes.SplitSeq(bytes.ReplaceAll(body, []byte("\r\n"), []byte("\n")), []byte("\n\n")) {
-		var data []byte
-		for line := range bytes.SplitSeq(event, []byte("\n")) {
-			if d, ok := bytes.CutPrefix(line, []byte("data:")); ok {
-				data = append(data, bytes.TrimPrefix(d, []byte(" "))...)
-			}
-		}
-		if len(data) > 0 && json.Valid(data) {
-			out = append(out, data)
+	for ev := range mcptest.NewSSEReader(bytes.NewReader(body)).Events() {
+		if ev.Data != "" && json.Valid([]byte(ev.Data)) {
+			out = append(out, []byte(ev.Data))
 		}
 	}
 	return out
 }
-
-// secKeyTransport adds headers to every request of an http.Client; the
-// headers can change while sessions run (a key rotation).
-type secKeyTransport struct {
-	mu     sync.Mutex
-	header http.Header
-}
-
-func newSecKeyTransport(kv ...string) *secKeyTransport {
-	k := &secKeyTransport{}
-	k.set(kv...)
-	return k
-}
-
-func (k *secKeyTransport) set(kv ...string) {
-	h := http.Header{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		h.Set(kv[i], kv[i+1])
-	}
-	k.mu.Lock()
-	k.header = h
-	k.mu.Unlock()
-}
-
-func (k *secKeyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	k.mu.Lock()
-	for name, v := range k.header {
-		r.Header[name] = v
-	}
-	k.mu.Unlock()
-	return http.DefaultTransport.RoundTrip(r)
-}
-
-func (k *secKeyTransport) client() *http.Client { return &http.Client{Transport: k} }
 
 func secWSURL(base string) string { return "ws" + strings.TrimPrefix(base, "http") + "/ws" }
 
 // secSSEEndpoint opens a legacy SSE stream and returns the URI its
 // endpoint event names, and a reader for the events that follow. The
 // stream closes at cleanup.
-func secSSEEndpoint(t *testing.T, base, path string, kv ...string) (string, *bufio.Reader) {
+func secSSEEndpoint(t *testing.T, base, path string, kv ...string) (string, *mcptest.SSEReader) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
@@ -245,12 +203,12 @@ func secSSEEndpoint(t *testing.T, base, path string, kv ...string) (string, *buf
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, b)
 	}
-	r := bufio.NewReader(resp.Body)
-	event, data := secNextEvent(t, r)
-	if event != "endpoint" {
-		t.Fatalf("first event %q %q, want endpoint", event, data)
+	r := mcptest.NewSSEReader(resp.Body)
+	ev := r.MustNext(t)
+	if ev.Event != "endpoint" {
+		t.Fatalf("first event %q %q, want endpoint", ev.Event, ev.Data)
 	}
-	return string(data), r
+	return ev.Data, r
 }
 
 // secStreamStatus opens an SSE stream with a GET and answers its status;
@@ -274,30 +232,6 @@ func secStreamStatus(t *testing.T, u string, kv ...string) (*http.Response, []by
 	}
 	body, _ := io.ReadAll(resp.Body)
 	return resp, body
-}
-
-// secNextEvent reads one SSE event, skipping comments.
-func secNextEvent(t *testing.T, r *bufio.Reader) (string, []byte) {
-	t.Helper()
-	var event string
-	var data []byte
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("reading the SSE stream: %v", err)
-		}
-		line = strings.TrimRight(line, "\r\n")
-		switch {
-		case line == "":
-			if event != "" || data != nil {
-				return event, data
-			}
-		case strings.HasPrefix(line, "event:"):
-			event = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
-		case strings.HasPrefix(line, "data:"):
-			data = append(data, strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " ")...)
-		}
-	}
 }
 
 const secResourceMetadata = "https://example.com/.well-known/oauth-protected-resource"
@@ -407,16 +341,16 @@ func TestSecurityAPIKey(t *testing.T) {
 		transport func(base string) mcp.Transport
 	}{
 		{"streamable, Authorization: Bearer", 0, func(base string) mcp.Transport {
-			return &mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: newSecKeyTransport("Authorization", "Bearer k-two").client(), MaxRetries: -1}
+			return &mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: mcptest.Bearer("k-two").Client(), MaxRetries: -1}
 		}},
 		{"streamable, X-API-Key from the environment", 0, func(base string) mcp.Transport {
-			return &mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: newSecKeyTransport("X-API-Key", envKey).client(), MaxRetries: -1}
+			return &mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: mcptest.NewAuthTransport("X-API-Key", envKey).Client(), MaxRetries: -1}
 		}},
 		{"streamable, api_key in the URL", 1, func(base string) mcp.Transport {
 			return &mcp.StreamableClientTransport{Endpoint: base + "/mcp?api_key=k-one", MaxRetries: -1}
 		}},
 		{"legacy SSE, Authorization: Bearer", 0, func(base string) mcp.Transport {
-			return &mcp.SSEClientTransport{Endpoint: base + "/sse", HTTPClient: newSecKeyTransport("Authorization", "Bearer k-one").client()}
+			return &mcp.SSEClientTransport{Endpoint: base + "/sse", HTTPClient: mcptest.Bearer("k-one").Client()}
 		}},
 		{"WebSocket, X-API-Key on the upgrade", 0, func(base string) mcp.Transport {
 			return &wsclient.Transport{URL: secWSURL(base), Header: http.Header{"X-Api-Key": {"k-one"}}}
@@ -452,8 +386,8 @@ func TestSecurityAPIKey(t *testing.T) {
 				"names /message?sessionId=… without the api_key the stream was opened with, so a legacy SSE client that can "+
 				"only put its key in the URL (the case api_key_query is for) gets 401 on every message", post, resp.StatusCode, body)
 		}
-		if _, data := secNextEvent(t, events); !bytes.Contains(data, []byte(`"result"`)) {
-			t.Errorf("initialize answered %s", data)
+		if ev := events.MustNext(t); !strings.Contains(ev.Data, `"result"`) {
+			t.Errorf("initialize answered %s", ev.Data)
 		}
 	})
 
@@ -567,8 +501,8 @@ func secSessionBoundToKey(t *testing.T, base string) {
 		if resp.StatusCode != http.StatusAccepted {
 			t.Fatalf("owner: %d %s, want 202", resp.StatusCode, body)
 		}
-		if event, data := secNextEvent(t, events); event != "message" || !bytes.Contains(data, []byte(`"result"`)) {
-			t.Errorf("owner's initialize answered %q %s", event, data)
+		if ev := events.MustNext(t); ev.Event != "message" || !strings.Contains(ev.Data, `"result"`) {
+			t.Errorf("owner's initialize answered %q %s", ev.Event, ev.Data)
 		}
 	})
 }
@@ -922,9 +856,8 @@ func TestSecurityNoCredentialPassthrough(t *testing.T) {
 				}
 			}
 			for {
-				_, data := secNextEvent(t, events)
-				if bytes.Contains(data, []byte(`"id":7`)) {
-					return data
+				if ev := events.MustNext(t); strings.Contains(ev.Data, `"id":7`) {
+					return []byte(ev.Data)
 				}
 			}
 		}},
@@ -1221,8 +1154,8 @@ func TestSecurityKeyRotation(t *testing.T) {
 	}
 
 	key1 := secKeyFileKey(t, path)
-	auth := newSecKeyTransport("Authorization", "Bearer "+key1)
-	client := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: auth.client()}, "2025-11-25")
+	auth := mcptest.Bearer(key1)
+	client := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: base + "/mcp", HTTPClient: auth.Client()}, "2025-11-25")
 	defer client.Close()
 	id := client.ID()
 	client.CallText(t, "test_simple_text", nil)
@@ -1234,7 +1167,7 @@ func TestSecurityKeyRotation(t *testing.T) {
 		if key2 == key1 || !secURLSafeKey.MatchString(key2) {
 			t.Fatalf("rotated key %q (old %q)", key2, key1)
 		}
-		auth.set("Authorization", "Bearer "+key2)
+		auth.Set("Authorization", "Bearer "+key2)
 		reload(t, key2, printed)
 		if got := client.CallText(t, "test_simple_text", nil); got == "" {
 			t.Error("empty result")
@@ -1267,7 +1200,7 @@ func TestSecurityKeyRotation(t *testing.T) {
 		if got := client.CallText(t, "test_simple_text", nil); got == "" {
 			t.Error("empty result")
 		}
-		auth.set("X-API-Key", key3)
+		auth.Set("X-API-Key", key3)
 		if got := client.CallText(t, "test_simple_text", nil); got == "" {
 			t.Error("empty result")
 		}

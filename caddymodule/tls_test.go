@@ -54,17 +54,10 @@ https://localhost:%d {
 	// StartCaddy runs Caddy with XDG_DATA_HOME=<dir>/data.
 	rootPath := filepath.Join(dir, "data", "caddy", "pki", "authorities", "local", "root.crt")
 	var rootPEM []byte
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var err error
-		if rootPEM, err = os.ReadFile(rootPath); err == nil && len(rootPEM) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Caddy's root certificate %s did not appear: %v", rootPath, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	mcptest.WaitFor(t, 30*time.Second, "Caddy's root certificate "+rootPath, func() bool {
+		rootPEM, _ = os.ReadFile(rootPath)
+		return len(rootPEM) > 0
+	})
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(rootPEM) {
 		t.Fatalf("no certificate in %s", rootPath)
@@ -93,18 +86,14 @@ https://localhost:%d {
 
 	// The certificate may come a moment after the listener: wait until a
 	// handshake succeeds.
-	for {
-		req, _ := http.NewRequest(http.MethodGet, httpsURL, nil)
-		resp, err := trusting.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			break
+	mcptest.WaitFor(t, 30*time.Second, "a TLS handshake with "+httpsURL, func() bool {
+		resp, err := trusting.Get(httpsURL)
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no TLS handshake with %s: %v", httpsURL, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return true
+	})
 
 	tests := []struct {
 		name string
