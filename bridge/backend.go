@@ -2,55 +2,26 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
-	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 	"go.uber.org/zap"
 )
 
-// BackendConfig is everything about the children and their sessions. Two
-// handlers with equal BackendConfigs can share one Backend, which is how
-// sessions survive a config reload.
-type BackendConfig struct {
-	Process ProcessConfig
-	// Pool sizes the children of isolated sessions, one child each.
-	Pool PoolConfig
-	// Shared, when set, puts sessions on shared children instead.
-	Shared *SharedPoolConfig `json:",omitempty"`
-	// SessionIdleTimeout ends a session with no open stream, no request in
-	// flight and no traffic for this long.
-	SessionIdleTimeout time.Duration
-	// Replay bounds the events each stream keeps for clients that resume.
-	Replay ReplayBuffer
-	// DrainTimeout bounds how long Shutdown lets requests in flight finish.
-	// It is not part of what makes two configurations share a Backend.
-	DrainTimeout time.Duration `json:"-"`
-	// Observer, if set, is told what metrics count.
-	Observer Observer `json:"-"`
-}
-
-// Defaults of BackendConfig.
-const (
-	DefaultSessionIdleTimeout = 30 * time.Minute
-	DefaultDrainTimeout       = 30 * time.Second
-)
-
-// Backend owns a pool of children and the sessions that run on them. It
-// outlives the HTTP handlers in front of it.
+// Backend owns the children of one configuration and the sessions that
+// run on them. It outlives the HTTP handlers in front of it.
 type Backend struct {
-	cfg    BackendConfig
+	cfg    BackendConfig // with defaults
 	logger *zap.Logger
-	pool   *Pool       // isolated sessions
-	shared *SharedPool // shared sessions (then pool is nil)
-	// modern serves stateless requests, on shared children of its own.
-	modernOnce sync.Once
-	modern     *SharedPool
-	prober     *prober
-	exits      exitLog
-	obs        Observer
+	// sup owns every child; the placements below take theirs from it.
+	sup       *supervisor.Supervisor
+	placement placement        // sessions: isolated or shared, as configured
+	stateless *sharedPlacement // stateless requests, on children of their own
+	prober    *prober
+	obs       Observer
 
 	mu           sync.RWMutex
 	sessions     map[string]*Session
@@ -66,63 +37,57 @@ type Backend struct {
 // NewBackend returns a backend that starts no child until Start or the
 // first session.
 func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
-	if cfg.SessionIdleTimeout <= 0 {
-		cfg.SessionIdleTimeout = DefaultSessionIdleTimeout
-	}
-	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = DefaultDrainTimeout
-	}
-	if cfg.Replay.Events <= 0 {
-		cfg.Replay.Events = DefaultReplayEvents
-	}
-	if cfg.Replay.Bytes <= 0 {
-		cfg.Replay.Bytes = DefaultReplayBytes
-	}
-	if cfg.Process.MaxMessageSize <= 0 {
-		cfg.Process.MaxMessageSize = jsonrpc.DefaultMaxMessageSize
-	}
+	cfg = cfg.withDefaults()
 	if logger == nil {
 		logger = zap.NewNop()
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	probeProcess := cfg.Process // the probe's children are not the pool's
-	cfg.Process.Observer = cfg.Observer
+	sup := supervisor.New(supervisor.Config{
+		Process:        cfg.Process,
+		MaxProcesses:   cfg.Pool.MaxProcesses,
+		AcquireTimeout: cfg.Pool.AcquireTimeout,
+	}, logger, cfg.Observer)
 	b := &Backend{
 		cfg:          cfg,
 		logger:       logger,
+		sup:          sup,
+		stateless:    newSharedPlacement(sup, supervisor.RoleStateless, cfg.Pool, logger),
+		obs:          cfg.Observer,
 		sessions:     make(map[string]*Session),
 		perPrincipal: make(map[string]int),
 		stop:         make(chan struct{}),
-		prober:       newProber(probeProcess, logger),
-		obs:          cfg.Observer,
 	}
-	if cfg.Shared != nil {
-		b.shared = NewSharedPool(*cfg.Shared, cfg.Process, logger)
-		b.shared.exits = &b.exits
+	b.prober = newProber(b.startProbeChild, logger)
+	if cfg.Pool.Isolation == IsolationShared {
+		b.placement = newSharedPlacement(sup, supervisor.RoleShared, cfg.Pool, logger)
 	} else {
-		b.pool = NewPool(cfg.Pool, cfg.Process, logger)
+		b.placement = newIsolatedPlacement(sup, cfg.Pool, logger)
 	}
 	return b
+}
+
+// startProbeChild starts the probe's child, within the budget: when it is
+// full, the probe waits like a session would, and then keeps its last
+// result.
+func (b *Backend) startProbeChild(ctx context.Context) (*supervisor.Child, error) {
+	return b.sup.Start(ctx, supervisor.RoleProbe, true, 0)
 }
 
 // Start starts the warm spares and the idle-session reaper. It is
 // idempotent.
 func (b *Backend) Start() {
 	b.startOnce.Do(func() {
-		if b.shared != nil {
-			b.shared.Start()
-		} else {
-			b.pool.Start()
-		}
+		b.placement.start()
 		b.janitor.Add(1)
 		go b.reapIdle()
 	})
 }
 
-// Close ends every session, stops every child and waits until they are
-// gone.
+// Close ends every session, stops every child and returns once every child
+// the backend started has been reaped and every goroutine it started has
+// ended, whatever the isolation.
 func (b *Backend) Close() {
 	b.closeOnce.Do(func() {
 		close(b.stop)
@@ -136,16 +101,10 @@ func (b *Backend) Close() {
 		for _, s := range sessions {
 			s.end("shutdown")
 		}
-		if b.shared != nil {
-			b.shared.Close()
-		} else {
-			b.pool.Close() // waits for the sessions' children too
-			b.prober.close()
-			b.modernOnce.Do(func() {}) // no stateless pool from now on
-			if b.modern != nil {
-				b.modern.Close()
-			}
-		}
+		b.prober.close()
+		b.placement.close()
+		b.stateless.close()
+		b.sup.Close()
 	})
 }
 
@@ -176,27 +135,23 @@ func (b *Backend) inFlight() int {
 // MaxMessageSize is the largest message passed in either direction.
 func (b *Backend) MaxMessageSize() int { return b.cfg.Process.MaxMessageSize }
 
-// modernPool returns the pool that serves stateless requests. Its children
-// are never the sessions' own: a server that has seen a stateless request
-// may refuse a later initialize (the go-sdk's does).
-func (b *Backend) modernPool() *SharedPool {
-	b.modernOnce.Do(func() {
-		cfg := SharedPoolConfig{MaxProcesses: b.cfg.Pool.MaxProcesses, AcquireTimeout: b.cfg.Pool.AcquireTimeout}
-		if b.shared != nil {
-			cfg = *b.cfg.Shared
-			cfg.MinProcesses = 0
-		}
-		b.modern = NewSharedPool(cfg, b.cfg.Process, b.logger)
-	})
-	return b.modern
+// lastError is the last failure to start a child for sessions or
+// stateless requests.
+func (b *Backend) lastError() error {
+	if err := b.placement.lastError(); err != nil {
+		return err
+	}
+	return b.stateless.lastError()
 }
 
-// Stats counts the backend's children.
-func (b *Backend) Stats() PoolStats {
-	if b.shared != nil {
-		return b.shared.Stats()
+// Counts returns how many children run, by role, for metrics.
+func (b *Backend) Counts() map[string]int {
+	c := b.sup.Counts()
+	out := make(map[string]int, len(c.ByRole))
+	for _, r := range supervisor.Roles() {
+		out[r.String()] = c.ByRole[r]
 	}
-	return b.pool.Stats()
+	return out
 }
 
 // SessionOptions describe a new session.
@@ -239,27 +194,26 @@ func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (_ *Sessi
 		lastActive:     time.Now(),
 		done:           make(chan struct{}),
 	}
-	var child *child.Process
-	if b.shared != nil {
-		var member *MuxMember
-		if member, err = b.shared.Attach(ctx, s.fromChild, s.onChildExit); err != nil {
-			b.release(opts.Principal)
-			return nil, err
-		}
-		s.up = member
-	} else {
-		if child, err = b.pool.Acquire(ctx); err != nil {
-			b.release(opts.Principal)
-			return nil, err
-		}
-		s.up = ownChild{proc: child, pool: b.pool}
+	_, err = b.placement.acquire(ctx, leaseRequest{deliver: s.fromChild, oversize: s.onOversize, exited: s.onChildExit, bind: func(l lease) {
+		s.up = l
+		s.logger = b.logger.With(zap.String("session", s.ID[:8]), zap.Int("pid", l.Pid()))
+	}})
+	if err != nil {
+		b.release(opts.Principal)
+		return nil, err
 	}
-	s.logger = b.logger.With(zap.String("session", s.ID[:8]), zap.Int("pid", s.up.Pid()))
+	// A child that exits at once ends the session before it is listed:
+	// list it only if it has not ended (end unlists it after this).
 	b.mu.Lock()
-	b.sessions[s.ID] = s
+	s.mu.Lock()
+	ended := s.ended
+	s.mu.Unlock()
+	if !ended {
+		b.sessions[s.ID] = s
+	}
 	b.mu.Unlock()
-	if child != nil {
-		child.Attach(s.fromChild, s.onOversize, s.onChildExit)
+	if ended {
+		return nil, errors.New("the MCP server process exited")
 	}
 	s.logger.Info("session opened", zap.String("transport", opts.Transport), zap.String("principal", opts.Principal))
 	return s, nil
@@ -334,6 +288,3 @@ func (b *Backend) reapIdle() {
 		}
 	}
 }
-
-// ProcessConfig says how to start one stdio MCP server.
-type ProcessConfig = child.Config

@@ -21,14 +21,14 @@ func BenchmarkInitialize(b *testing.B) {
 		minIdle int
 	}{{"warm", 1}, {"cold", 0}} {
 		b.Run(bc.name, func(b *testing.B) {
-			backend := NewBackend(BackendConfig{Process: ProcessConfig{Argv: []string{exe}}, Pool: PoolConfig{MinIdle: bc.minIdle}}, zap.NewNop())
+			backend := NewBackend(BackendConfig{Process: ProcessConfig{Argv: []string{exe}}, Pool: PoolConfig{MinIdle: new(bc.minIdle)}}, zap.NewNop())
 			backend.Start()
 			defer backend.Close()
 			initialize := []byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}`)
 			for b.Loop() {
 				if bc.minIdle > 0 {
 					b.StopTimer() // a spare is ready, as between real clients
-					for backend.Stats().Idle == 0 {
+					for backend.placement.ready() == 0 {
 						time.Sleep(time.Millisecond)
 					}
 					time.Sleep(100 * time.Millisecond) // and has finished starting up

@@ -19,7 +19,7 @@ import (
 // an HTTP/1.0 connection for the client leaving: the next keepalive write
 // finds it gone).
 func TestDetachedGetStream(t *testing.T) {
-	srv, _ := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, _ := startBridge(t, PoolConfig{MinIdle: new(1)})
 	const version = "2025-11-25"
 	for _, tc := range []struct {
 		proto    string

@@ -29,28 +29,35 @@ type Health struct {
 
 // HealthProcesses counts the children.
 type HealthProcesses struct {
-	Running  int `json:"running"`
+	// Running counts every child alive, whatever its role.
+	Running int `json:"running"`
+	// Idle counts the children started and carrying nothing: warm spares,
+	// shared children without sessions.
 	Idle     int `json:"idle"`
 	Starting int `json:"starting"`
+	// Max is the budget, max_processes; zero means no cap.
+	Max int `json:"max"`
 }
 
 // Health reports on the backend. It starts a probe of a child of its own
 // when it has none, or when a child said its tools changed.
 func (b *Backend) Health() Health {
 	b.Start()
-	stats := b.Stats()
 	probe := b.prober.result()
+	counts := b.sup.Counts()
 	h := Health{
 		Status:    "ok",
-		Isolation: "session",
-		Processes: HealthProcesses{Running: stats.Busy + stats.Idle, Idle: stats.Idle, Starting: stats.Starting},
-		Sessions:  b.SessionCount(),
-		Tools:     probe.Tools,
-		Crashes:   b.exits.crashes.Load(),
-		Era:       probe.Era,
-	}
-	if b.shared != nil {
-		h.Isolation = "shared"
+		Isolation: b.cfg.Pool.Isolation,
+		Processes: HealthProcesses{
+			Running:  counts.Running(),
+			Idle:     b.placement.ready() + b.stateless.ready(),
+			Starting: counts.Starting,
+			Max:      b.cfg.Pool.MaxProcesses,
+		},
+		Sessions: b.SessionCount(),
+		Tools:    probe.Tools,
+		Crashes:  counts.Crashes,
+		Era:      probe.Era,
 	}
 	if probe.CheckedAt.IsZero() {
 		h.Tools = -1
@@ -58,8 +65,8 @@ func (b *Backend) Health() Health {
 	switch {
 	case probe.Err != nil:
 		h.Status, h.LastError = "unavailable", probe.Err.Error()
-	case stats.LastError != nil && h.Processes.Running == 0:
-		h.Status, h.LastError = "unavailable", stats.LastError.Error()
+	case h.Processes.Running == 0 && b.lastError() != nil:
+		h.Status, h.LastError = "unavailable", b.lastError().Error()
 	}
 	return h
 }

@@ -4,8 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zaptest"
-
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
@@ -15,7 +13,7 @@ import (
 func TestPoolHealthCheck(t *testing.T) {
 	t.Run("answering spare is kept", func(t *testing.T) {
 		exe := mcptest.EverythingServer(t)
-		pool := NewPool(PoolConfig{MinIdle: 1, HealthCheck: 30 * time.Millisecond}, ProcessConfig{Argv: []string{exe}}, zaptest.NewLogger(t))
+		pool := newTestPool(t, PoolConfig{MinIdle: new(1), HealthCheck: 30 * time.Millisecond}, exe)
 		pool.Start()
 		defer func() { pool.Close(); mcptest.WaitNoProcesses(t, exe, 5*time.Second) }()
 		first := waitSpare(t, pool)
@@ -29,8 +27,7 @@ func TestPoolHealthCheck(t *testing.T) {
 			t.Errorf("the spare was replaced (pid %d, now %d) although it answered", first, child.Pid())
 		}
 		// It was pinged before being handed out, and still serves a session.
-		got := make(chan []byte, 1)
-		child.Attach(func(m []byte) { got <- m }, func([]byte) {}, func() {})
+		got := pool.msgs
 		child.Send([]byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`))
 		select {
 		case m := <-got:
@@ -44,14 +41,14 @@ func TestPoolHealthCheck(t *testing.T) {
 	t.Run("spare that falls silent is replaced", func(t *testing.T) {
 		// It answers the ping that makes it a spare, and the first check.
 		exe := mcptest.Build(t, mcptest.TestChildPackage)
-		pool := NewPool(PoolConfig{MinIdle: 1, HealthCheck: 50 * time.Millisecond, HealthCheckTimeout: 100 * time.Millisecond},
-			ProcessConfig{Argv: []string{exe, "-mute-after", "2"}}, zaptest.NewLogger(t))
+		pool := newTestPool(t, PoolConfig{MinIdle: new(1), HealthCheck: 50 * time.Millisecond, HealthCheckTimeout: 100 * time.Millisecond},
+			exe, "-mute-after", "2")
 		pool.Start()
 		defer func() { pool.Close(); mcptest.WaitNoProcesses(t, exe, 5*time.Second) }()
 		first := waitSpare(t, pool)
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			if pids := idlePids(pool); len(pids) == 1 && pids[0] != first {
+			if pids := pool.idlePids(); len(pids) == 1 && pids[0] != first {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -65,8 +62,7 @@ func TestPoolHealthCheck(t *testing.T) {
 	})
 	t.Run("child that never answers is no spare", func(t *testing.T) {
 		// sleep never reads its stdin, like a server stuck loading.
-		pool := NewPool(PoolConfig{MinIdle: 1, StartTimeout: 100 * time.Millisecond},
-			ProcessConfig{Argv: []string{"sleep", "1000"}}, zaptest.NewLogger(t))
+		pool := newTestPool(t, PoolConfig{MinIdle: new(1), StartTimeout: 100 * time.Millisecond}, "sleep", "1000")
 		pool.Start()
 		defer pool.Close()
 		deadline := time.Now().Add(5 * time.Second)
@@ -76,25 +72,17 @@ func TestPoolHealthCheck(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		if pids := idlePids(pool); len(pids) != 0 {
+		if pids := pool.idlePids(); len(pids) != 0 {
 			t.Errorf("a child that never answered is a spare: %v", pids)
 		}
 	})
 }
 
-func idlePids(p *Pool) []int {
-	var pids []int
-	for _, c := range p.idleChildren() {
-		pids = append(pids, c.Pid())
-	}
-	return pids
-}
-
-func waitSpare(t *testing.T, p *Pool) int {
+func waitSpare(t *testing.T, p *testPool) int {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if pids := idlePids(p); len(pids) == 1 {
+		if pids := p.idlePids(); len(pids) == 1 {
 			return pids[0]
 		}
 		if time.Now().After(deadline) {

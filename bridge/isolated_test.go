@@ -9,28 +9,85 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
+// testPool is an isolated placement over a supervisor of its own, with
+// the calls the tests make.
+type testPool struct {
+	p    *isolatedPlacement
+	sup  *supervisor.Supervisor
+	msgs chan []byte // what acquired children send
+}
+
+// PoolStats is a snapshot of a testPool.
+type PoolStats struct {
+	Idle, Starting, Busy int
+	LastError            error
+}
+
+func newTestPool(t *testing.T, cfg PoolConfig, argv ...string) *testPool {
+	t.Helper()
+	bc := BackendConfig{Process: ProcessConfig{Argv: argv}, Pool: cfg}.withDefaults()
+	sup := supervisor.New(supervisor.Config{Process: bc.Process, MaxProcesses: bc.Pool.MaxProcesses, AcquireTimeout: bc.Pool.AcquireTimeout}, mcptest.Logger(t), nopObserver{})
+	return &testPool{p: newIsolatedPlacement(sup, bc.Pool, mcptest.Logger(t)), sup: sup, msgs: make(chan []byte, 100)}
+}
+
+func (tp *testPool) Start() { tp.p.start() }
+
+func (tp *testPool) Close() {
+	tp.p.close()
+	tp.sup.Close()
+}
+
+func (tp *testPool) Acquire(ctx context.Context) (*supervisor.Child, error) {
+	var got lease
+	_, err := tp.p.acquire(ctx, leaseRequest{
+		deliver:  func(m []byte) { tp.msgs <- m },
+		oversize: func([]byte) {},
+		exited:   func() {},
+		bind:     func(l lease) { got = l },
+	})
+	if err != nil {
+		return nil, err
+	}
+	return got.(ownChild).c, nil
+}
+
+func (tp *testPool) Release(c *supervisor.Child) { c.Stop() }
+
+func (tp *testPool) Stats() PoolStats {
+	tp.p.mu.Lock()
+	st := PoolStats{Idle: len(tp.p.idle), Starting: tp.p.spawning, LastError: tp.p.lastErr}
+	tp.p.mu.Unlock()
+	st.Busy = tp.sup.Counts().ByRole[supervisor.RoleIsolated]
+	return st
+}
+
+func (tp *testPool) idlePids() []int {
+	tp.p.mu.Lock()
+	defer tp.p.mu.Unlock()
+	var pids []int
+	for _, c := range tp.p.idle {
+		pids = append(pids, c.Pid())
+	}
+	return pids
+}
+
 // startPool starts a pool of test children and closes it at cleanup.
 // Children the test acquired must be released by the test.
-func startPool(t *testing.T, cfg PoolConfig) (*Pool, string) {
+func startPool(t *testing.T, cfg PoolConfig) (*testPool, string) {
 	t.Helper()
 	exe := mcptest.TestChild(t)
-	pool := NewPool(cfg, ProcessConfig{Argv: []string{exe}}, mcptest.Logger(t))
+	pool := newTestPool(t, cfg, exe)
 	pool.Start()
-	t.Cleanup(func() {
-		pool.Close()
-		// A spare that was being started when Close ran is stopped in the
-		// background once it is up; wait for that before the next test
-		// counts processes.
-		waitStats(t, pool, "no spare starting", func(st PoolStats) bool { return st.Starting == 0 })
-	})
+	t.Cleanup(pool.Close)
 	return pool, exe
 }
 
 // waitStats waits until the pool's counts satisfy ok.
-func waitStats(t *testing.T, pool *Pool, what string, ok func(PoolStats) bool) PoolStats {
+func waitStats(t *testing.T, pool *testPool, what string, ok func(PoolStats) bool) PoolStats {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -55,7 +112,7 @@ func idleSpares(n int) func(PoolStats) bool {
 func TestPoolWarmSpares(t *testing.T) {
 	for _, minIdle := range []int{1, 3} {
 		t.Run("MinIdle="+strconv.Itoa(minIdle), func(t *testing.T) {
-			pool, exe := startPool(t, PoolConfig{MinIdle: minIdle})
+			pool, exe := startPool(t, PoolConfig{MinIdle: new(minIdle)})
 			waitStats(t, pool, "MinIdle idle spares", idleSpares(minIdle))
 			spares := mcptest.Processes(exe)
 			if len(spares) != minIdle {
@@ -89,7 +146,7 @@ func TestPoolWarmSpares(t *testing.T) {
 // TestPoolMinIdleZero checks that with no spares Acquire starts a child on
 // demand and nothing runs before.
 func TestPoolMinIdleZero(t *testing.T) {
-	pool, exe := startPool(t, PoolConfig{MinIdle: 0})
+	pool, exe := startPool(t, PoolConfig{MinIdle: new(0)})
 	time.Sleep(100 * time.Millisecond)
 	if n := len(mcptest.Processes(exe)); n != 0 {
 		t.Fatalf("%d children running with MinIdle 0", n)
@@ -126,7 +183,7 @@ func TestPoolMaxProcesses(t *testing.T) {
 		{"a release during the wait frees a place", 10 * time.Second, true, 0, nil, timeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pool, exe := startPool(t, PoolConfig{MinIdle: 1, MaxProcesses: 1, AcquireTimeout: tc.timeout})
+			pool, exe := startPool(t, PoolConfig{MinIdle: new(1), MaxProcesses: 1, AcquireTimeout: tc.timeout})
 			first, err := pool.Acquire(t.Context())
 			if err != nil {
 				t.Fatal(err)
@@ -181,7 +238,7 @@ func TestPoolMaxProcesses(t *testing.T) {
 // TestPoolClose checks that Close stops the idle spares and that the pool
 // refuses work afterwards.
 func TestPoolClose(t *testing.T) {
-	pool, exe := startPool(t, PoolConfig{MinIdle: 2})
+	pool, exe := startPool(t, PoolConfig{MinIdle: new(2)})
 	waitStats(t, pool, "2 idle spares", idleSpares(2))
 	if n := len(mcptest.Processes(exe)); n != 2 {
 		t.Fatalf("%d children running, want 2 spares", n)
@@ -204,7 +261,7 @@ func TestPoolClose(t *testing.T) {
 // dropped, its exit recorded, and a new spare started in its place; Acquire
 // never hands out the dead one.
 func TestPoolReplacesDeadSpare(t *testing.T) {
-	pool, exe := startPool(t, PoolConfig{MinIdle: 1})
+	pool, exe := startPool(t, PoolConfig{MinIdle: new(1)})
 	waitStats(t, pool, "1 idle spare", idleSpares(1))
 	pids := mcptest.Processes(exe)
 	if len(pids) != 1 {

@@ -140,14 +140,14 @@ func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byt
 	for {
 		out := make(chan []byte, streamWindow)
 		gone := make(chan struct{})
-		member, err := s.backend.modernPool().Attach(r.Context(), func(m []byte) {
+		member, err := s.backend.stateless.acquire(r.Context(), leaseRequest{deliver: func(m []byte) {
 			select {
 			case out <- m:
 			case <-gone:
 			default: // a shared child never waits for one slow client
 				s.logger.Debug("dropped a message for a stateless client that reads too slowly")
 			}
-		}, func() { close(out) })
+		}, exited: func() { close(out) }, bind: func(lease) {}})
 		if err == nil {
 			// What is sent is the child's to keep: send a copy, whose
 			// envelope must alias the copy.

@@ -23,7 +23,7 @@ const modernMeta = `"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-
 // TestModernRequests says what each stateless request gets, in front of a
 // child that speaks the stateless protocol.
 func TestModernRequests(t *testing.T) {
-	srv, _ := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, _ := startBridge(t, PoolConfig{MinIdle: new(1)})
 	b64 := func(s string) string { return "=?base64?" + base64.StdEncoding.EncodeToString([]byte(s)) + "?=" }
 	call := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_simple_text","arguments":{},` + modernMeta + `}}`
 	for _, tc := range []struct {
@@ -80,7 +80,7 @@ func TestModernRequests(t *testing.T) {
 // TestModernFallback: in front of a child that only speaks sessions, the
 // go-sdk default client ends up on 2025-11-25 and works.
 func TestModernFallback(t *testing.T) {
-	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage)}, BackendConfig{Pool: PoolConfig{MinIdle: 1}}, ServerConfig{})
+	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage)}, BackendConfig{Pool: PoolConfig{MinIdle: new(1)}}, ServerConfig{})
 	c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, "")
 	defer c.Close()
 	if got := c.InitializeResult().ProtocolVersion; got != "2025-11-25" {
@@ -94,7 +94,7 @@ func TestModernFallback(t *testing.T) {
 // TestModernAndLegacyClients: 20 stateless and 20 session clients at once
 // on one bridge, each getting its own answers.
 func TestModernAndLegacyClients(t *testing.T) {
-	srv, _ := startBridge(t, PoolConfig{MinIdle: 2})
+	srv, _ := startBridge(t, PoolConfig{MinIdle: new(2)})
 	var wg sync.WaitGroup
 	for i := range 40 {
 		wg.Add(1)
@@ -129,7 +129,7 @@ func TestModernAndLegacyClients(t *testing.T) {
 // TestModernCancel: closing a stateless request's stream cancels it at the
 // child, which sees notifications/cancelled for the id it was given.
 func TestModernCancel(t *testing.T) {
-	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage), "-modern"}, BackendConfig{Pool: PoolConfig{MinIdle: 0}}, ServerConfig{})
+	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage), "-modern"}, BackendConfig{Pool: PoolConfig{MinIdle: new(0)}}, ServerConfig{})
 	post := func(ctx context.Context, tool, args string) *http.Response {
 		body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + tool + `","arguments":` + args + `,` + modernMeta + `}}`
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/mcp", strings.NewReader(body))
@@ -171,7 +171,7 @@ func TestModernCancel(t *testing.T) {
 // and the notifications of its subscription, tagged with the client's own
 // request id, while the child knows the subscription by the bridge's id.
 func TestModernListen(t *testing.T) {
-	srv, _ := startBridge(t, PoolConfig{MinIdle: 0})
+	srv, _ := startBridge(t, PoolConfig{MinIdle: new(0)})
 	send := func(ctx context.Context, method, name, params string) *http.Response {
 		body := `{"jsonrpc":"2.0","id":"sub-7","method":"` + method + `","params":{` + params + modernMeta + `}}`
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/mcp", strings.NewReader(body))
@@ -220,7 +220,7 @@ func TestModernListen(t *testing.T) {
 // TestModernLogging: a stateless request that asks for logs (logLevel in
 // _meta) gets its log messages on its own stream.
 func TestModernLogging(t *testing.T) {
-	srv, _ := startBridge(t, PoolConfig{MinIdle: 0})
+	srv, _ := startBridge(t, PoolConfig{MinIdle: new(0)})
 	meta := `"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/logLevel":"debug"}`
 	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_tool_with_logging","arguments":{},` + meta + `}}`
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+"/mcp", strings.NewReader(body))
@@ -257,7 +257,7 @@ func TestModernLogging(t *testing.T) {
 // protocol by default, cancels a long call by cancelling its context, and
 // the child receives the cancellation.
 func TestModernGoSDKCancel(t *testing.T) {
-	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage), "-modern"}, BackendConfig{Pool: PoolConfig{MinIdle: 0}}, ServerConfig{})
+	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage), "-modern"}, BackendConfig{Pool: PoolConfig{MinIdle: new(0)}}, ServerConfig{})
 	c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, "")
 	defer c.Close()
 	if got := c.InitializeResult().ProtocolVersion; got != "2026-07-28" {

@@ -122,14 +122,15 @@ func NewMux(child muxChild, logger *zap.Logger, onExit func(*Mux), onRelease fun
 
 // Attach adds a session, unless the child is gone. deliver gets the
 // child's messages for it, with the session's own ids; onExit runs if the
-// child exits.
-func (m *Mux) Attach(deliver func([]byte), onExit func()) *MuxMember {
+// child exits; bind gets the member before either can run.
+func (m *Mux) Attach(deliver func([]byte), onExit func(), bind func(*MuxMember)) *MuxMember {
 	mem := &MuxMember{mux: m, deliver: deliver, onExit: onExit, level: -1, statelessLevel: -1, subs: make(map[string]bool)}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.exited || m.retired {
 		return nil
 	}
+	bind(mem)
 	m.members[mem] = struct{}{}
 	m.lastUsed = time.Now()
 	return mem
@@ -163,6 +164,9 @@ func (mem *MuxMember) Pid() int { return mem.mux.child.Pid() }
 
 // Started is when the child started.
 func (mem *MuxMember) Started() time.Time { return mem.mux.child.Started() }
+
+// Shared reports that other sessions share the child.
+func (mem *MuxMember) Shared() bool { return true }
 
 // Send forwards one of the session's messages to the child.
 func (mem *MuxMember) Send(msg []byte, env *jsonrpc.Envelope) error {

@@ -15,10 +15,10 @@ import (
 )
 
 // startSharedBridge serves a bridge whose sessions share children.
-func startSharedBridge(t *testing.T, cfg SharedPoolConfig) (*httptest.Server, *Backend, string) {
+func startSharedBridge(t *testing.T, cfg PoolConfig) (*httptest.Server, *Backend, string) {
 	t.Helper()
 	exe := mcptest.EverythingServer(t)
-	backend := NewBackend(BackendConfig{Process: ProcessConfig{Argv: []string{exe}}, Shared: &cfg}, zaptest.NewLogger(t))
+	backend := NewBackend(BackendConfig{Process: ProcessConfig{Argv: []string{exe}}, Pool: cfg}, zaptest.NewLogger(t))
 	backend.Start()
 	srv := httptest.NewServer(NewServer(backend, ServerConfig{}, zaptest.NewLogger(t)))
 	t.Cleanup(func() {
@@ -32,7 +32,7 @@ func startSharedBridge(t *testing.T, cfg SharedPoolConfig) (*httptest.Server, *B
 // TestSharedGoSDKClients puts several go-sdk clients, on every transport,
 // on one shared child: each gets its own answers and progress.
 func TestSharedGoSDKClients(t *testing.T) {
-	srv, _, exe := startSharedBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1, SessionsPerProcess: 64})
+	srv, _, exe := startSharedBridge(t, PoolConfig{Isolation: IsolationShared, MinProcesses: 1, MaxProcesses: 1, SessionsPerProcess: 64})
 	transports := func(i int) mcp.Transport {
 		switch i % 3 {
 		case 0:

@@ -351,7 +351,7 @@ func (h *muxHarness) attach() (mem *MuxMember, got func() [][]byte) {
 		mu.Lock()
 		msgs = append(msgs, bytes.Clone(msg))
 		mu.Unlock()
-	}, func() {})
+	}, func() {}, func(*MuxMember) {})
 	if mem == nil {
 		panic("Attach refused a session")
 	}

@@ -37,9 +37,9 @@ const muxChildPackage = "github.com/mcpbridge/caddy-mcp-bridge/bridge/testdata/m
 
 // startMuxBridge serves a bridge whose sessions share muxchild children,
 // and checks at cleanup that no child is left.
-func startMuxBridge(t *testing.T, cfg SharedPoolConfig, logger *zap.Logger) (*httptest.Server, *Backend, string) {
+func startMuxBridge(t *testing.T, cfg PoolConfig, logger *zap.Logger) (*httptest.Server, *Backend, string) {
 	t.Helper()
-	return startMuxBackend(t, BackendConfig{Shared: &cfg}, logger)
+	return startMuxBackend(t, BackendConfig{Pool: cfg}, logger)
 }
 
 // startMuxBackend serves a bridge in front of muxchild with any backend
@@ -430,7 +430,7 @@ func expectMsg(t *testing.T, who string, ch <-chan muxMsg) muxMsg {
 // progress, ids and tokens restored byte for byte, and the children see
 // only unique ids.
 func TestMuxCrossTalk(t *testing.T) {
-	srv, backend, exe := startMuxBridge(t, SharedPoolConfig{SessionsPerProcess: 25, MinProcesses: 2, MaxProcesses: 2}, nil)
+	srv, backend, exe := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, SessionsPerProcess: 25, MinProcesses: 2, MaxProcesses: 2}, nil)
 	url := srv.URL + "/mcp"
 	muxWaitProcesses(t, exe, "2 children", 5*time.Second, func(p []int) bool { return len(p) == 2 })
 
@@ -603,7 +603,7 @@ func TestMuxCrossTalk(t *testing.T) {
 // reaches a shared child, and that every later one (concurrent or not,
 // raw or the go-sdk client) gets the child's result under its own id.
 func TestMuxInitialize(t *testing.T) {
-	srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
+	srv, _, _ := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, MinProcesses: 1, MaxProcesses: 1}, nil)
 	url := srv.URL + "/mcp"
 
 	// Concurrent first sessions, while the child takes its time to answer.
@@ -695,7 +695,7 @@ func TestMuxInitialize(t *testing.T) {
 // sessions: the child sees the first subscribe and the last unsubscribe,
 // and updates reach the subscribed sessions only, on their GET streams.
 func TestMuxSubscriptions(t *testing.T) {
-	srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
+	srv, _, _ := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, MinProcesses: 1, MaxProcesses: 1}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
 	a, b, c := mustMuxOpen(t, url), mustMuxOpen(t, url), mustMuxOpen(t, url)
@@ -801,7 +801,7 @@ func connectMuxSDK(t *testing.T, url string) *muxSDKClient {
 // session asked for, that each session gets only the messages at its own
 // level, and that the child's level follows sessions leaving.
 func TestMuxLogging(t *testing.T) {
-	srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
+	srv, _, _ := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, MinProcesses: 1, MaxProcesses: 1}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
 	a, b := connectMuxSDK(t, url), connectMuxSDK(t, url)
@@ -859,7 +859,7 @@ func TestMuxLogging(t *testing.T) {
 // one session with a request in flight, which answers it; with two, the
 // child gets an error instead.
 func TestMuxServerRequests(t *testing.T) {
-	srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
+	srv, _, _ := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, MinProcesses: 1, MaxProcesses: 1}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
 	a, b, c := mustMuxOpen(t, url), mustMuxOpen(t, url), mustMuxOpen(t, url)
@@ -929,7 +929,7 @@ func TestMuxServerRequests(t *testing.T) {
 // TestMuxSessionEndCancels checks that a session that ends with a request
 // in flight has the child told, with the id the child knows it by.
 func TestMuxSessionEndCancels(t *testing.T) {
-	srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
+	srv, _, _ := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, MinProcesses: 1, MaxProcesses: 1}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
 	a := mustMuxOpen(t, url)
@@ -966,7 +966,7 @@ func TestMuxSessionEndCancels(t *testing.T) {
 // request (which the child, as the spec asks, does not answer) no longer
 // counts as in flight for routing the child's own requests.
 func TestMuxClientCancel(t *testing.T) {
-	srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
+	srv, _, _ := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, MinProcesses: 1, MaxProcesses: 1}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
 	a := mustMuxOpen(t, url)
@@ -1017,12 +1017,12 @@ func isStatus(err error, code int) bool {
 // fail at once, their sessions end, the other child's sessions are
 // unaffected, and a new child takes the dead one's place.
 func TestMuxChildCrash(t *testing.T) {
-	srv, backend, exe := startMuxBridge(t, SharedPoolConfig{SessionsPerProcess: 10, MinProcesses: 2, MaxProcesses: 2}, nil)
+	srv, backend, exe := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, SessionsPerProcess: 10, MinProcesses: 2, MaxProcesses: 2}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
 	muxWaitProcesses(t, exe, "2 children", 5*time.Second, func(p []int) bool { return len(p) == 2 })
 	deadline := time.Now().Add(5 * time.Second)
-	for st := backend.Stats(); st.Idle != 2; st = backend.Stats() {
+	for st := sharedStats(backend); st.Idle != 2; st = sharedStats(backend) {
 		if time.Now().After(deadline) {
 			t.Fatalf("pool stats %+v, want 2 idle children", st)
 		}
@@ -1139,7 +1139,7 @@ func TestMuxChildCrash(t *testing.T) {
 		fresh = pids[1]
 	}
 	deadline = time.Now().Add(5 * time.Second)
-	for st := backend.Stats(); st.Idle+st.Busy != 2; st = backend.Stats() {
+	for st := sharedStats(backend); st.Idle+st.Busy != 2; st = sharedStats(backend) {
 		if time.Now().After(deadline) {
 			t.Fatalf("pool stats %+v, want 2 children", st)
 		}
@@ -1158,9 +1158,9 @@ func TestMuxChildCrash(t *testing.T) {
 // to SessionsPerProcess each, 503 when all are full, room again when one
 // ends, and a child beyond MinProcesses stopped once idle.
 func TestMuxPlacement(t *testing.T) {
-	srv, backend, exe := startMuxBridge(t, SharedPoolConfig{
+	srv, backend, exe := startMuxBridge(t, PoolConfig{Isolation: IsolationShared,
 		SessionsPerProcess: 2, MinProcesses: 1, MaxProcesses: 2,
-		AcquireTimeout: 300 * time.Millisecond, IdleTimeout: 200 * time.Millisecond,
+		AcquireTimeout: 300 * time.Millisecond, ProcessIdleTimeout: 200 * time.Millisecond,
 	}, nil)
 	url := srv.URL + "/mcp"
 	ctx := t.Context()
@@ -1216,7 +1216,7 @@ func TestMuxPlacement(t *testing.T) {
 	muxWaitProcesses(t, exe, "the idle child stopped", 3*time.Second, func(p []int) bool {
 		return len(p) == 1 && p[0] == pids[0]
 	})
-	if st := backend.Stats(); st.Busy != 1 || st.Idle != 0 {
+	if st := sharedStats(backend); st.Busy != 1 || st.Idle != 0 {
 		t.Errorf("pool stats %+v, want 1 busy child", st)
 	}
 	for _, s := range byPid[pids[0]] {
@@ -1231,8 +1231,8 @@ func TestMuxPlacement(t *testing.T) {
 // must still get it whole. Shared and isolated sessions alike.
 func TestMuxLineBreaksInRequest(t *testing.T) {
 	for name, bcfg := range map[string]BackendConfig{
-		"shared":   {Shared: &SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}},
-		"isolated": {Pool: PoolConfig{MinIdle: 1}},
+		"shared":   {Pool: PoolConfig{Isolation: IsolationShared, MinProcesses: 1, MaxProcesses: 1}},
+		"isolated": {Pool: PoolConfig{MinIdle: new(1)}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			srv, _, _ := startMuxBackend(t, bcfg, nil)
@@ -1263,7 +1263,7 @@ func TestMuxLineBreaksInRequest(t *testing.T) {
 // forbids.
 func TestMuxInitializeAfterFirstSessionLeft(t *testing.T) {
 	t.Run("http", func(t *testing.T) {
-		srv, _, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1}, nil)
+		srv, _, _ := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, MinProcesses: 1, MaxProcesses: 1}, nil)
 		url := srv.URL + "/mcp"
 		// The first client starts initializing, and gives up before the
 		// slow child answers.
@@ -1358,7 +1358,7 @@ func TestMuxIdleSessionMemory(t *testing.T) {
 		t.Skip("slow")
 	}
 	const n = 1000
-	srv, backend, _ := startMuxBridge(t, SharedPoolConfig{SessionsPerProcess: n + 1, MinProcesses: 1, MaxProcesses: 1}, zap.NewNop())
+	srv, backend, _ := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, SessionsPerProcess: n + 1, MinProcesses: 1, MaxProcesses: 1}, zap.NewNop())
 	url := srv.URL + "/mcp"
 	// The first session initializes the child, outside the measurement.
 	if _, _, err := muxOpen(t.Context(), url, `1`, "2025-11-25"); err != nil {
@@ -1398,4 +1398,22 @@ func TestMuxIdleSessionMemory(t *testing.T) {
 	if g1-g0 > 10 {
 		t.Errorf("idle sessions hold %d goroutines, want none", g1-g0)
 	}
+}
+
+// childStats counts a backend's shared children: busy ones carry sessions.
+type childStats struct{ Idle, Busy int }
+
+func sharedStats(b *Backend) childStats {
+	p := b.placement.(*sharedPlacement)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var st childStats
+	for _, m := range p.muxes {
+		if load, _ := m.Load(); load > 0 {
+			st.Busy++
+		} else {
+			st.Idle++
+		}
+	}
+	return st
 }

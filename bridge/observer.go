@@ -5,11 +5,12 @@ import "time"
 // Observer is told what metrics count. Its methods must be cheap and safe
 // for concurrent use; the bridge calls them on its hot paths.
 type Observer interface {
-	// ChildStarted: a child process started.
-	ChildStarted()
-	// ChildExited: a child process exited; crashed when the bridge did not
-	// stop it.
-	ChildExited(crashed bool)
+	// ChildStarted: a child process started for role (spare, isolated,
+	// shared, stateless or probe).
+	ChildStarted(role string)
+	// ChildExited: a child process in role exited; crashed when the bridge
+	// did not stop it.
+	ChildExited(role string, crashed bool)
 	// RequestDone: the child answered a client request, with a result or
 	// an error (outcome "ok" or "error"), after d.
 	RequestDone(method, outcome string, d time.Duration)
@@ -24,8 +25,8 @@ type Observer interface {
 // nopObserver observes nothing.
 type nopObserver struct{}
 
-func (nopObserver) ChildStarted()                             {}
-func (nopObserver) ChildExited(bool)                          {}
+func (nopObserver) ChildStarted(string)                       {}
+func (nopObserver) ChildExited(string, bool)                  {}
 func (nopObserver) RequestDone(string, string, time.Duration) {}
 func (nopObserver) MessageBytes(string, int)                  {}
 func (nopObserver) SessionStart(string, time.Duration)        {}

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 	"go.uber.org/zap"
 )
 
@@ -35,7 +35,7 @@ type Probe struct {
 // some servers (the Node server-everything) announce a change in every
 // session, and a probe is a child spawn.
 type prober struct {
-	proc   ProcessConfig
+	start  func(context.Context) (*supervisor.Child, error)
 	logger *zap.Logger
 	ctx    context.Context // cancelled when the backend closes
 	cancel context.CancelFunc
@@ -53,9 +53,9 @@ const (
 	reprobeInterval = 30 * time.Second
 )
 
-func newProber(proc ProcessConfig, logger *zap.Logger) *prober {
+func newProber(start func(context.Context) (*supervisor.Child, error), logger *zap.Logger) *prober {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &prober{proc: proc, logger: logger, ctx: ctx, cancel: cancel}
+	return &prober{start: start, logger: logger, ctx: ctx, cancel: cancel}
 }
 
 // result returns the last probe, starting a new one in the background if
@@ -112,9 +112,11 @@ func (p *prober) startLocked() {
 	p.running = done
 	p.stale = false
 	go func() {
-		res := probeChild(p.ctx, p.proc, p.logger)
+		res := probeChild(p.ctx, p.start)
 		p.mu.Lock()
-		p.last = res
+		if !errors.Is(res.Err, ErrPoolExhausted) {
+			p.last = res // a full budget tells nothing about the server
+		}
 		p.running = nil
 		p.mu.Unlock()
 		close(done)
@@ -123,9 +125,9 @@ func (p *prober) startLocked() {
 
 // probeChild starts a child, initializes it as a client would, counts its
 // tools (following pagination), and stops it.
-func probeChild(ctx context.Context, cfg ProcessConfig, logger *zap.Logger) Probe {
+func probeChild(ctx context.Context, start func(context.Context) (*supervisor.Child, error)) Probe {
 	res := Probe{CheckedAt: time.Now()}
-	child, err := child.Start(cfg, logger.With(zap.Bool("probe", true)))
+	child, err := start(ctx)
 	if err != nil {
 		res.Err = err
 		return res

@@ -38,7 +38,8 @@ type ServerConfig struct {
 	// absolute URL: this base (where the handler is mounted, as clients see
 	// it) followed by MessagePath.
 	PublicBaseURL string
-	// Keepalive is the interval of SSE keepalive comments; zero disables them.
+	// Keepalive is the interval of SSE keepalive comments; zero means
+	// DefaultKeepalive, and a negative value disables them.
 	Keepalive time.Duration
 	// ResumeGrace is how long a legacy SSE session outlives its stream,
 	// for its client to reconnect with Last-Event-ID; negative: no grace.
@@ -109,6 +110,12 @@ func NewServer(backend *Backend, cfg ServerConfig, logger *zap.Logger) *Server {
 	}
 	if cfg.ResumeGrace == 0 {
 		cfg.ResumeGrace = DefaultResumeGrace
+	}
+	switch {
+	case cfg.Keepalive == 0:
+		cfg.Keepalive = DefaultKeepalive
+	case cfg.Keepalive < 0:
+		cfg.Keepalive = 0 // keepalive() sends none for zero
 	}
 	if logger == nil {
 		logger = zap.NewNop()

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
@@ -37,7 +36,7 @@ type Session struct {
 	single  bool
 	created time.Time
 	backend *Backend
-	up      upstream
+	up      lease
 	logger  *zap.Logger
 
 	mu              sync.Mutex
@@ -203,29 +202,6 @@ func (s *Session) resumable(lastEventID string) (*stream, int, error) {
 	return st, seq, nil
 }
 
-// upstream is a session's way to its child: a child of its own
-// (isolated), or a share of one through its multiplexer (shared).
-type upstream interface {
-	// Send forwards a client message; it takes ownership of msg.
-	Send(msg []byte, env *jsonrpc.Envelope) error
-	// Release lets go of the child once the session has ended.
-	Release()
-	Pid() int
-	Started() time.Time
-}
-
-// ownChild is the upstream of an isolated session: messages go to the
-// child unchanged, and the child is stopped when the session ends.
-type ownChild struct {
-	proc *child.Process
-	pool *Pool
-}
-
-func (o ownChild) Send(msg []byte, _ *jsonrpc.Envelope) error { return o.proc.Send(msg) }
-func (o ownChild) Release()                                   { o.pool.Release(o.proc) }
-func (o ownChild) Pid() int                                   { return o.proc.Pid() }
-func (o ownChild) Started() time.Time                         { return o.proc.Started() }
-
 // sentRequest is what metrics need of a request in flight.
 type sentRequest struct {
 	method string
@@ -379,8 +355,7 @@ func (s *Session) pushPolicy(target *stream) pushPolicy {
 }
 
 func (s *Session) isShared() bool {
-	_, shared := s.up.(*MuxMember)
-	return shared
+	return s.up.Shared()
 }
 
 func (s *Session) soleRequestStreamLocked() *stream {
@@ -406,9 +381,6 @@ func (s *Session) onOversize(prefix []byte) {
 // onChildExit fails the requests in flight and ends the session.
 func (s *Session) onChildExit() {
 	s.mu.Lock()
-	if own, ok := s.up.(ownChild); ok && !s.ended {
-		s.backend.exits.note(own.proc) // not stopped by the bridge: a crash
-	}
 	// From here until end, a request would be registered after the failures
 	// below were collected and answered by nothing: refuse it instead.
 	s.exited = true

@@ -89,7 +89,7 @@ func rssBound() int64 {
 // the child sends it 50 MB is ended as too slow, memory stays bounded, and
 // the other sessions on the child keep being served.
 func TestSlowClientShared(t *testing.T) {
-	srv, backend, _ := startMuxBridge(t, SharedPoolConfig{MinProcesses: 1, MaxProcesses: 1, SessionsPerProcess: 64}, mcptest.Logger(t))
+	srv, backend, _ := startMuxBridge(t, PoolConfig{Isolation: IsolationShared, MinProcesses: 1, MaxProcesses: 1, SessionsPerProcess: 64}, mcptest.Logger(t))
 	url := srv.URL + "/mcp"
 	slow, _, err := muxOpen(t.Context(), url, "0", "2025-11-25")
 	if err != nil {

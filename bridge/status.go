@@ -4,7 +4,6 @@ import (
 	"errors"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -25,9 +24,16 @@ type Status struct {
 
 // ChildStatus describes one child process.
 type ChildStatus struct {
-	PID       int       `json:"pid"`
-	StartedAt time.Time `json:"started_at"`
-	Sessions  int       `json:"sessions"`
+	PID int `json:"pid"`
+	// Role is what the child is for: spare, isolated, shared, stateless
+	// or probe.
+	Role          string    `json:"role"`
+	StartedAt     time.Time `json:"started_at"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	Sessions      int       `json:"sessions"`
+	// Restarts counts the children that held this one's place before it
+	// and exited on their own.
+	Restarts int `json:"restarts"`
 }
 
 // SessionStatus describes one session.
@@ -44,31 +50,12 @@ type SessionStatus struct {
 	InFlight        int     `json:"in_flight"`
 }
 
-// exitLog counts children that exited on their own.
-type exitLog struct {
-	crashes atomic.Int64
-	last    atomic.Pointer[string]
-}
-
-// note counts a crash. Its stdout may close before the child is reaped, so
-// the exit status is recorded once it is.
-func (l *exitLog) note(child muxChild) {
-	l.crashes.Add(1)
-	go func() {
-		<-child.Done()
-		msg := exitError(child).Error()
-		l.last.Store(&msg)
-	}()
-}
-
 // Status returns a snapshot of the backend.
 func (b *Backend) Status() Status {
 	now := time.Now()
-	st := Status{Command: b.cfg.Process.Argv, Isolation: "session", Era: b.prober.lastProbe().Era, Crashes: b.exits.crashes.Load()}
-	if last := b.exits.last.Load(); last != nil {
-		st.LastExit = *last
-	}
-	if err := b.Stats().LastError; err != nil {
+	counts := b.sup.Counts()
+	st := Status{Command: b.cfg.Process.Argv, Isolation: b.cfg.Pool.Isolation, Era: b.prober.lastProbe().Era, Crashes: counts.Crashes, LastExit: counts.LastExit}
+	if err := b.lastError(); err != nil {
 		st.LastError = err.Error()
 	}
 	b.mu.RLock()
@@ -77,7 +64,7 @@ func (b *Backend) Status() Status {
 		sessions = append(sessions, s)
 	}
 	b.mu.RUnlock()
-	children := make(map[int]*ChildStatus)
+	perChild := make(map[int]int)
 	for _, s := range sessions {
 		s.mu.Lock()
 		ss := SessionStatus{
@@ -92,33 +79,17 @@ func (b *Backend) Status() Status {
 		}
 		s.mu.Unlock()
 		st.Sessions = append(st.Sessions, ss)
-		if c := children[ss.PID]; c != nil {
-			c.Sessions++
-		} else {
-			children[ss.PID] = &ChildStatus{PID: ss.PID, StartedAt: s.up.Started(), Sessions: 1}
-		}
+		perChild[ss.PID]++
 	}
-	var idle []interface {
-		Pid() int
-		Started() time.Time
-	}
-	if b.shared != nil {
-		st.Isolation = "shared"
-		for _, c := range b.shared.idleChildren() {
-			idle = append(idle, c)
-		}
-	} else {
-		for _, c := range b.pool.idleChildren() {
-			idle = append(idle, c)
-		}
-	}
-	for _, p := range idle {
-		if children[p.Pid()] == nil {
-			children[p.Pid()] = &ChildStatus{PID: p.Pid(), StartedAt: p.Started()}
-		}
-	}
-	for _, c := range children {
-		st.Children = append(st.Children, *c)
+	for _, c := range b.sup.Children() {
+		st.Children = append(st.Children, ChildStatus{
+			PID:           c.Pid,
+			Role:          c.Role.String(),
+			StartedAt:     c.Started,
+			UptimeSeconds: now.Sub(c.Started).Seconds(),
+			Sessions:      perChild[c.Pid],
+			Restarts:      c.Restarts,
+		})
 	}
 	sort.Slice(st.Children, func(i, j int) bool { return st.Children[i].PID < st.Children[j].PID })
 	sort.Slice(st.Sessions, func(i, j int) bool { return st.Sessions[i].AgeSeconds > st.Sessions[j].AgeSeconds })

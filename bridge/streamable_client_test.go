@@ -32,7 +32,7 @@ func startBridge(t *testing.T, pool PoolConfig) (*httptest.Server, *Backend) {
 }
 
 func TestStreamableGoSDKClient(t *testing.T) {
-	srv, _ := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, _ := startBridge(t, PoolConfig{MinIdle: new(1)})
 	for _, version := range []string{"", "2025-11-25", "2025-06-18", "2025-03-26"} {
 		t.Run("version="+version, func(t *testing.T) {
 			c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, version)
@@ -70,7 +70,7 @@ func TestStreamableGoSDKClient(t *testing.T) {
 // adapter): tools, progress and sampling work, and the session ends with
 // its connection.
 func TestSingleStreamTransports(t *testing.T) {
-	srv, backend := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, backend := startBridge(t, PoolConfig{MinIdle: new(1)})
 	for name, transport := range map[string]mcp.Transport{
 		"sse": &mcp.SSEClientTransport{Endpoint: srv.URL + "/sse"},
 		"ws":  &wsclient.Transport{URL: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"},

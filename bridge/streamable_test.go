@@ -267,7 +267,7 @@ func checkErrorBody(t *testing.T, resp *http.Response) int {
 func TestStreamableStatus(t *testing.T) {
 	exe := mcptest.EverythingServer(t)
 	const maxSize = 64 << 10
-	srv, _ := startBridgeWith(t, []string{exe}, BackendConfig{Process: ProcessConfig{MaxMessageSize: maxSize}, Pool: PoolConfig{MinIdle: 1}}, ServerConfig{})
+	srv, _ := startBridgeWith(t, []string{exe}, BackendConfig{Process: ProcessConfig{MaxMessageSize: maxSize}, Pool: PoolConfig{MinIdle: new(1)}}, ServerConfig{})
 	const toolsList = `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
 	for _, tc := range []struct {
 		name       string
@@ -445,7 +445,7 @@ func emptyBody(t *testing.T, resp *http.Response) {
 // id of 32 hex digits, an SSE stream that proxies will not buffer, and the
 // child's result with the requested version.
 func TestStreamableInitialize(t *testing.T) {
-	srv, _ := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, _ := startBridge(t, PoolConfig{MinIdle: new(1)})
 	hex32 := regexp.MustCompile(`^[0-9a-f]{32}$`)
 	seen := map[string]bool{}
 	for _, version := range []string{"2025-11-25", "2025-06-18", "2025-03-26"} {
@@ -489,7 +489,7 @@ func TestStreamableInitialize(t *testing.T) {
 // session, and from 2025-11-25 on the stream opens with a priming event (an
 // id and empty data) that a client may resume from.
 func TestStreamableEventIDs(t *testing.T) {
-	srv, _ := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, _ := startBridge(t, PoolConfig{MinIdle: new(1)})
 	for _, tc := range []struct {
 		version     string
 		wantPriming bool
@@ -540,7 +540,7 @@ func TestStreamableEventIDs(t *testing.T) {
 // no request (here notifications/tools/list_changed) reach the GET stream,
 // whether it was open when they were sent or opened later.
 func TestStreamableGetStream(t *testing.T) {
-	srv, _ := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, _ := startBridge(t, PoolConfig{MinIdle: new(1)})
 	const version = "2025-11-25"
 	const trigger = `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_trigger_tool_change"}}`
 	for _, tc := range []struct {
@@ -593,7 +593,7 @@ func TestStreamableGetStream(t *testing.T) {
 // TestStreamableSecondGetReplacesFirst checks that a session has one GET
 // stream: opening another ends the first.
 func TestStreamableSecondGetReplacesFirst(t *testing.T) {
-	srv, _ := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, _ := startBridge(t, PoolConfig{MinIdle: new(1)})
 	session := initialize(t, srv.URL, "2025-06-18")
 	first := mcpRequest(t, srv.URL, http.MethodGet, session, nil, "")
 	if first.StatusCode != http.StatusOK {
@@ -619,7 +619,7 @@ func TestStreamableSecondGetReplacesFirst(t *testing.T) {
 // comments.
 func TestStreamableKeepalive(t *testing.T) {
 	exe := mcptest.EverythingServer(t)
-	srv, _ := startBridgeWith(t, []string{exe}, BackendConfig{Pool: PoolConfig{MinIdle: 1}}, ServerConfig{Keepalive: 50 * time.Millisecond})
+	srv, _ := startBridgeWith(t, []string{exe}, BackendConfig{Pool: PoolConfig{MinIdle: new(1)}}, ServerConfig{Keepalive: 50 * time.Millisecond})
 	session := initialize(t, srv.URL, "2025-06-18")
 	resp := mcpRequest(t, srv.URL, http.MethodGet, session, nil, "")
 	if resp.StatusCode != http.StatusOK {
@@ -651,7 +651,7 @@ func TestStreamableKeepalive(t *testing.T) {
 func TestStreamablePoolExhausted(t *testing.T) {
 	exe := mcptest.EverythingServer(t)
 	srv, _ := startBridgeWith(t, []string{exe},
-		BackendConfig{Pool: PoolConfig{MinIdle: 1, MaxProcesses: 1, AcquireTimeout: 100 * time.Millisecond}}, ServerConfig{})
+		BackendConfig{Pool: PoolConfig{MinIdle: new(1), MaxProcesses: 1, AcquireTimeout: 100 * time.Millisecond}}, ServerConfig{})
 	first := initialize(t, srv.URL, "2025-11-25")
 
 	resp := post(t, srv.URL, "", "", initializeBody("2025-11-25"))
@@ -689,7 +689,7 @@ func TestStreamablePoolExhausted(t *testing.T) {
 func TestStreamableIdleReaping(t *testing.T) {
 	exe := mcptest.EverythingServer(t)
 	srv, backend := startBridgeWith(t, []string{exe},
-		BackendConfig{Pool: PoolConfig{MinIdle: 1}, SessionIdleTimeout: 200 * time.Millisecond}, ServerConfig{})
+		BackendConfig{Pool: PoolConfig{MinIdle: new(1)}, SessionIdleTimeout: 200 * time.Millisecond}, ServerConfig{})
 	openGet := func(session string) *http.Response {
 		t.Helper()
 		resp := mcpRequest(t, srv.URL, http.MethodGet, session, nil, "")
@@ -740,7 +740,7 @@ func TestStreamableIdleReaping(t *testing.T) {
 // session then answers 404 so that the client starts a new one.
 func TestStreamableChildExits(t *testing.T) {
 	exe := mcptest.Build(t, mcptest.TestChildPackage)
-	srv, backend := startBridgeWith(t, []string{exe, "-die-on", "tools/call"}, BackendConfig{Pool: PoolConfig{MinIdle: 1}}, ServerConfig{})
+	srv, backend := startBridgeWith(t, []string{exe, "-die-on", "tools/call"}, BackendConfig{Pool: PoolConfig{MinIdle: new(1)}}, ServerConfig{})
 	for _, version := range []string{"2025-11-25", "2025-03-26"} {
 		t.Run(version, func(t *testing.T) {
 			session := initialize(t, srv.URL, version)
@@ -763,7 +763,7 @@ func TestStreamableChildExits(t *testing.T) {
 func TestStreamableOversizeResponse(t *testing.T) {
 	exe := mcptest.Build(t, mcptest.TestChildPackage)
 	srv, _ := startBridgeWith(t, []string{exe, "-huge", "200000"},
-		BackendConfig{Process: ProcessConfig{MaxMessageSize: 100000}, Pool: PoolConfig{MinIdle: 1}}, ServerConfig{})
+		BackendConfig{Process: ProcessConfig{MaxMessageSize: 100000}, Pool: PoolConfig{MinIdle: new(1)}}, ServerConfig{})
 	session := initialize(t, srv.URL, "2025-11-25")
 	m, _ := call(t, srv.URL, session, "2025-11-25", `{"jsonrpc":"2.0","id":7,"method":"huge"}`)
 	if string(m.ID) != "7" || m.Error == nil || m.Error.Code != jsonrpc.CodeInternalError {

@@ -48,7 +48,7 @@ func openLegacySSE(t *testing.T, url string) (string, *bufio.Reader, func()) {
 // TestLegacySSEBadInput says what each bad request to the legacy SSE
 // transport gets.
 func TestLegacySSEBadInput(t *testing.T) {
-	srv, backend := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, backend := startBridge(t, PoolConfig{MinIdle: new(1)})
 	endpoint, _, closeStream := openLegacySSE(t, srv.URL+"/sse")
 	defer closeStream()
 	if !strings.HasPrefix(endpoint, "/message?sessionId=") {
@@ -111,7 +111,7 @@ func TestLegacySSEEndpointBehindPrefix(t *testing.T) {
 // TestWebSocketBadInput says what each bad frame gets, and that a clean
 // close ends the session and its child.
 func TestWebSocketBadInput(t *testing.T) {
-	srv, backend := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, backend := startBridge(t, PoolConfig{MinIdle: new(1)})
 	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"
 	dial := func(t *testing.T) *websocket.Conn {
 		conn, resp, err := websocket.Dial(t.Context(), url, &websocket.DialOptions{Subprotocols: []string{"mcp"}})
@@ -176,7 +176,7 @@ func TestWebSocketBadInput(t *testing.T) {
 // TestTransportsLeaveNoGoroutines opens and closes sessions on every
 // transport and checks that the goroutine count returns to where it was.
 func TestTransportsLeaveNoGoroutines(t *testing.T) {
-	srv, backend := startBridge(t, PoolConfig{MinIdle: 1})
+	srv, backend := startBridge(t, PoolConfig{MinIdle: new(1)})
 	waitSessions(t, backend, 0)
 	time.Sleep(100 * time.Millisecond)
 	before := runtime.NumGoroutine()

@@ -5,8 +5,6 @@ package caddymodule
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -248,10 +246,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	h.backendKey, err = configKey(cfg)
-	if err != nil {
-		return err
-	}
+	h.backendKey = cfg.Key()
 	cfg.Observer = poolObserver{pool: h.backendKey[:12]}
 	val, _, err := backends.LoadOrNew(h.backendKey, func() (caddy.Destructor, error) {
 		return backendHandle{bridge.NewBackend(cfg, h.logger.With(zap.String("pool", h.backendKey[:12])))}, nil
@@ -261,13 +256,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.backend = val.(backendHandle).Backend
 
-	keepalive := time.Duration(h.Keepalive)
-	switch {
-	case keepalive == 0:
-		keepalive = bridge.DefaultKeepalive
-	case keepalive < 0:
-		keepalive = 0
-	}
 	transports, err := parseTransports(h.Transports)
 	if err != nil {
 		return err
@@ -285,7 +273,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		HealthPath:     h.HealthPath,
 		MountPrefix:    mountPrefix,
 		PublicBaseURL:  h.PublicBaseURL,
-		Keepalive:      keepalive,
+		Keepalive:      time.Duration(h.Keepalive),
 		ResumeGrace:    time.Duration(h.ResumeGrace),
 		PollInterval:   time.Duration(h.PollInterval),
 		Origins:        h.origins,
@@ -346,8 +334,9 @@ func (h *Handler) secretEnv() []string {
 	return names
 }
 
-// backendConfig is the child configuration, placeholders replaced and
-// defaults applied, so that equal configurations share a pool.
+// backendConfig is the child configuration with placeholders replaced.
+// Defaults are the bridge's to apply (BackendConfig.Key), so that a
+// default spelled out and one left out mean the same pool.
 func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 	repl := caddy.NewReplacer()
 	argv, err := bridge.SplitCommand(repl.ReplaceAll(h.Command, ""))
@@ -369,33 +358,23 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 			StdinCloseTimeout: time.Duration(h.StopTimeout),
 			TermTimeout:       time.Duration(h.TermTimeout),
 		},
-		Pool:         bridge.PoolConfig{MinIdle: bridge.DefaultMinIdle},
 		DrainTimeout: time.Duration(h.DrainTimeout),
 	}
 	if r := h.ReplayBuffer; r != nil {
 		cfg.Replay = bridge.ReplayBuffer{Events: r.Events, Bytes: r.Bytes}
 	}
-	if cfg.Process.MaxMessageSize <= 0 {
-		cfg.Process.MaxMessageSize = bridge.DefaultMaxMessageSize
-	}
 	if p := h.Pool; p != nil {
-		if p.MinIdle != nil {
-			cfg.Pool.MinIdle = *p.MinIdle
+		cfg.Pool = bridge.PoolConfig{
+			Isolation:          p.Isolation,
+			MaxProcesses:       p.MaxProcesses,
+			AcquireTimeout:     time.Duration(p.AcquireTimeout),
+			MinIdle:            p.MinIdle,
+			HealthCheck:        time.Duration(p.HealthCheck),
+			SessionsPerProcess: p.SessionsPerProcess,
+			MinProcesses:       p.MinProcesses,
+			ProcessIdleTimeout: time.Duration(p.ProcessIdleTimeout),
 		}
-		cfg.Pool.MaxProcesses = p.MaxProcesses
-		cfg.Pool.AcquireTimeout = time.Duration(p.AcquireTimeout)
-		cfg.Pool.HealthCheck = time.Duration(p.HealthCheck)
 		cfg.SessionIdleTimeout = time.Duration(p.SessionIdleTimeout)
-		if p.Isolation == "shared" {
-			cfg.Shared = &bridge.SharedPoolConfig{
-				SessionsPerProcess: p.SessionsPerProcess,
-				MinProcesses:       p.MinProcesses,
-				MaxProcesses:       p.MaxProcesses,
-				IdleTimeout:        time.Duration(p.ProcessIdleTimeout),
-				AcquireTimeout:     time.Duration(p.AcquireTimeout),
-			}
-			cfg.Pool = bridge.PoolConfig{}
-		}
 	}
 	return cfg, nil
 }
@@ -430,16 +409,6 @@ func mountPrefix(r *http.Request) string {
 		return ""
 	}
 	return prefix
-}
-
-// configKey names a child configuration in the pool of backends.
-func configKey(cfg bridge.BackendConfig) (string, error) {
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		return "", err
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:]), nil
 }
 
 // Validate checks the configuration.

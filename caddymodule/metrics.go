@@ -16,12 +16,12 @@ import (
 var (
 	childSpawns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "child_spawns_total",
-		Help: "Child processes started.",
-	}, []string{"pool"})
+		Help: "Child processes started, by role: spare, isolated, shared, stateless, probe.",
+	}, []string{"pool", "role"})
 	childExits = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "child_exits_total",
-		Help: "Child processes that exited; crashed is true when the bridge did not stop them.",
-	}, []string{"pool", "crashed"})
+		Help: "Child processes that exited, by role; crashed is true when the bridge did not stop them.",
+	}, []string{"pool", "role", "crashed"})
 	requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "requests_total",
 		Help: "Client requests answered by the child, by method and outcome (ok or error).",
@@ -48,7 +48,7 @@ var (
 	sessionsDesc = prometheus.NewDesc("caddy_mcp_bridge_sessions",
 		"Open sessions, by transport.", []string{"pool", "transport"}, nil)
 	childrenDesc = prometheus.NewDesc("caddy_mcp_bridge_children",
-		"Child processes, by state: busy (carrying sessions), idle, starting.", []string{"pool", "state"}, nil)
+		"Child processes alive, by role: spare, isolated, shared, stateless, probe. Together they stay within max_processes.", []string{"pool", "role"}, nil)
 )
 
 // registerMetrics adds the bridge's collectors to a config load's registry.
@@ -90,9 +90,8 @@ func (stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for transport, n := range sessions {
 			ch <- prometheus.MustNewConstMetric(sessionsDesc, prometheus.GaugeValue, float64(n), pool, transport)
 		}
-		st := b.Stats()
-		for state, n := range map[string]int{"busy": st.Busy, "idle": st.Idle, "starting": st.Starting} {
-			ch <- prometheus.MustNewConstMetric(childrenDesc, prometheus.GaugeValue, float64(n), pool, state)
+		for role, n := range b.Counts() {
+			ch <- prometheus.MustNewConstMetric(childrenDesc, prometheus.GaugeValue, float64(n), pool, role)
 		}
 		return true
 	})
@@ -103,14 +102,14 @@ type poolObserver struct {
 	pool string
 }
 
-func (o poolObserver) ChildStarted() { childSpawns.WithLabelValues(o.pool).Inc() }
+func (o poolObserver) ChildStarted(role string) { childSpawns.WithLabelValues(o.pool, role).Inc() }
 
-func (o poolObserver) ChildExited(crashed bool) {
+func (o poolObserver) ChildExited(role string, crashed bool) {
 	label := "false"
 	if crashed {
 		label = "true"
 	}
-	childExits.WithLabelValues(o.pool, label).Inc()
+	childExits.WithLabelValues(o.pool, role, label).Inc()
 }
 
 func (o poolObserver) RequestDone(method, outcome string, d time.Duration) {

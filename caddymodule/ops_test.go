@@ -98,8 +98,9 @@ type opPool struct {
 	Command    []string `json:"command"`
 	Isolation  string   `json:"isolation"`
 	Children   []struct {
-		PID      int `json:"pid"`
-		Sessions int `json:"sessions"`
+		PID      int    `json:"pid"`
+		Role     string `json:"role"`
+		Sessions int    `json:"sessions"`
 	} `json:"children"`
 	Sessions  []opSession `json:"sessions"`
 	Crashes   int64       `json:"crashes"`
@@ -315,11 +316,11 @@ func TestHealthReport(t *testing.T) {
 			h      opHealth
 			header http.Header
 		)
-		// Until the probe has counted the tools (-1 before) and the spare
-		// taken by the last session is replaced.
+		// Until the probe has counted the tools (-1 before), its child is
+		// gone, and the spare taken by the last session is replaced.
 		mcptest.WaitFor(t, 15*time.Second, "the health report to settle", func() bool {
 			status, h, header = opGetHealth(t, ok)
-			return h.Tools != -1 && h.Processes.Starting == 0 && h.Processes.Idle == 1
+			return h.Tools != -1 && h.Processes.Starting == 0 && h.Processes.Idle == 1 && h.Processes.Running == sessions+1
 		})
 		if status != http.StatusOK || h.Status != "ok" {
 			t.Errorf("status %d %q, want 200 ok", status, h.Status)
@@ -599,11 +600,12 @@ func TestMetrics(t *testing.T) {
 		{"caddy_mcp_bridge_sessions", p("transport", "streamable"), 2},
 		{"caddy_mcp_bridge_sessions", p("transport", "sse"), 0},
 		{"caddy_mcp_bridge_sessions", p("transport", "ws"), 0},
-		{"caddy_mcp_bridge_children", p("state", "busy"), 2},
-		{"caddy_mcp_bridge_children", p("state", "idle"), 1},
-		{"caddy_mcp_bridge_children", p("state", "starting"), 0},
-		// Two sessions' children and the spare; the health probe's would
-		// not count, and none ran.
+		{"caddy_mcp_bridge_children", p("role", "isolated"), 2},
+		{"caddy_mcp_bridge_children", p("role", "spare"), 1},
+		{"caddy_mcp_bridge_children", p("role", "shared"), 0},
+		{"caddy_mcp_bridge_children", p("role", "stateless"), 0},
+		{"caddy_mcp_bridge_children", p("role", "probe"), 0},
+		// Two sessions' children and the spare; no health probe ran.
 		{"caddy_mcp_bridge_child_spawns_total", p(), 3},
 		{"caddy_mcp_bridge_session_starts_total", p("outcome", "ok"), 2},
 		{"caddy_mcp_bridge_session_start_wait_seconds", p(), 2},
@@ -660,9 +662,9 @@ func TestMetricsLintCollectors(t *testing.T) {
 		}
 	}
 	o := poolObserver{pool: "lint00000000"}
-	o.ChildStarted()
-	o.ChildExited(true)
-	o.ChildExited(false)
+	o.ChildStarted("isolated")
+	o.ChildExited("isolated", true)
+	o.ChildExited("spare", false)
 	o.RequestDone("tools/call", "ok", time.Millisecond)
 	o.MessageBytes("in", 10)
 	o.MessageBytes("out", 20)

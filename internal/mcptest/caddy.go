@@ -156,6 +156,13 @@ func (c *Caddy) Stop(t testing.TB) time.Duration {
 	return time.Since(start)
 }
 
+// Kill sends SIGKILL to Caddy, as a crash or the OOM killer would, and
+// waits for it to exit.
+func (c *Caddy) Kill() {
+	_ = c.cmd.Process.Kill()
+	<-c.done
+}
+
 // AdminGet fetches a path from the admin API.
 func (c *Caddy) AdminGet(path string) (*http.Response, error) {
 	return http.Get("http://" + c.AdminAddr + path)

@@ -1,0 +1,346 @@
+// Package supervisor starts, counts, watches and ends every child process
+// of one backend, within one budget: the warm spares, the children of
+// isolated and shared sessions, those serving stateless requests and the
+// probe's. Placements (isolated, shared) decide what a child is for; the
+// supervisor decides whether there is room for it and makes sure it ends.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
+)
+
+// Role is what a child is for.
+type Role int32
+
+// The roles of children.
+const (
+	RoleSpare     Role = iota // started ahead of demand, not handed out yet
+	RoleIsolated              // carries one session
+	RoleShared                // carries many sessions through a multiplexer
+	RoleStateless             // serves stateless (2026-07-28) requests
+	RoleProbe                 // the health and era probe's
+	numRoles
+)
+
+var roleNames = [numRoles]string{"spare", "isolated", "shared", "stateless", "probe"}
+
+func (r Role) String() string { return roleNames[r] }
+
+// Roles lists every role, for reports that show zero counts too.
+func Roles() []Role { return []Role{RoleSpare, RoleIsolated, RoleShared, RoleStateless, RoleProbe} }
+
+// Observer is told when a child starts and exits.
+type Observer interface {
+	ChildStarted(role string)
+	// ChildExited: crashed when the bridge did not stop the child.
+	ChildExited(role string, crashed bool)
+}
+
+// Config is the budget and how to start a child.
+type Config struct {
+	Process child.Config
+	// MaxProcesses caps the children alive at once, whatever their role;
+	// zero means no cap. A child counts from the moment its start is
+	// decided until it has been reaped.
+	MaxProcesses int
+	// AcquireTimeout is how long Start waits for room.
+	AcquireTimeout time.Duration
+}
+
+// ErrBusy is returned when no room became free in time.
+var ErrBusy = errors.New("all MCP server processes are busy")
+
+// ErrClosed is returned once the supervisor is closed.
+var ErrClosed = errors.New("the MCP server pool is shut down")
+
+// Child is a child process the supervisor owns. Stop and Kill through it,
+// not through the process, so that an exit is told apart from a crash.
+type Child struct {
+	*child.Process
+	role     atomic.Int32
+	stopped  atomic.Bool
+	restarts int
+}
+
+// Role is what the child is for now.
+func (c *Child) Role() Role { return Role(c.role.Load()) }
+
+// SetRole changes what the child is for: a spare handed to a session
+// becomes isolated.
+func (c *Child) SetRole(r Role) { c.role.Store(int32(r)) }
+
+// Restarts is how many children held this one's place before it, each
+// replaced after it exited on its own.
+func (c *Child) Restarts() int { return c.restarts }
+
+// Stop ends the child gracefully (stdin closed, then SIGTERM, then SIGKILL)
+// and returns once it is gone.
+func (c *Child) Stop() {
+	c.stopped.Store(true)
+	c.Process.Stop()
+}
+
+// Kill ends the child and its process group at once.
+func (c *Child) Kill() {
+	c.stopped.Store(true)
+	c.Process.Kill()
+}
+
+// Supervisor owns the children of one backend.
+type Supervisor struct {
+	cfg    Config
+	logger *zap.Logger
+	obs    Observer
+
+	mu         sync.Mutex
+	children   map[*Child]struct{}
+	starting   int           // starts under way: they hold room already
+	waiting    int           // callers of Start waiting for room
+	freed      chan struct{} // closed and replaced whenever room frees up
+	closed     bool
+	reclaimers []func() bool
+	onFreed    []func()
+	crashes    int64
+	lastExit   string
+
+	// owned counts what Close waits for: starts under way and one watcher
+	// per child.
+	owned sync.WaitGroup
+}
+
+// New returns a supervisor that has started nothing.
+func New(cfg Config, logger *zap.Logger, obs Observer) *Supervisor {
+	return &Supervisor{cfg: cfg, logger: logger, obs: obs, children: make(map[*Child]struct{}), freed: make(chan struct{})}
+}
+
+// OnFull registers reclaim, which the supervisor calls, without its lock,
+// when a caller waits for room: reclaim stops one idle child it holds (a
+// warm spare, a shared child without sessions), without waiting, and
+// reports whether it did. Its room frees once that child is reaped.
+func (s *Supervisor) OnFull(reclaim func() bool) {
+	s.mu.Lock()
+	s.reclaimers = append(s.reclaimers, reclaim)
+	s.mu.Unlock()
+}
+
+// OnFreed registers f, called without the supervisor's lock whenever a
+// child has been reaped, so that placements can start what they keep
+// ready.
+func (s *Supervisor) OnFreed(f func()) {
+	s.mu.Lock()
+	s.onFreed = append(s.onFreed, f)
+	s.mu.Unlock()
+}
+
+// Start starts a child in role. With wait, it waits for room up to
+// AcquireTimeout or ctx, asking the placements to give up an idle child;
+// without, it fails at once with ErrBusy when there is no room, or when
+// someone is already waiting for it (what is kept ready never takes room
+// from a request).
+func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts int) (*Child, error) {
+	var timer *time.Timer
+	reclaimed := false
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if s.hasRoomLocked() && (wait || s.waiting == 0) {
+			s.starting++
+			s.owned.Add(1)
+			s.mu.Unlock()
+			break
+		}
+		if !wait {
+			s.mu.Unlock()
+			return nil, ErrBusy
+		}
+		freed := s.freed
+		s.waiting++
+		s.mu.Unlock()
+		if !reclaimed {
+			reclaimed = true
+			s.Reclaim()
+		}
+		if timer == nil {
+			timer = time.NewTimer(s.cfg.AcquireTimeout)
+			defer timer.Stop()
+		}
+		var err error
+		select {
+		case <-freed:
+		case <-timer.C:
+			err = ErrBusy
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		s.mu.Lock()
+		s.waiting--
+		s.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	proc, err := child.Start(s.cfg.Process, s.logger)
+	s.mu.Lock()
+	s.starting--
+	if err != nil {
+		s.notifyLocked()
+		s.mu.Unlock()
+		s.owned.Done()
+		return nil, err
+	}
+	c := &Child{Process: proc, restarts: restarts}
+	c.SetRole(role)
+	s.children[c] = struct{}{}
+	closed := s.closed
+	s.mu.Unlock()
+	s.obs.ChildStarted(role.String())
+	go s.watch(c) // takes over the room's Add
+	if closed {
+		c.Kill()
+		return nil, ErrClosed
+	}
+	return c, nil
+}
+
+// Freed returns a channel closed the next time room frees up, for
+// placements that wait for room and for something of their own at once.
+func (s *Supervisor) Freed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.freed
+}
+
+// Reclaim asks the placements to give up one idle child; it reports
+// whether one did.
+func (s *Supervisor) Reclaim() bool {
+	s.mu.Lock()
+	reclaimers := s.reclaimers
+	s.mu.Unlock()
+	for _, reclaim := range reclaimers {
+		if reclaim() {
+			return true
+		}
+	}
+	return false
+}
+
+// hasRoomLocked reports whether one more child fits the budget.
+func (s *Supervisor) hasRoomLocked() bool {
+	return s.cfg.MaxProcesses <= 0 || len(s.children)+s.starting < s.cfg.MaxProcesses
+}
+
+// watch frees a child's room once it has been reaped.
+func (s *Supervisor) watch(c *Child) {
+	defer s.owned.Done()
+	<-c.Done()
+	crashed := !c.stopped.Load()
+	s.mu.Lock()
+	delete(s.children, c)
+	if crashed {
+		s.crashes++
+		s.lastExit = exitMessage(c)
+	}
+	s.notifyLocked()
+	onFreed := s.onFreed
+	closed := s.closed
+	s.mu.Unlock()
+	s.obs.ChildExited(c.Role().String(), crashed)
+	if !closed {
+		for _, f := range onFreed {
+			f()
+		}
+	}
+}
+
+func (s *Supervisor) notifyLocked() {
+	close(s.freed)
+	s.freed = make(chan struct{})
+}
+
+// exitMessage describes how a child ended.
+func exitMessage(c *Child) string {
+	if err := c.ExitErr(); err != nil {
+		return err.Error()
+	}
+	return "MCP server exited"
+}
+
+// Close refuses new children, stops those still running (the placements
+// have stopped theirs by now; what is left is stopped here) and returns
+// once every child has been reaped and every goroutine the supervisor
+// started has ended.
+func (s *Supervisor) Close() {
+	s.mu.Lock()
+	s.closed = true
+	left := make([]*Child, 0, len(s.children))
+	for c := range s.children {
+		left = append(left, c)
+	}
+	s.notifyLocked()
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, c := range left {
+		wg.Go(c.Stop)
+	}
+	wg.Wait()
+	s.owned.Wait()
+}
+
+// ChildInfo describes a child for status reports.
+type ChildInfo struct {
+	Pid      int
+	Role     Role
+	Started  time.Time
+	Restarts int
+}
+
+// Children lists the children alive now.
+func (s *Supervisor) Children() []ChildInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ChildInfo, 0, len(s.children))
+	for c := range s.children {
+		out = append(out, ChildInfo{Pid: c.Pid(), Role: c.Role(), Started: c.Started(), Restarts: c.restarts})
+	}
+	return out
+}
+
+// Counts is a snapshot of the budget's use.
+type Counts struct {
+	ByRole   [numRoles]int
+	Starting int
+	Crashes  int64
+	LastExit string
+}
+
+// Running is the number of children alive.
+func (c Counts) Running() int {
+	n := 0
+	for _, k := range c.ByRole {
+		n += k
+	}
+	return n
+}
+
+// Counts returns how many children there are, by role.
+func (s *Supervisor) Counts() Counts {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := Counts{Starting: s.starting, Crashes: s.crashes, LastExit: s.lastExit}
+	for c := range s.children {
+		n.ByRole[c.Role()]++
+	}
+	return n
+}

@@ -1,0 +1,342 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
+)
+
+// isolatedPlacement gives each session a child of its own, taken from warm
+// spares started ahead of demand. A child is never reused: a session that
+// ends stops its child, and another spare starts.
+type isolatedPlacement struct {
+	sup    *supervisor.Supervisor
+	cfg    PoolConfig // with defaults
+	logger *zap.Logger
+
+	mu       sync.Mutex
+	idle     []*supervisor.Child
+	spawning int // spares being started, at most spareSpawns
+	started  bool
+	closed   bool
+	lastErr  error
+	failures int // spawn failures in a row, for backoff
+	stop     chan struct{}
+	// spareReady is closed and replaced whenever a spare becomes ready.
+	spareReady chan struct{}
+	owned      sync.WaitGroup // spare starters and watchers, the checker, stops
+}
+
+func newIsolatedPlacement(sup *supervisor.Supervisor, cfg PoolConfig, logger *zap.Logger) *isolatedPlacement {
+	p := &isolatedPlacement{sup: sup, cfg: cfg, logger: logger, stop: make(chan struct{}), spareReady: make(chan struct{})}
+	sup.OnFull(p.reclaimSpare)
+	sup.OnFreed(func() {
+		p.mu.Lock()
+		p.refillLocked()
+		p.mu.Unlock()
+	})
+	return p
+}
+
+func (p *isolatedPlacement) start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started || p.closed {
+		return
+	}
+	p.started = true
+	p.refillLocked()
+	if p.cfg.HealthCheck > 0 {
+		p.owned.Add(1)
+		go p.checkSpares()
+	}
+}
+
+// acquire hands out a warm spare, or starts a child when there is none
+// and there is room, or waits for either: a spare that becomes ready, or
+// room that frees up (asking the other placements to give up an idle
+// child once).
+func (p *isolatedPlacement) acquire(ctx context.Context, req leaseRequest) (lease, error) {
+	var timer *time.Timer
+	reclaimed := false
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrPoolClosed
+		}
+		p.started = true
+		for len(p.idle) > 0 {
+			c := p.idle[len(p.idle)-1] // the newest: the oldest is next to be checked
+			p.idle = p.idle[:len(p.idle)-1]
+			if c.Exited() {
+				continue
+			}
+			c.SetRole(supervisor.RoleIsolated)
+			p.failures = 0 // it stayed up until needed
+			p.refillLocked()
+			p.mu.Unlock()
+			return p.lease(c, req), nil
+		}
+		spareReady := p.spareReady
+		p.mu.Unlock()
+		freed := p.sup.Freed()
+		c, err := p.sup.Start(ctx, supervisor.RoleIsolated, false, 0)
+		if err == nil {
+			p.mu.Lock()
+			p.failures = 0
+			p.refillLocked()
+			p.mu.Unlock()
+			return p.lease(c, req), nil
+		}
+		if !errors.Is(err, ErrPoolExhausted) {
+			p.noteStartError(err)
+			return nil, err
+		}
+		if !reclaimed {
+			reclaimed = true
+			p.sup.Reclaim()
+		}
+		if timer == nil {
+			timer = time.NewTimer(p.cfg.AcquireTimeout)
+			defer timer.Stop()
+		}
+		select {
+		case <-spareReady:
+		case <-freed:
+		case <-timer.C:
+			return nil, ErrPoolExhausted
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (p *isolatedPlacement) lease(c *supervisor.Child, req leaseRequest) lease {
+	l := ownChild{c}
+	req.bind(l)
+	c.Attach(req.deliver, req.oversize, req.exited)
+	return l
+}
+
+// ownChild is the lease of an isolated session: messages go to the child
+// unchanged, and the child is stopped when the session ends.
+type ownChild struct{ c *supervisor.Child }
+
+func (o ownChild) Send(msg []byte, _ *jsonrpc.Envelope) error { return o.c.Send(msg) }
+func (o ownChild) Release()                                   { o.c.Stop() }
+func (o ownChild) Pid() int                                   { return o.c.Pid() }
+func (o ownChild) Started() time.Time                         { return o.c.Started() }
+func (o ownChild) Shared() bool                               { return false }
+
+// reclaimSpare stops the oldest warm spare, so that a waiting session or
+// request gets its room.
+func (p *isolatedPlacement) reclaimSpare() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle) == 0 {
+		return false
+	}
+	c := p.idle[0]
+	p.idle = p.idle[1:]
+	p.owned.Go(c.Stop)
+	return true
+}
+
+func (p *isolatedPlacement) close() {
+	p.mu.Lock()
+	if !p.closed {
+		close(p.stop)
+	}
+	p.closed = true
+	for _, c := range p.idle {
+		p.owned.Go(c.Stop)
+	}
+	p.idle = nil
+	p.mu.Unlock()
+	p.owned.Wait()
+}
+
+func (p *isolatedPlacement) ready() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.idle)
+}
+
+func (p *isolatedPlacement) lastError() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr
+}
+
+// noteStartError records a failure to start a child; a full budget or a
+// client that left is none.
+func (p *isolatedPlacement) noteStartError(err error) {
+	if errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrPoolClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return
+	}
+	p.mu.Lock()
+	p.failures++
+	p.lastErr = err
+	p.mu.Unlock()
+	p.logger.Error("starting MCP server", zap.Error(err))
+}
+
+// spareSpawns is how many spares start at once: half the cores. A burst
+// of sessions takes many spares at once, and starting all their
+// replacements together would take the CPU from those very sessions (64
+// sessions opened at once on 2 cores waited 310 ms at the median while 64
+// children started; 46 ms with this bound, measured by mcp-bench).
+var spareSpawns = max(runtime.GOMAXPROCS(0)/2, 1)
+
+// refillLocked starts spares until MinIdle are idle or starting, at most
+// spareSpawns at a time; each one that is ready starts the next.
+func (p *isolatedPlacement) refillLocked() {
+	if !p.started || p.closed {
+		return
+	}
+	for len(p.idle)+p.spawning < *p.cfg.MinIdle && p.spawning < spareSpawns {
+		p.spawning++
+		p.owned.Add(1)
+		go p.startSpare(spawnBackoff(p.failures))
+	}
+}
+
+// startSpare starts a child and makes it a spare once it answers a ping: a
+// spare is ready, not merely started, so a session that takes it does not
+// wait for the server to load (a Node server takes a few hundred ms). A
+// spare takes room only when nobody waits for it.
+func (p *isolatedPlacement) startSpare(delay time.Duration) {
+	defer p.owned.Done()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-p.stop:
+			t.Stop()
+		}
+	}
+	c, err := p.sup.Start(context.Background(), supervisor.RoleSpare, false, 0)
+	if err != nil {
+		p.noteStartError(err)
+	} else if err = c.Ping(p.cfg.StartTimeout); err != nil {
+		c.Kill()
+		p.logger.Error("new MCP server did not answer a ping", zap.Int("pid", c.Pid()), zap.Error(err))
+		p.mu.Lock()
+		p.failures++
+		p.lastErr = err
+		p.mu.Unlock()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.spawning--
+	switch {
+	case errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrPoolClosed):
+		// No room: the next freed room refills.
+	case err != nil:
+		p.refillLocked()
+	case p.closed:
+		p.owned.Go(c.Stop)
+	default:
+		p.idle = append(p.idle, c)
+		close(p.spareReady)
+		p.spareReady = make(chan struct{})
+		p.refillLocked()
+		p.owned.Add(1)
+		go p.watchSpare(c)
+	}
+}
+
+// watchSpare drops a spare that exits while idle.
+func (p *isolatedPlacement) watchSpare(c *supervisor.Child) {
+	defer p.owned.Done()
+	select {
+	case <-c.Done():
+	case <-p.stop:
+		return // close stops the spares
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, have := range p.idle {
+		if have == c {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			p.logger.Warn("idle MCP server exited", zap.Int("pid", c.Pid()), zap.Error(c.ExitErr()))
+			p.failures++
+			p.lastErr = exitError(c)
+			p.refillLocked()
+			return
+		}
+	}
+}
+
+// checkSpares pings the warm spares, one at a time, every HealthCheck, and
+// replaces those that do not answer.
+func (p *isolatedPlacement) checkSpares() {
+	defer p.owned.Done()
+	t := time.NewTicker(p.cfg.HealthCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		spares := len(p.idle)
+		p.mu.Unlock()
+		for range spares {
+			p.mu.Lock()
+			if len(p.idle) == 0 || p.closed {
+				p.mu.Unlock()
+				break
+			}
+			c := p.idle[0] // the oldest; acquire takes the newest
+			p.idle = p.idle[1:]
+			p.spawning++ // out for a check: refill must not replace it
+			p.mu.Unlock()
+			err := c.Ping(p.cfg.HealthCheckTimeout)
+			p.mu.Lock()
+			p.spawning--
+			if err == nil && !p.closed {
+				p.idle = append(p.idle, c)
+				p.mu.Unlock()
+				continue
+			}
+			if err != nil {
+				p.lastErr = err
+				p.logger.Warn("warm spare failed its health check; replacing it", zap.Int("pid", c.Pid()), zap.Error(err))
+			}
+			p.mu.Unlock()
+			c.Kill() // its room frees, and the supervisor's OnFreed refills
+		}
+	}
+}
+
+// spawnBackoff is how long to wait before the next spawn after failures
+// in a row: nothing while spawns succeed, then doubling from 100ms to 30s,
+// so that a broken command does not spin.
+func spawnBackoff(failures int) time.Duration {
+	if failures == 0 {
+		return 0
+	}
+	return min(100*time.Millisecond<<min(failures-1, 9), 30*time.Second)
+}
+
+// janitorInterval is how often to look for what outlived timeout.
+func janitorInterval(timeout time.Duration) time.Duration {
+	return min(max(timeout/4, 10*time.Millisecond), time.Minute)
+}
+
+func exitError(c interface{ ExitErr() error }) error {
+	if err := c.ExitErr(); err != nil {
+		return err
+	}
+	return errors.New("MCP server exited")
+}

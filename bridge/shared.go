@@ -1,0 +1,309 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
+)
+
+// sharedPlacement places clients on the least-loaded of a few long-lived
+// children, each behind a multiplexer, starting another when all are
+// full. Shared sessions use one (role shared); stateless requests use
+// another (role stateless), never the sessions' children: a server that
+// has seen a stateless request may refuse a later initialize (the
+// go-sdk's does).
+type sharedPlacement struct {
+	sup    *supervisor.Supervisor
+	role   supervisor.Role
+	cfg    PoolConfig // with defaults
+	logger *zap.Logger
+
+	mu       sync.Mutex
+	muxes    []*Mux
+	starting int
+	freed    chan struct{} // closed and replaced whenever room frees up
+	started  bool
+	closed   bool
+	failures int
+	lastErr  error
+	stop     chan struct{}
+	owned    sync.WaitGroup // the reaper, refills, retirements
+}
+
+// newSharedPlacement returns a placement of children in role. Only the
+// sessions' one keeps MinProcesses running.
+func newSharedPlacement(sup *supervisor.Supervisor, role supervisor.Role, cfg PoolConfig, logger *zap.Logger) *sharedPlacement {
+	if role != supervisor.RoleShared {
+		cfg.MinProcesses = 0
+	}
+	p := &sharedPlacement{sup: sup, role: role, cfg: cfg, logger: logger, freed: make(chan struct{}), stop: make(chan struct{})}
+	sup.OnFull(p.reclaimIdle)
+	sup.OnFreed(func() {
+		p.mu.Lock()
+		p.notifyLocked()
+		p.refillLocked(0)
+		p.mu.Unlock()
+	})
+	return p
+}
+
+func (p *sharedPlacement) start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started || p.closed {
+		return
+	}
+	p.started = true
+	p.refillLocked(0)
+	p.owned.Add(1)
+	go p.reapIdle()
+}
+
+// acquire places a client on a child: the least-loaded one with room, or
+// a new one, or the first to have room within AcquireTimeout.
+func (p *sharedPlacement) acquire(ctx context.Context, req leaseRequest) (lease, error) {
+	p.start()
+	timer := time.NewTimer(p.cfg.AcquireTimeout)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrPoolClosed
+		}
+		var best *Mux
+		bestLoad := p.cfg.SessionsPerProcess
+		for _, m := range p.muxes {
+			if load, open := m.Load(); open && load < bestLoad {
+				best, bestLoad = m, load
+			}
+		}
+		if best != nil {
+			if mem := best.Attach(req.deliver, req.exited, func(mem *MuxMember) { req.bind(mem) }); mem != nil {
+				p.mu.Unlock()
+				return mem, nil
+			}
+		}
+		if p.starting == 0 {
+			p.starting++
+			p.mu.Unlock()
+			// The supervisor waits for room itself, within the same
+			// AcquireTimeout.
+			c, err := p.sup.Start(ctx, p.role, true, 0)
+			p.mu.Lock()
+			p.starting--
+			if err != nil {
+				p.notifyLocked()
+				p.mu.Unlock()
+				p.noteStartError(err)
+				return nil, err
+			}
+			p.addLocked(c)
+			p.mu.Unlock()
+			continue
+		}
+		freed := p.freed
+		p.mu.Unlock()
+		select {
+		case <-freed:
+		case <-timer.C:
+			return nil, ErrPoolExhausted
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// addLocked puts a started child behind a multiplexer, unless the
+// placement closed meanwhile.
+func (p *sharedPlacement) addLocked(c *supervisor.Child) {
+	defer p.notifyLocked()
+	if p.closed {
+		p.owned.Go(c.Stop)
+		return
+	}
+	p.failures = 0
+	p.muxes = append(p.muxes, NewMux(c, p.logger, p.onChildExit, p.released))
+}
+
+// released is called when a client leaves a child: there is room again.
+func (p *sharedPlacement) released() {
+	p.mu.Lock()
+	p.notifyLocked()
+	p.mu.Unlock()
+}
+
+// reclaimIdle retires a child that carries nobody, so that a waiting
+// session or request gets its room.
+func (p *sharedPlacement) reclaimIdle() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, m := range p.muxes {
+		if _, empty := m.idleSince(); empty {
+			p.muxes = append(p.muxes[:i], p.muxes[i+1:]...)
+			p.owned.Go(m.retire)
+			return true
+		}
+	}
+	return false
+}
+
+func (p *sharedPlacement) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		p.owned.Wait()
+		return
+	}
+	p.closed = true
+	close(p.stop)
+	for _, m := range p.muxes {
+		p.owned.Go(m.retire)
+	}
+	p.muxes = nil
+	p.notifyLocked()
+	p.mu.Unlock()
+	p.owned.Wait()
+}
+
+func (p *sharedPlacement) ready() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, m := range p.muxes {
+		if _, empty := m.idleSince(); empty {
+			n++
+		}
+	}
+	return n
+}
+
+func (p *sharedPlacement) lastError() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastErr
+}
+
+// noteStartError records a failure to start a child; a full budget or a
+// client that left is none.
+func (p *sharedPlacement) noteStartError(err error) {
+	if errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrPoolClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return
+	}
+	p.mu.Lock()
+	p.failures++
+	p.lastErr = err
+	p.mu.Unlock()
+	p.logger.Error("starting MCP server", zap.Error(err))
+}
+
+func (p *sharedPlacement) notifyLocked() {
+	close(p.freed)
+	p.freed = make(chan struct{})
+}
+
+// refillLocked starts children until MinProcesses run or are starting;
+// restarts counts the crashes that the first of them replaces.
+func (p *sharedPlacement) refillLocked(restarts int) {
+	for p.started && !p.closed && len(p.muxes)+p.starting < p.cfg.MinProcesses && p.failures < 10 {
+		p.starting++
+		p.owned.Add(1)
+		go p.startChild(spawnBackoff(p.failures), restarts)
+		restarts = 0
+	}
+}
+
+// startChild starts one of the MinProcesses children, if there is room.
+func (p *sharedPlacement) startChild(delay time.Duration, restarts int) {
+	defer p.owned.Done()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-p.stop:
+			t.Stop()
+		}
+	}
+	c, err := p.sup.Start(context.Background(), p.role, false, restarts)
+	if err != nil {
+		p.noteStartError(err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.starting--
+	if err != nil {
+		p.notifyLocked()
+		if !errors.Is(err, ErrPoolExhausted) && !errors.Is(err, ErrPoolClosed) {
+			p.refillLocked(restarts)
+		}
+		return
+	}
+	p.addLocked(c)
+}
+
+// onChildExit drops a child that exited and starts a replacement, later
+// each time it keeps crashing.
+func (p *sharedPlacement) onChildExit(m *Mux) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, have := range p.muxes {
+		if have == m {
+			p.muxes = append(p.muxes[:i], p.muxes[i+1:]...)
+			break
+		}
+	}
+	m.mu.Lock()
+	retired := m.retired
+	m.mu.Unlock()
+	if p.closed || retired {
+		return
+	}
+	c := m.child.(*supervisor.Child)
+	if time.Since(c.Started()) < 10*time.Second {
+		p.failures++
+	} else {
+		p.failures = 0
+	}
+	p.logger.Warn("shared MCP server exited", zap.Int("pid", c.Pid()), zap.Error(c.ExitErr()))
+	p.owned.Add(1)
+	go func() { // the child may not be reaped yet: record its status once it is
+		defer p.owned.Done()
+		<-c.Done()
+		p.mu.Lock()
+		p.lastErr = exitError(c)
+		p.mu.Unlock()
+	}()
+	p.notifyLocked()
+	p.refillLocked(c.Restarts() + 1)
+}
+
+// reapIdle retires children beyond MinProcesses that carried nobody for
+// ProcessIdleTimeout.
+func (p *sharedPlacement) reapIdle() {
+	defer p.owned.Done()
+	t := time.NewTicker(janitorInterval(p.cfg.ProcessIdleTimeout))
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case now := <-t.C:
+			p.mu.Lock()
+			for i := 0; i < len(p.muxes) && len(p.muxes) > p.cfg.MinProcesses; {
+				m := p.muxes[i]
+				if since, empty := m.idleSince(); empty && now.Sub(since) > p.cfg.ProcessIdleTimeout {
+					p.muxes = append(p.muxes[:i], p.muxes[i+1:]...)
+					p.owned.Go(m.retire)
+					continue
+				}
+				i++
+			}
+			p.mu.Unlock()
+		}
+	}
+}
