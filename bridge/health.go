@@ -13,7 +13,7 @@ type Health struct {
 	Status     string   `json:"status"`
 	Transports []string `json:"transports"`
 	Isolation  string   `json:"isolation"`
-	// Era is what protocol eras the child speaks: "modern", "legacy" or
+	// Era is what protocol eras the child speaks: "stateless", "legacy" or
 	// "dual", from the last probe; empty before it.
 	Era       string          `json:"era,omitempty"`
 	Processes HealthProcesses `json:"processes"`

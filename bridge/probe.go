@@ -21,7 +21,7 @@ const probeTimeout = 30 * time.Second
 // Probe is what the bridge last learned from a child of its own: that one
 // can be started and initialized, and how many tools it offers.
 type Probe struct {
-	// Era is "modern" (the stateless protocol, 2026-07-28 on), "legacy"
+	// Era is "stateless" (the 2026-07-28 protocol on), "legacy"
 	// (sessions and initialize) or "dual" (both), as server/discover told.
 	Era       string
 	Tools     int
@@ -167,7 +167,7 @@ func probeChild(ctx context.Context, start func(context.Context) (*supervisor.Ch
 	}
 	// The stateless protocol's probe first: a legacy server answers it
 	// "method not found" (and may ignore it: hence the short wait).
-	meta := `"_meta":{"io.modelcontextprotocol/protocolVersion":"` + versionModern +
+	meta := `"_meta":{"io.modelcontextprotocol/protocolVersion":"` + versionStateless +
 		`","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"caddy-mcp-bridge-probe","version":"1"}}`
 	discoverCtx, cancelDiscover := context.WithTimeout(ctx, 5*time.Second)
 	discovered, err := call(discoverCtx, 1, "server/discover", "{"+meta+"}")
@@ -217,19 +217,19 @@ func eraOf(discovered []byte, err error) string {
 	if err != nil {
 		return "legacy"
 	}
-	modern, legacy := false, false
+	stateless, legacy := false, false
 	_ = jsonrpc.ScanArray(jsonrpc.Member(discovered, "supportedVersions"), func(v []byte) {
-		if jsonrpc.StringValue(v) >= versionModern {
-			modern = true
+		if jsonrpc.StringValue(v) >= versionStateless {
+			stateless = true
 		} else {
 			legacy = true
 		}
 	})
 	switch {
-	case modern && legacy:
+	case stateless && legacy:
 		return "dual"
-	case modern:
-		return "modern"
+	case stateless:
+		return "stateless"
 	}
 	return "legacy"
 }

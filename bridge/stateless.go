@@ -25,11 +25,11 @@ const (
 	metaLogLevelField        = "io.modelcontextprotocol/logLevel"
 )
 
-// modernVersions are the stateless revisions the bridge serves.
-var modernVersions = []string{versionModern}
+// statelessVersions are the stateless revisions the bridge serves.
+var statelessVersions = []string{versionStateless}
 
-// modernMethods are the requests of the stateless protocol.
-var modernMethods = map[string]bool{
+// statelessMethods are the requests of the stateless protocol.
+var statelessMethods = map[string]bool{
 	"server/discover": true, "tools/list": true, "tools/call": true,
 	"resources/list": true, "resources/read": true, "resources/templates/list": true,
 	"prompts/list": true, "prompts/get": true, "completion/complete": true,
@@ -53,9 +53,9 @@ func decodeHeaderValue(v string) (string, bool) {
 	return string(b), err == nil
 }
 
-// checkModernHeaders compares the headers of a stateless request with its
+// checkStatelessHeaders compares the headers of a stateless request with its
 // body; it returns what is wrong, or "".
-func checkModernHeaders(r *http.Request, env *jsonrpc.Envelope, version string) string {
+func checkStatelessHeaders(r *http.Request, env *jsonrpc.Envelope, version string) string {
 	if meta := jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), metaProtocolVersionField)); meta != version {
 		return "MCP-Protocol-Version header " + version + " does not match _meta " + metaProtocolVersionField + " '" + meta + "'"
 	}
@@ -72,11 +72,11 @@ func checkModernHeaders(r *http.Request, env *jsonrpc.Envelope, version string) 
 	return ""
 }
 
-// serveModern serves one stateless request. It reports false, answering
+// serveStateless serves one stateless request. It reports false, answering
 // nothing, when the child does not speak the stateless protocol: the
 // caller then answers so that the client falls back to initialize.
-func (s *Server) serveModern(w http.ResponseWriter, r *http.Request, version string) bool {
-	if era := s.backend.prober.result().Era; era != "modern" && era != "dual" {
+func (s *Server) serveStateless(w http.ResponseWriter, r *http.Request, version string) bool {
+	if era := s.backend.prober.result().Era; era != "stateless" && era != "dual" {
 		return false
 	}
 	if r.Method != http.MethodPost {
@@ -85,13 +85,13 @@ func (s *Server) serveModern(w http.ResponseWriter, r *http.Request, version str
 		return true
 	}
 	supported := false
-	for _, v := range modernVersions {
+	for _, v := range statelessVersions {
 		supported = supported || v == version
 	}
 	if !supported {
 		requested, _ := json.Marshal(version)
 		body := `{"jsonrpc":"2.0","id":null,"error":{"code":-32022,"message":"unsupported protocol version","data":{"supported":["` +
-			strings.Join(append(modernVersions, version20251125, version20250618, version20250326), `","`) + `"],"requested":` +
+			strings.Join(append(statelessVersions, version20251125, version20250618, version20250326), `","`) + `"],"requested":` +
 			string(requested) + `}}}`
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusBadRequest)
@@ -118,23 +118,23 @@ func (s *Server) serveModern(w http.ResponseWriter, r *http.Request, version str
 		w.WriteHeader(http.StatusAccepted)
 		return true
 	}
-	if problem := checkModernHeaders(r, &env, version); problem != "" {
+	if problem := checkStatelessHeaders(r, &env, version); problem != "" {
 		writeErrorID(w, http.StatusBadRequest, env.ID, CodeHeaderMismatch, "Header mismatch: "+problem)
 		return true
 	}
-	if !modernMethods[env.MethodName()] {
+	if !statelessMethods[env.MethodName()] {
 		writeErrorID(w, http.StatusNotFound, env.ID, jsonrpc.CodeMethodNotFound, "method not found: "+env.MethodName())
 		return true
 	}
-	s.forwardModern(w, r, msgs[0], &env)
+	s.forwardStateless(w, r, msgs[0], &env)
 	return true
 }
 
-// forwardModern sends one stateless request to a shared child and streams
+// forwardStateless sends one stateless request to a shared child and streams
 // what belongs to it back as SSE, without event ids: stateless streams are
 // not resumable. Closing the stream cancels the request at the child. A
 // subscriptions/listen stream whose child dies is opened again on another.
-func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byte, env *jsonrpc.Envelope) {
+func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []byte, env *jsonrpc.Envelope) {
 	listen := env.MethodName() == "subscriptions/listen"
 	var sw *sseWriter
 	for {
@@ -167,7 +167,7 @@ func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byt
 		if sw == nil {
 			sw = startSSE(w)
 		}
-		childGone := s.pumpModern(sw, r, out, env)
+		childGone := s.pumpStateless(sw, r, out, env)
 		close(gone)
 		member.Release() // cancels the request at the child if unanswered
 		if !childGone || !listen {
@@ -177,11 +177,11 @@ func (s *Server) forwardModern(w http.ResponseWriter, r *http.Request, msg []byt
 	}
 }
 
-// pumpModern writes a stateless request's messages until its response, the
+// pumpStateless writes a stateless request's messages until its response, the
 // client leaving, or the child exiting (then it reports true). Like
 // writeStream, it gives a request's answer a moment to leave with the
 // headers, then flushes whenever nothing more is queued.
-func (s *Server) pumpModern(sw *sseWriter, r *http.Request, out <-chan []byte, env *jsonrpc.Envelope) bool {
+func (s *Server) pumpStateless(sw *sseWriter, r *http.Request, out <-chan []byte, env *jsonrpc.Envelope) bool {
 	ping, stopPing := keepalive(s.cfg.Keepalive)
 	defer stopPing()
 	var hold <-chan time.Time

@@ -18,14 +18,14 @@ import (
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
-const modernMeta = `"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}`
+const statelessMeta = `"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}`
 
-// TestModernRequests says what each stateless request gets, in front of a
+// TestStatelessRequests says what each stateless request gets, in front of a
 // child that speaks the stateless protocol.
-func TestModernRequests(t *testing.T) {
+func TestStatelessRequests(t *testing.T) {
 	srv, _ := startBridge(t, PoolConfig{MinIdle: new(1)})
 	b64 := func(s string) string { return "=?base64?" + base64.StdEncoding.EncodeToString([]byte(s)) + "?=" }
-	call := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_simple_text","arguments":{},` + modernMeta + `}}`
+	call := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_simple_text","arguments":{},` + statelessMeta + `}}`
 	for _, tc := range []struct {
 		name, method, version, mcpMethod, mcpName, body string
 		status, code                                    int
@@ -33,7 +33,7 @@ func TestModernRequests(t *testing.T) {
 	}{
 		{"a tool call", "POST", "2026-07-28", "tools/call", "test_simple_text", call, 200, 0, "This is a simple text response"},
 		{"Mcp-Name in base64", "POST", "2026-07-28", "tools/call", b64("test_simple_text"), call, 200, 0, "This is a simple text response"},
-		{"tools/list", "POST", "2026-07-28", "tools/list", "", `{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{` + modernMeta + `}}`, 200, 0, "test_simple_text"},
+		{"tools/list", "POST", "2026-07-28", "tools/list", "", `{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{` + statelessMeta + `}}`, 200, 0, "test_simple_text"},
 		{"Mcp-Name mismatch", "POST", "2026-07-28", "tools/call", "other_tool", call, 400, CodeHeaderMismatch, "Mcp-Name"},
 		{"Mcp-Name missing", "POST", "2026-07-28", "tools/call", "", call, 400, CodeHeaderMismatch, "Mcp-Name"},
 		{"Mcp-Method mismatch", "POST", "2026-07-28", "tools/list", "test_simple_text", call, 400, CodeHeaderMismatch, "Mcp-Method"},
@@ -41,7 +41,7 @@ func TestModernRequests(t *testing.T) {
 		{"version header differs from _meta", "POST", "2026-07-28", "tools/call", "test_simple_text",
 			strings.Replace(call, `"2026-07-28"`, `"2025-11-25"`, 1), 400, CodeHeaderMismatch, "_meta"},
 		{"unsupported version", "POST", "2099-01-01", "tools/call", "test_simple_text", call, 400, CodeUnsupportedVersion, `"supported":["2026-07-28"`},
-		{"unknown method", "POST", "2026-07-28", "frobnicate", "", `{"jsonrpc":"2.0","id":3,"method":"frobnicate","params":{` + modernMeta + `}}`, 404, jsonrpc.CodeMethodNotFound, "frobnicate"},
+		{"unknown method", "POST", "2026-07-28", "frobnicate", "", `{"jsonrpc":"2.0","id":3,"method":"frobnicate","params":{` + statelessMeta + `}}`, 404, jsonrpc.CodeMethodNotFound, "frobnicate"},
 		{"a notification", "POST", "2026-07-28", "notifications/cancelled", "", `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}`, 202, 0, ""},
 		{"GET", "GET", "2026-07-28", "", "", "", 405, 0, ""},
 		{"DELETE", "DELETE", "2026-07-28", "", "", "", 405, 0, ""},
@@ -77,9 +77,9 @@ func TestModernRequests(t *testing.T) {
 	}
 }
 
-// TestModernFallback: in front of a child that only speaks sessions, the
+// TestStatelessFallback: in front of a child that only speaks sessions, the
 // go-sdk default client ends up on 2025-11-25 and works.
-func TestModernFallback(t *testing.T) {
+func TestStatelessFallback(t *testing.T) {
 	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage)}, BackendConfig{Pool: PoolConfig{MinIdle: new(1)}}, ServerConfig{})
 	c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, "")
 	defer c.Close()
@@ -91,9 +91,9 @@ func TestModernFallback(t *testing.T) {
 	}
 }
 
-// TestModernAndLegacyClients: 20 stateless and 20 session clients at once
+// TestStatelessAndSessionClients: 20 stateless and 20 session clients at once
 // on one bridge, each getting its own answers.
-func TestModernAndLegacyClients(t *testing.T) {
+func TestStatelessAndSessionClients(t *testing.T) {
 	srv, _ := startBridge(t, PoolConfig{MinIdle: new(2)})
 	var wg sync.WaitGroup
 	for i := range 40 {
@@ -126,12 +126,12 @@ func TestModernAndLegacyClients(t *testing.T) {
 	wg.Wait()
 }
 
-// TestModernCancel: closing a stateless request's stream cancels it at the
+// TestStatelessCancel: closing a stateless request's stream cancels it at the
 // child, which sees notifications/cancelled for the id it was given.
-func TestModernCancel(t *testing.T) {
-	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage), "-modern"}, BackendConfig{Pool: PoolConfig{MinIdle: new(0)}}, ServerConfig{})
+func TestStatelessCancel(t *testing.T) {
+	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage), "-stateless"}, BackendConfig{Pool: PoolConfig{MinIdle: new(0)}}, ServerConfig{})
 	post := func(ctx context.Context, tool, args string) *http.Response {
-		body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + tool + `","arguments":` + args + `,` + modernMeta + `}}`
+		body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + tool + `","arguments":` + args + `,` + statelessMeta + `}}`
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/mcp", strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Accept", "application/json, text/event-stream")
@@ -167,13 +167,13 @@ func TestModernCancel(t *testing.T) {
 	}
 }
 
-// TestModernListen: a subscriptions/listen stream gets its acknowledgment
+// TestStatelessListen: a subscriptions/listen stream gets its acknowledgment
 // and the notifications of its subscription, tagged with the client's own
 // request id, while the child knows the subscription by the bridge's id.
-func TestModernListen(t *testing.T) {
+func TestStatelessListen(t *testing.T) {
 	srv, _ := startBridge(t, PoolConfig{MinIdle: new(0)})
 	send := func(ctx context.Context, method, name, params string) *http.Response {
-		body := `{"jsonrpc":"2.0","id":"sub-7","method":"` + method + `","params":{` + params + modernMeta + `}}`
+		body := `{"jsonrpc":"2.0","id":"sub-7","method":"` + method + `","params":{` + params + statelessMeta + `}}`
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/mcp", strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Accept", "application/json, text/event-stream")
@@ -217,9 +217,9 @@ func TestModernListen(t *testing.T) {
 	}
 }
 
-// TestModernLogging: a stateless request that asks for logs (logLevel in
+// TestStatelessLogging: a stateless request that asks for logs (logLevel in
 // _meta) gets its log messages on its own stream.
-func TestModernLogging(t *testing.T) {
+func TestStatelessLogging(t *testing.T) {
 	srv, _ := startBridge(t, PoolConfig{MinIdle: new(0)})
 	meta := `"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/logLevel":"debug"}`
 	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_tool_with_logging","arguments":{},` + meta + `}}`
@@ -253,11 +253,11 @@ func TestModernLogging(t *testing.T) {
 	}
 }
 
-// TestModernGoSDKCancel: the go-sdk client, speaking the stateless
+// TestStatelessGoSDKCancel: the go-sdk client, speaking the stateless
 // protocol by default, cancels a long call by cancelling its context, and
 // the child receives the cancellation.
-func TestModernGoSDKCancel(t *testing.T) {
-	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage), "-modern"}, BackendConfig{Pool: PoolConfig{MinIdle: new(0)}}, ServerConfig{})
+func TestStatelessGoSDKCancel(t *testing.T) {
+	srv, _ := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage), "-stateless"}, BackendConfig{Pool: PoolConfig{MinIdle: new(0)}}, ServerConfig{})
 	c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, "")
 	defer c.Close()
 	if got := c.InitializeResult().ProtocolVersion; got != "2026-07-28" {

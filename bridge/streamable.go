@@ -11,8 +11,8 @@ const (
 	version20250326 = "2025-03-26"
 	version20250618 = "2025-06-18"
 	version20251125 = "2025-11-25"
-	// versionModern is the first revision without sessions or initialize.
-	versionModern = "2026-07-28"
+	// versionStateless is the first revision without sessions or initialize.
+	versionStateless = "2026-07-28"
 )
 
 // sessionVersions are the MCP-Protocol-Version values a session client may
@@ -27,7 +27,7 @@ var sessionVersions = map[string]bool{
 const headerSessionID = "Mcp-Session-Id"
 
 func (s *Server) serveStreamable(w http.ResponseWriter, r *http.Request) {
-	if v := r.Header.Get("MCP-Protocol-Version"); v >= versionModern && s.serveModern(w, r, v) {
+	if v := r.Header.Get("MCP-Protocol-Version"); v >= versionStateless && s.serveStateless(w, r, v) {
 		return
 	}
 	switch r.Method {
@@ -44,14 +44,14 @@ func (s *Server) serveStreamable(w http.ResponseWriter, r *http.Request) {
 }
 
 // checkVersion answers a request whose MCP-Protocol-Version the bridge does
-// not serve. A modern (stateless) request gets a 400 whose body is a plain
+// not serve. A stateless request gets a 400 whose body is a plain
 // JSON-RPC error, which tells a dual-era client to fall back to initialize.
 func checkVersion(w http.ResponseWriter, r *http.Request) bool {
 	v := r.Header.Get("MCP-Protocol-Version")
 	switch {
 	case v == "" || sessionVersions[v]:
 		return true
-	case v >= versionModern:
+	case v >= versionStateless:
 		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest,
 			"this endpoint serves MCP sessions: send initialize (protocol 2025-11-25 or earlier)")
 	default:

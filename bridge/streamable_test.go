@@ -353,9 +353,9 @@ func TestStreamableStatus(t *testing.T) {
 			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
 		{name: "MCP-Protocol-Version with invalid UTF-8: 400 with a valid JSON body", session: "live", header: map[string]string{"MCP-Protocol-Version": "2025-\xff"}, body: toolsList,
 			wantStatus: 400, wantCode: jsonrpc.CodeInvalidRequest},
-		// A modern (sessionless) request must get a plain JSON-RPC error, not
+		// A stateless (sessionless) request must get a plain JSON-RPC error, not
 		// one of the codes that would tell a dual-era client the server is
-		// modern but refused it: the client then falls back to initialize.
+		// stateless but refused it: the client then falls back to initialize.
 		{name: "MCP-Protocol-Version 2026-07-28 without the stateless headers: 400 header mismatch",
 			header: map[string]string{"MCP-Protocol-Version": "2026-07-28"}, body: toolsList,
 			wantStatus: 400, wantCode: CodeHeaderMismatch},

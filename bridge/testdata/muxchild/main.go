@@ -162,8 +162,8 @@ func (s *server) handle(m message) {
 
 	switch method {
 	case "server/discover":
-		// Only with -modern does it speak the stateless protocol too.
-		if len(os.Args) > 1 && os.Args[1] == "-modern" {
+		// Only with -stateless does it speak the stateless protocol too.
+		if len(os.Args) > 1 && os.Args[1] == "-stateless" {
 			s.respond(m.ID, `{"supportedVersions":["2026-07-28","2025-11-25"],"capabilities":{"tools":{}},"serverInfo":{"name":"muxchild","version":"1.0.0"}}`)
 			return
 		}
