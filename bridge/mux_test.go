@@ -1290,65 +1290,6 @@ func TestMuxInitializeAfterFirstSessionLeft(t *testing.T) {
 			t.Errorf("the child saw %d initialize and cancellations for %v; want 1 and none", st.Methods["initialize"], st.cancelled())
 		}
 	})
-	t.Run("harness", func(t *testing.T) {
-		h := newMuxHarness(t)
-		a, _ := h.attach()
-		h.send(t, a, `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}`)
-		lines := h.stdin.take()
-		if len(lines) != 1 {
-			t.Fatalf("the child got %q", lines)
-		}
-		initID := jsonrpc.Member(lines[0], "id")
-		a.Release()
-		for _, line := range h.stdin.take() {
-			t.Errorf("BUG: the child was sent %s after the first session left during initialize; initialize must not be cancelled", line)
-		}
-		h.mux.fromChild([]byte(`{"jsonrpc":"2.0","id":` + string(initID) + `,"result":{"protocolVersion":"2025-11-25","capabilities":{},"serverInfo":{"name":"x","version":"1"}}}`))
-		b, got := h.attach()
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			h.send(t, b, `{"jsonrpc":"2.0","id":7,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}`)
-		}()
-		select {
-		case <-done:
-			msgs := got()
-			if len(msgs) != 1 || !strings.HasPrefix(string(msgs[0]), `{"jsonrpc":"2.0","id":7,"result":{"protocolVersion"`) {
-				t.Errorf("the second session's initialize got %q", msgs)
-			}
-		case <-time.After(time.Second):
-			// Release replaced the request by muxRequest{}, losing its init
-			// flag: the answer did not settle initState, which stays
-			// initPending, and later sessions wait on initDone until the
-			// child exits.
-			t.Error("BUG: the second session's initialize is stuck: the first session's leaving lost the pending initialize")
-		}
-	})
-}
-
-// TestMuxCancelledRequestNotInFlight is the minimal form of the cancel
-// bug of TestMuxClientCancel, on a Mux over a stand-in child.
-func TestMuxCancelledRequestNotInFlight(t *testing.T) {
-	h := newMuxHarness(t)
-	a, _ := h.attach()
-	b, gotB := h.attach()
-	h.send(t, a, `{"jsonrpc":"2.0","id":1,"method":"slow","params":{}}`)
-	h.send(t, a, `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}`)
-	lines := h.stdin.take()
-	if len(lines) != 2 {
-		t.Fatalf("the child got %q", lines)
-	}
-	if want := `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + string(jsonrpc.Member(lines[0], "id")) + `}}`; string(lines[1]) != want {
-		t.Errorf("the child got %s, want %s", lines[1], want)
-	}
-	// The child does not answer a cancelled request. B calls, and the
-	// child asks its client something: B is the only one in flight.
-	h.send(t, b, `{"jsonrpc":"2.0","id":1,"method":"ask","params":{}}`)
-	h.stdin.take()
-	h.mux.fromChild([]byte(`{"jsonrpc":"2.0","id":"srv-1","method":"sampling/createMessage","params":{}}`))
-	if got := gotB(); len(got) != 1 || !strings.Contains(string(got[0]), "sampling/createMessage") {
-		t.Errorf("BUG: B, the only session with a request in flight, got %q; the child was sent %q", got, h.stdin.take())
-	}
 }
 
 // TestMuxIdleSessionMemory measures what an idle shared session costs the

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/mux"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 )
 
@@ -24,7 +25,7 @@ type sharedPlacement struct {
 	logger *zap.Logger
 
 	mu       sync.Mutex
-	muxes    []*Mux
+	muxes    []*mux.Mux
 	starting int
 	freed    chan struct{} // closed and replaced whenever room frees up
 	started  bool
@@ -76,7 +77,7 @@ func (p *sharedPlacement) acquire(ctx context.Context, req leaseRequest) (lease,
 			p.mu.Unlock()
 			return nil, ErrPoolClosed
 		}
-		var best *Mux
+		var best *mux.Mux
 		bestLoad := p.cfg.SessionsPerProcess
 		for _, m := range p.muxes {
 			if load, open := m.Load(); open && load < bestLoad {
@@ -84,7 +85,7 @@ func (p *sharedPlacement) acquire(ctx context.Context, req leaseRequest) (lease,
 			}
 		}
 		if best != nil {
-			if mem := best.Attach(req.deliver, req.exited, func(mem *MuxMember) { req.bind(mem) }); mem != nil {
+			if mem := best.Attach(req.deliver, req.exited, func(mem *mux.Member) { req.bind(mem) }); mem != nil {
 				p.mu.Unlock()
 				return mem, nil
 			}
@@ -128,7 +129,7 @@ func (p *sharedPlacement) addLocked(c *supervisor.Child) {
 		return
 	}
 	p.failures = 0
-	p.muxes = append(p.muxes, NewMux(c, p.logger, p.onChildExit, p.released))
+	p.muxes = append(p.muxes, mux.New(c, p.logger, p.onChildExit, p.released))
 }
 
 // released is called when a client leaves a child: there is room again.
@@ -144,9 +145,9 @@ func (p *sharedPlacement) reclaimIdle() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i, m := range p.muxes {
-		if _, empty := m.idleSince(); empty {
+		if _, empty := m.IdleSince(); empty {
 			p.muxes = append(p.muxes[:i], p.muxes[i+1:]...)
-			p.owned.Go(m.retire)
+			p.owned.Go(m.Retire)
 			return true
 		}
 	}
@@ -163,7 +164,7 @@ func (p *sharedPlacement) close() {
 	p.closed = true
 	close(p.stop)
 	for _, m := range p.muxes {
-		p.owned.Go(m.retire)
+		p.owned.Go(m.Retire)
 	}
 	p.muxes = nil
 	p.notifyLocked()
@@ -176,7 +177,7 @@ func (p *sharedPlacement) ready() int {
 	defer p.mu.Unlock()
 	n := 0
 	for _, m := range p.muxes {
-		if _, empty := m.idleSince(); empty {
+		if _, empty := m.IdleSince(); empty {
 			n++
 		}
 	}
@@ -248,7 +249,7 @@ func (p *sharedPlacement) startChild(delay time.Duration, restarts int) {
 
 // onChildExit drops a child that exited and starts a replacement, later
 // each time it keeps crashing.
-func (p *sharedPlacement) onChildExit(m *Mux) {
+func (p *sharedPlacement) onChildExit(m *mux.Mux) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i, have := range p.muxes {
@@ -257,13 +258,10 @@ func (p *sharedPlacement) onChildExit(m *Mux) {
 			break
 		}
 	}
-	m.mu.Lock()
-	retired := m.retired
-	m.mu.Unlock()
-	if p.closed || retired {
+	if p.closed || m.Retired() {
 		return
 	}
-	c := m.child.(*supervisor.Child)
+	c := m.Child().(*supervisor.Child)
 	if time.Since(c.Started()) < 10*time.Second {
 		p.failures++
 	} else {
@@ -296,9 +294,9 @@ func (p *sharedPlacement) reapIdle() {
 			p.mu.Lock()
 			for i := 0; i < len(p.muxes) && len(p.muxes) > p.cfg.MinProcesses; {
 				m := p.muxes[i]
-				if since, empty := m.idleSince(); empty && now.Sub(since) > p.cfg.ProcessIdleTimeout {
+				if since, empty := m.IdleSince(); empty && now.Sub(since) > p.cfg.ProcessIdleTimeout {
 					p.muxes = append(p.muxes[:i], p.muxes[i+1:]...)
-					p.owned.Go(m.retire)
+					p.owned.Go(m.Retire)
 					continue
 				}
 				i++

@@ -18,11 +18,8 @@ import (
 
 // Codes of the stateless protocol.
 const (
-	CodeHeaderMismatch       = -32020
-	CodeUnsupportedVersion   = -32022
-	metaProtocolVersionField = "io.modelcontextprotocol/protocolVersion"
-	metaSubscriptionIDField  = "io.modelcontextprotocol/subscriptionId"
-	metaLogLevelField        = "io.modelcontextprotocol/logLevel"
+	CodeHeaderMismatch     = -32020
+	CodeUnsupportedVersion = -32022
 )
 
 // statelessVersions are the stateless revisions the bridge serves.
@@ -56,8 +53,8 @@ func decodeHeaderValue(v string) (string, bool) {
 // checkStatelessHeaders compares the headers of a stateless request with its
 // body; it returns what is wrong, or "".
 func checkStatelessHeaders(r *http.Request, env *jsonrpc.Envelope, version string) string {
-	if meta := jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), metaProtocolVersionField)); meta != version {
-		return "MCP-Protocol-Version header " + version + " does not match _meta " + metaProtocolVersionField + " '" + meta + "'"
+	if meta := jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), jsonrpc.MetaProtocolVersion)); meta != version {
+		return "MCP-Protocol-Version header " + version + " does not match _meta " + jsonrpc.MetaProtocolVersion + " '" + meta + "'"
 	}
 	method := env.MethodName()
 	if h := r.Header.Get("Mcp-Method"); h != method {

@@ -1,13 +1,17 @@
-package bridge
+package mux
 
 import (
 	"encoding/json"
+	"errors"
 	"sync"
 	"time"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
 )
+
+// ErrExited is returned for a message to a child that has exited.
+var ErrExited = errors.New("the MCP server process exited")
 
 // Mux carries many sessions over one child (isolation "shared"). Requests
 // get bridge-unique ids and progress tokens on the way in, restored byte
@@ -16,7 +20,7 @@ import (
 // to subscribers, list changes to all, log messages by each session's
 // level, and server requests to the one session with requests in flight.
 type Mux struct {
-	child  muxChild
+	child  Child
 	logger *zap.Logger
 
 	// ctl orders the bridge's own control messages (log levels,
@@ -26,10 +30,10 @@ type Mux struct {
 	nextID   jsonrpc.BridgeID
 	requests map[jsonrpc.BridgeID]muxRequest // requests forwarded to the child
 	tokens   map[jsonrpc.BridgeID]muxRequest // progress tokens forwarded, by their bridge token
-	asked    map[string]*MuxMember           // the child's requests → the session asked
-	members  map[*MuxMember]struct{}
-	subs     map[string]map[*MuxMember]struct{} // resource URI → subscribers
-	level    int                                // the log level the child was last set to; -1 none
+	asked    map[string]*Member              // the child's requests → the session asked
+	members  map[*Member]struct{}
+	subs     map[string]map[*Member]struct{} // resource URI → subscribers
+	level    int                             // the log level the child was last set to; -1 none
 
 	// The child is initialized once, by its first session; later sessions
 	// are answered from initResult.
@@ -54,13 +58,13 @@ const (
 // muxRequest is a forwarded request (or token) and whose it is. A nil
 // member marks the bridge's own requests, whose answers are dropped.
 type muxRequest struct {
-	member *MuxMember
+	member *Member
 	id     []byte // the session's own id (or token), raw
 	init   bool   // this is the child's initialize
 }
 
-// MuxMember is one session's attachment to a Mux.
-type MuxMember struct {
+// Member is one session's attachment to a Mux.
+type Member struct {
 	mux      *Mux
 	deliver  func([]byte)
 	onExit   func()
@@ -72,8 +76,8 @@ type MuxMember struct {
 	statelessLevel int
 }
 
-// muxChild is what a Mux needs of its child process.
-type muxChild interface {
+// Child is what a Mux needs of its child process.
+type Child interface {
 	Send(msg []byte) error
 	Attach(onMessage func([]byte), onOversize func(prefix []byte), onClose func())
 	Pid() int
@@ -83,18 +87,18 @@ type muxChild interface {
 	Stop()
 }
 
-// NewMux starts routing a child's messages. onExit runs once the child's
+// New starts routing a child's messages. onExit runs once the child's
 // stdout ends, after every member's onExit; onRelease after a session
 // leaves.
-func NewMux(child muxChild, logger *zap.Logger, onExit func(*Mux), onRelease func()) *Mux {
+func New(child Child, logger *zap.Logger, onExit func(*Mux), onRelease func()) *Mux {
 	m := &Mux{
 		child:     child,
 		logger:    logger.With(zap.Int("pid", child.Pid())),
 		requests:  make(map[jsonrpc.BridgeID]muxRequest),
 		tokens:    make(map[jsonrpc.BridgeID]muxRequest),
-		asked:     make(map[string]*MuxMember),
-		members:   make(map[*MuxMember]struct{}),
-		subs:      make(map[string]map[*MuxMember]struct{}),
+		asked:     make(map[string]*Member),
+		members:   make(map[*Member]struct{}),
+		subs:      make(map[string]map[*Member]struct{}),
 		level:     -1,
 		initDone:  make(chan struct{}),
 		lastUsed:  time.Now(),
@@ -107,7 +111,7 @@ func NewMux(child muxChild, logger *zap.Logger, onExit func(*Mux), onRelease fun
 			m.initState = initNone
 			close(m.initDone) // sessions waiting on initialize get an error
 		}
-		members := make([]*MuxMember, 0, len(m.members))
+		members := make([]*Member, 0, len(m.members))
 		for mem := range m.members {
 			members = append(members, mem)
 		}
@@ -123,8 +127,8 @@ func NewMux(child muxChild, logger *zap.Logger, onExit func(*Mux), onRelease fun
 // Attach adds a session, unless the child is gone. deliver gets the
 // child's messages for it, with the session's own ids; onExit runs if the
 // child exits; bind gets the member before either can run.
-func (m *Mux) Attach(deliver func([]byte), onExit func(), bind func(*MuxMember)) *MuxMember {
-	mem := &MuxMember{mux: m, deliver: deliver, onExit: onExit, level: -1, statelessLevel: -1, subs: make(map[string]bool)}
+func (m *Mux) Attach(deliver func([]byte), onExit func(), bind func(*Member)) *Member {
+	mem := &Member{mux: m, deliver: deliver, onExit: onExit, level: -1, statelessLevel: -1, subs: make(map[string]bool)}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.exited || m.retired {
@@ -144,32 +148,42 @@ func (m *Mux) Load() (int, bool) {
 	return len(m.members), !m.exited && !m.retired
 }
 
-// retire marks the child as stopped on purpose and stops it.
-func (m *Mux) retire() {
+// Retire marks the child as stopped on purpose and stops it.
+func (m *Mux) Retire() {
 	m.mu.Lock()
 	m.retired = true
 	m.mu.Unlock()
 	m.child.Stop()
 }
 
-// idleSince reports when the mux last had a session, if it has none now.
-func (m *Mux) idleSince() (time.Time, bool) {
+// Retired reports whether the child was stopped on purpose.
+func (m *Mux) Retired() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.retired
+}
+
+// Child is the child the Mux carries sessions on.
+func (m *Mux) Child() Child { return m.child }
+
+// IdleSince reports when the mux last had a session, if it has none now.
+func (m *Mux) IdleSince() (time.Time, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.lastUsed, len(m.members) == 0
 }
 
 // Pid is the child's pid.
-func (mem *MuxMember) Pid() int { return mem.mux.child.Pid() }
+func (mem *Member) Pid() int { return mem.mux.child.Pid() }
 
 // Started is when the child started.
-func (mem *MuxMember) Started() time.Time { return mem.mux.child.Started() }
+func (mem *Member) Started() time.Time { return mem.mux.child.Started() }
 
 // Shared reports that other sessions share the child.
-func (mem *MuxMember) Shared() bool { return true }
+func (mem *Member) Shared() bool { return true }
 
 // Send forwards one of the session's messages to the child.
-func (mem *MuxMember) Send(msg []byte, env *jsonrpc.Envelope) error {
+func (mem *Member) Send(msg []byte, env *jsonrpc.Envelope) error {
 	m := mem.mux
 	switch env.Kind() {
 	case jsonrpc.KindRequest:
@@ -214,17 +228,17 @@ func (mem *MuxMember) Send(msg []byte, env *jsonrpc.Envelope) error {
 
 // forwardRequest gives the request a bridge id (and its progress token a
 // bridge token) and sends it to the child.
-func (m *Mux) forwardRequest(mem *MuxMember, msg []byte, env *jsonrpc.Envelope, init bool) error {
+func (m *Mux) forwardRequest(mem *Member, msg []byte, env *jsonrpc.Envelope, init bool) error {
 	m.mu.Lock()
 	if m.exited {
 		m.mu.Unlock()
-		return errSessionEnded
+		return ErrExited
 	}
 	m.nextID++
 	id := m.nextID
 	m.requests[id] = muxRequest{member: mem, id: env.ID, init: init}
 	mem.inflight++
-	if level, ok := logLevels[jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), metaLogLevelField))]; ok {
+	if level, ok := logLevels[jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), jsonrpc.MetaLogLevel))]; ok {
 		mem.statelessLevel = level
 	}
 	out, tok := jsonrpc.TagRequest(msg, env, id)
@@ -248,14 +262,14 @@ func (m *Mux) sendOwn(method string, params []byte) {
 }
 
 // answer replies to a session's request from the bridge.
-func (mem *MuxMember) answer(id, result []byte) error {
+func (mem *Member) answer(id, result []byte) error {
 	mem.deliver(jsonrpc.ResponseWithResult(id, result))
 	return nil
 }
 
 // initialize forwards the first session's initialize and answers later
 // ones from its result, which describes the same child.
-func (m *Mux) initialize(mem *MuxMember, msg []byte, env *jsonrpc.Envelope) error {
+func (m *Mux) initialize(mem *Member, msg []byte, env *jsonrpc.Envelope) error {
 	m.mu.Lock()
 	switch m.initState {
 	case initNone:
@@ -290,7 +304,7 @@ var logLevelNames = []string{"debug", "info", "notice", "warning", "error", "cri
 
 // setLevel keeps the session's log level and sets the child to the most
 // verbose level any session asked for.
-func (m *Mux) setLevel(mem *MuxMember, env *jsonrpc.Envelope) error {
+func (m *Mux) setLevel(mem *Member, env *jsonrpc.Envelope) error {
 	level, ok := logLevels[jsonrpc.StringValue(jsonrpc.Member(env.Params, "level"))]
 	if !ok {
 		mem.deliver(jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeInvalidParams, "unknown log level"))
@@ -326,7 +340,7 @@ func (m *Mux) updateLevelLocked() int {
 
 // subscription reference-counts resource subscriptions: the child sees
 // the first subscribe to a URI and the last unsubscribe.
-func (m *Mux) subscription(mem *MuxMember, msg []byte, env *jsonrpc.Envelope) error {
+func (m *Mux) subscription(mem *Member, msg []byte, env *jsonrpc.Envelope) error {
 	uri := jsonrpc.StringValue(jsonrpc.Member(env.Params, "uri"))
 	subscribe := env.MethodName() == "resources/subscribe"
 	m.ctl.Lock()
@@ -337,7 +351,7 @@ func (m *Mux) subscription(mem *MuxMember, msg []byte, env *jsonrpc.Envelope) er
 	if subscribe && !mem.subs[uri] {
 		mem.subs[uri] = true
 		if subs == nil {
-			subs = make(map[*MuxMember]struct{})
+			subs = make(map[*Member]struct{})
 			m.subs[uri] = subs
 		}
 		subs[mem] = struct{}{}
@@ -359,7 +373,7 @@ func (m *Mux) subscription(mem *MuxMember, msg []byte, env *jsonrpc.Envelope) er
 
 // cancel forwards a session's cancellation with the bridge id of the
 // request it names.
-func (m *Mux) cancel(mem *MuxMember, msg []byte, env *jsonrpc.Envelope) error {
+func (m *Mux) cancel(mem *Member, msg []byte, env *jsonrpc.Envelope) error {
 	requestID := jsonrpc.Member(env.Params, "requestId")
 	m.mu.Lock()
 	var target []byte
@@ -383,7 +397,7 @@ func (m *Mux) cancel(mem *MuxMember, msg []byte, env *jsonrpc.Envelope) error {
 
 // Release detaches an ended session: its requests in flight are cancelled
 // at the child and its subscriptions released.
-func (mem *MuxMember) Release() {
+func (mem *Member) Release() {
 	m := mem.mux
 	m.ctl.Lock()
 	defer m.ctl.Unlock()
@@ -495,7 +509,7 @@ func (m *Mux) routeResponse(msg []byte, env *jsonrpc.Envelope) {
 // client should answer, and refuses it.
 func (m *Mux) routeRequest(msg []byte, env *jsonrpc.Envelope) {
 	m.mu.Lock()
-	var target *MuxMember
+	var target *Member
 	busy := 0
 	for mem := range m.members {
 		if mem.inflight > 0 {
@@ -533,7 +547,7 @@ func (m *Mux) deliverRestored(msg, tag []byte, table map[jsonrpc.BridgeID]muxReq
 func (m *Mux) routeNotification(msg []byte, env *jsonrpc.Envelope) {
 	// A notification of a stateless subscription names the listen request
 	// it belongs to: it goes to that request's client, with its own id.
-	if sub := jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), metaSubscriptionIDField); sub != nil {
+	if sub := jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), jsonrpc.MetaSubscriptionID); sub != nil {
 		m.deliverRestored(msg, sub, m.requests)
 		return
 	}
@@ -543,14 +557,14 @@ func (m *Mux) routeNotification(msg []byte, env *jsonrpc.Envelope) {
 		m.deliverRestored(msg, jsonrpc.Member(env.Params, "progressToken"), m.tokens)
 	case method == "notifications/resources/updated":
 		uri := jsonrpc.StringValue(jsonrpc.Member(env.Params, "uri"))
-		m.each(msg, func(mem *MuxMember) bool { return mem.subs[uri] })
+		m.each(msg, func(mem *Member) bool { return mem.subs[uri] })
 	case method == "notifications/message":
 		// To the sessions whose level allows it; and to the stateless
 		// request that asked for logs, when only one on this child did
 		// (nothing on stdio says which request a log message is about).
 		level, ok := logLevels[jsonrpc.StringValue(jsonrpc.Member(env.Params, "level"))]
 		m.mu.Lock()
-		var asking *MuxMember
+		var asking *Member
 		askers := 0
 		for mem := range m.members {
 			if mem.inflight > 0 && mem.statelessLevel >= 0 {
@@ -559,7 +573,7 @@ func (m *Mux) routeNotification(msg []byte, env *jsonrpc.Envelope) {
 			}
 		}
 		m.mu.Unlock()
-		m.each(msg, func(mem *MuxMember) bool {
+		m.each(msg, func(mem *Member) bool {
 			if mem.statelessLevel >= 0 {
 				return ok && askers == 1 && mem == asking && level >= mem.statelessLevel
 			}
@@ -575,14 +589,14 @@ func (m *Mux) routeNotification(msg []byte, env *jsonrpc.Envelope) {
 			owner.deliver(msg)
 		}
 	default: // list_changed and anything else about the server as a whole
-		m.each(msg, func(*MuxMember) bool { return true })
+		m.each(msg, func(*Member) bool { return true })
 	}
 }
 
 // each delivers msg to the members that want it; wants runs under m.mu.
-func (m *Mux) each(msg []byte, wants func(*MuxMember) bool) {
+func (m *Mux) each(msg []byte, wants func(*Member) bool) {
 	m.mu.Lock()
-	var to []*MuxMember
+	var to []*Member
 	for mem := range m.members {
 		if wants(mem) {
 			to = append(to, mem)

@@ -1,4 +1,4 @@
-package bridge
+package mux
 
 import (
 	"bytes"
@@ -318,13 +318,13 @@ func newMuxHarness(tb testing.TB) *muxHarness {
 	if err != nil {
 		tb.Skip("no sleep program for a stand-in child")
 	}
-	proc, err := child.Start(ProcessConfig{Argv: []string{sleep, "3600"}}, zap.NewNop())
+	proc, err := child.Start(child.Config{Argv: []string{sleep, "3600"}}, zap.NewNop())
 	if err != nil {
 		tb.Fatal(err)
 	}
 	rec := &lineRecorder{}
 	exited := make(chan struct{})
-	m := NewMux(recordingChild{proc, rec}, zap.NewNop(), func(*Mux) { close(exited) }, func() {})
+	m := New(recordingChild{proc, rec}, zap.NewNop(), func(*Mux) { close(exited) }, func() {})
 	tb.Cleanup(func() {
 		proc.Kill() // its stdout ends: the Mux sees the child exit
 		<-exited
@@ -344,14 +344,14 @@ func (c recordingChild) Send(msg []byte) error {
 }
 
 // attach adds a session; got returns (and forgets) what it was delivered.
-func (h *muxHarness) attach() (mem *MuxMember, got func() [][]byte) {
+func (h *muxHarness) attach() (mem *Member, got func() [][]byte) {
 	var mu sync.Mutex
 	var msgs [][]byte
 	mem = h.mux.Attach(func(msg []byte) {
 		mu.Lock()
 		msgs = append(msgs, bytes.Clone(msg))
 		mu.Unlock()
-	}, func() {}, func(*MuxMember) {})
+	}, func() {}, func(*Member) {})
 	if mem == nil {
 		panic("Attach refused a session")
 	}
@@ -365,7 +365,7 @@ func (h *muxHarness) attach() (mem *MuxMember, got func() [][]byte) {
 }
 
 // send has a session send a message, parsed as the session would.
-func (h *muxHarness) send(tb testing.TB, mem *MuxMember, msg string) {
+func (h *muxHarness) send(tb testing.TB, mem *Member, msg string) {
 	tb.Helper()
 	env, err := jsonrpc.ParseEnvelope([]byte(msg))
 	if err != nil {
