@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 	"go.uber.org/zap"
 )
@@ -18,8 +19,8 @@ type Backend struct {
 	logger *zap.Logger
 	// sup owns every child; the placements below take theirs from it.
 	sup       *supervisor.Supervisor
-	placement placement        // sessions: isolated or shared, as configured
-	stateless *sharedPlacement // stateless requests, on children of their own
+	placement placement.Placement // sessions: isolated or shared, as configured
+	stateless *placement.Shared   // stateless requests, on children of their own
 	prober    *prober
 	obs       Observer
 
@@ -53,7 +54,7 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 		cfg:          cfg,
 		logger:       logger,
 		sup:          sup,
-		stateless:    newSharedPlacement(sup, supervisor.RoleStateless, cfg.Pool, logger),
+		stateless:    placement.NewShared(sup, supervisor.RoleStateless, cfg.Pool.placementConfig(), logger),
 		obs:          cfg.Observer,
 		sessions:     make(map[string]*Session),
 		perPrincipal: make(map[string]int),
@@ -61,9 +62,9 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 	}
 	b.prober = newProber(b.startProbeChild, logger)
 	if cfg.Pool.Isolation == IsolationShared {
-		b.placement = newSharedPlacement(sup, supervisor.RoleShared, cfg.Pool, logger)
+		b.placement = placement.NewShared(sup, supervisor.RoleShared, cfg.Pool.placementConfig(), logger)
 	} else {
-		b.placement = newIsolatedPlacement(sup, cfg.Pool, logger)
+		b.placement = placement.NewIsolated(sup, cfg.Pool.placementConfig(), logger)
 	}
 	return b
 }
@@ -79,7 +80,7 @@ func (b *Backend) startProbeChild(ctx context.Context) (*supervisor.Child, error
 // idempotent.
 func (b *Backend) Start() {
 	b.startOnce.Do(func() {
-		b.placement.start()
+		b.placement.Start()
 		b.janitor.Add(1)
 		go b.reapIdle()
 	})
@@ -102,8 +103,8 @@ func (b *Backend) Close() {
 			s.end("shutdown")
 		}
 		b.prober.close()
-		b.placement.close()
-		b.stateless.close()
+		b.placement.Close()
+		b.stateless.Close()
 		b.sup.Close()
 	})
 }
@@ -138,10 +139,10 @@ func (b *Backend) MaxMessageSize() int { return b.cfg.Process.MaxMessageSize }
 // lastError is the last failure to start a child for sessions or
 // stateless requests.
 func (b *Backend) lastError() error {
-	if err := b.placement.lastError(); err != nil {
+	if err := b.placement.LastError(); err != nil {
 		return err
 	}
-	return b.stateless.lastError()
+	return b.stateless.LastError()
 }
 
 // Counts returns how many children run, by role, for metrics.
@@ -173,7 +174,7 @@ func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (_ *Sessi
 	defer func() { b.obs.SessionStart(sessionStartOutcome(err), time.Since(start)) }()
 	b.Start()
 	if b.draining.Load() {
-		return nil, ErrPoolClosed
+		return nil, placement.ErrPoolClosed
 	}
 	if !b.reserve(opts.Principal, opts.MaxPerPrincipal) {
 		return nil, ErrTooManySessions
@@ -194,7 +195,7 @@ func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (_ *Sessi
 		lastActive:     time.Now(),
 		done:           make(chan struct{}),
 	}
-	_, err = b.placement.acquire(ctx, leaseRequest{deliver: s.fromChild, oversize: s.onOversize, exited: s.onChildExit, bind: func(l lease) {
+	_, err = b.placement.Acquire(ctx, placement.Request{Deliver: s.fromChild, Oversize: s.onOversize, Exited: s.onChildExit, Bind: func(l placement.Lease) {
 		s.up = l
 		s.logger = b.logger.With(zap.String("session", s.ID[:8]), zap.Int("pid", l.Pid()))
 	}})
@@ -267,7 +268,7 @@ func (b *Backend) removeSession(s *Session) {
 
 func (b *Backend) reapIdle() {
 	defer b.janitor.Done()
-	t := time.NewTicker(janitorInterval(b.cfg.SessionIdleTimeout))
+	t := time.NewTicker(placement.CheckInterval(b.cfg.SessionIdleTimeout))
 	defer t.Stop()
 	for {
 		select {

@@ -28,7 +28,7 @@ func BenchmarkInitialize(b *testing.B) {
 			for b.Loop() {
 				if bc.minIdle > 0 {
 					b.StopTimer() // a spare is ready, as between real clients
-					for backend.placement.ready() == 0 {
+					for backend.placement.Ready() == 0 {
 						time.Sleep(time.Millisecond)
 					}
 					time.Sleep(100 * time.Millisecond) // and has finished starting up

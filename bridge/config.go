@@ -8,6 +8,7 @@ import (
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
 )
 
 // BackendConfig is everything about the children and their sessions. Two
@@ -131,6 +132,20 @@ func (c BackendConfig) withDefaults() BackendConfig {
 	}
 	setDuration(&p.StartTimeout, DefaultStartTimeout)
 	return c
+}
+
+// placementConfig is what the placements need of a resolved PoolConfig.
+func (p PoolConfig) placementConfig() placement.Config {
+	return placement.Config{
+		AcquireTimeout:     p.AcquireTimeout,
+		MinIdle:            *p.MinIdle,
+		HealthCheck:        p.HealthCheck,
+		HealthCheckTimeout: p.HealthCheckTimeout,
+		StartTimeout:       p.StartTimeout,
+		SessionsPerProcess: p.SessionsPerProcess,
+		MinProcesses:       p.MinProcesses,
+		ProcessIdleTimeout: p.ProcessIdleTimeout,
+	}
 }
 
 // Key names what the configuration means: configurations with the same

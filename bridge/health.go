@@ -50,7 +50,7 @@ func (b *Backend) Health() Health {
 		Isolation: b.cfg.Pool.Isolation,
 		Processes: HealthProcesses{
 			Running:  counts.Running(),
-			Idle:     b.placement.ready() + b.stateless.ready(),
+			Idle:     b.placement.Ready() + b.stateless.Ready(),
 			Starting: counts.Starting,
 			Max:      b.cfg.Pool.MaxProcesses,
 		},

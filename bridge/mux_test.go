@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
@@ -1345,16 +1346,6 @@ func TestMuxIdleSessionMemory(t *testing.T) {
 type childStats struct{ Idle, Busy int }
 
 func sharedStats(b *Backend) childStats {
-	p := b.placement.(*sharedPlacement)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var st childStats
-	for _, m := range p.muxes {
-		if load, _ := m.Load(); load > 0 {
-			st.Busy++
-		} else {
-			st.Idle++
-		}
-	}
-	return st
+	idle, busy := b.placement.(*placement.Shared).Load()
+	return childStats{Idle: idle, Busy: busy}
 }

@@ -1,6 +1,10 @@
 package bridge
 
-import "time"
+import (
+	"time"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
+)
 
 // Observer is told what metrics count. Its methods must be cheap and safe
 // for concurrent use; the bridge calls them on its hot paths.
@@ -54,11 +58,11 @@ func sessionStartOutcome(err error) string {
 	switch {
 	case err == nil:
 		return "ok"
-	case err == ErrPoolExhausted:
+	case err == placement.ErrPoolExhausted:
 		return "busy"
 	case err == ErrTooManySessions:
 		return "too_many"
-	case err == ErrPoolClosed:
+	case err == placement.ErrPoolClosed:
 		return "closed"
 	}
 	return "error"

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 	"go.uber.org/zap"
 )
@@ -114,7 +115,7 @@ func (p *prober) startLocked() {
 	go func() {
 		res := probeChild(p.ctx, p.start)
 		p.mu.Lock()
-		if !errors.Is(res.Err, ErrPoolExhausted) {
+		if !errors.Is(res.Err, placement.ErrPoolExhausted) {
 			p.last = res // a full budget tells nothing about the server
 		}
 		p.running = nil
@@ -151,7 +152,7 @@ func probeChild(ctx context.Context, start func(context.Context) (*supervisor.Ch
 			select {
 			case resp, ok := <-responses:
 				if !ok {
-					return nil, exitError(child)
+					return nil, child.ExitError()
 				}
 				if string(jsonrpc.Member(resp, "id")) != strconv.Itoa(id) {
 					continue
@@ -173,7 +174,7 @@ func probeChild(ctx context.Context, start func(context.Context) (*supervisor.Ch
 	discovered, err := call(discoverCtx, 1, "server/discover", "{"+meta+"}")
 	cancelDiscover()
 	if child.Exited() {
-		res.Err = exitError(child)
+		res.Err = child.ExitError()
 		return res
 	}
 	if res.Era = eraOf(discovered, err); res.Era == "legacy" {

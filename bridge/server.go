@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
 	"go.uber.org/zap"
 )
 
@@ -216,10 +217,10 @@ func writeAcquireError(w http.ResponseWriter, err error) {
 	case errors.Is(err, ErrTooManySessions):
 		w.Header().Set("Retry-After", "60")
 		WriteError(w, http.StatusTooManyRequests, jsonrpc.CodeServerBusy, "too many open sessions for this client; end one first")
-	case errors.Is(err, ErrPoolExhausted):
+	case errors.Is(err, placement.ErrPoolExhausted):
 		w.Header().Set("Retry-After", "5")
 		WriteError(w, http.StatusServiceUnavailable, jsonrpc.CodeServerBusy, "all MCP server processes are busy; retry later")
-	case errors.Is(err, ErrPoolClosed):
+	case errors.Is(err, placement.ErrPoolClosed):
 		w.Header().Set("Retry-After", "1")
 		WriteError(w, http.StatusServiceUnavailable, jsonrpc.CodeServerBusy, "the MCP server is restarting; retry")
 	default:

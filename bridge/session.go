@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
 	"go.uber.org/zap"
 )
 
@@ -36,7 +37,7 @@ type Session struct {
 	single  bool
 	created time.Time
 	backend *Backend
-	up      lease
+	up      placement.Lease
 	logger  *zap.Logger
 
 	mu              sync.Mutex

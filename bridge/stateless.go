@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
 )
 
 // The stateless protocol (2026-07-28 on): every request stands alone,
@@ -137,14 +138,14 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 	for {
 		out := make(chan []byte, streamWindow)
 		gone := make(chan struct{})
-		member, err := s.backend.stateless.acquire(r.Context(), leaseRequest{deliver: func(m []byte) {
+		member, err := s.backend.stateless.Acquire(r.Context(), placement.Request{Deliver: func(m []byte) {
 			select {
 			case out <- m:
 			case <-gone:
 			default: // a shared child never waits for one slow client
 				s.logger.Debug("dropped a message for a stateless client that reads too slowly")
 			}
-		}, exited: func() { close(out) }, bind: func(lease) {}})
+		}, Exited: func() { close(out) }, Bind: func(placement.Lease) {}})
 		if err == nil {
 			// What is sent is the child's to keep: send a copy, whose
 			// envelope must alias the copy.

@@ -88,6 +88,15 @@ func (c *Child) Stop() {
 	c.Process.Stop()
 }
 
+// ExitError says how the child ended, once it has: its exit status, or
+// a plain "exited" when it exited cleanly.
+func (c *Child) ExitError() error {
+	if err := c.ExitErr(); err != nil {
+		return err
+	}
+	return errors.New("MCP server exited")
+}
+
 // Kill ends the child and its process group at once.
 func (c *Child) Kill() {
 	c.stopped.Store(true)
@@ -250,7 +259,7 @@ func (s *Supervisor) watch(c *Child) {
 	delete(s.children, c)
 	if crashed {
 		s.crashes++
-		s.lastExit = exitMessage(c)
+		s.lastExit = c.ExitError().Error()
 	}
 	s.notifyLocked()
 	onFreed := s.onFreed
@@ -267,14 +276,6 @@ func (s *Supervisor) watch(c *Child) {
 func (s *Supervisor) notifyLocked() {
 	close(s.freed)
 	s.freed = make(chan struct{})
-}
-
-// exitMessage describes how a child ended.
-func exitMessage(c *Child) string {
-	if err := c.ExitErr(); err != nil {
-		return err.Error()
-	}
-	return "MCP server exited"
 }
 
 // Close refuses new children, stops those still running (the placements

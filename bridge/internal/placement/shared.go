@@ -1,4 +1,4 @@
-package bridge
+package placement
 
 import (
 	"context"
@@ -12,16 +12,16 @@ import (
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 )
 
-// sharedPlacement places clients on the least-loaded of a few long-lived
+// Shared places clients on the least-loaded of a few long-lived
 // children, each behind a multiplexer, starting another when all are
 // full. Shared sessions use one (role shared); stateless requests use
 // another (role stateless), never the sessions' children: a server that
 // has seen a stateless request may refuse a later initialize (the
 // go-sdk's does).
-type sharedPlacement struct {
+type Shared struct {
 	sup    *supervisor.Supervisor
 	role   supervisor.Role
-	cfg    PoolConfig // with defaults
+	cfg    Config
 	logger *zap.Logger
 
 	mu       sync.Mutex
@@ -36,13 +36,13 @@ type sharedPlacement struct {
 	owned    sync.WaitGroup // the reaper, refills, retirements
 }
 
-// newSharedPlacement returns a placement of children in role. Only the
+// NewShared returns a placement of children in role. Only the
 // sessions' one keeps MinProcesses running.
-func newSharedPlacement(sup *supervisor.Supervisor, role supervisor.Role, cfg PoolConfig, logger *zap.Logger) *sharedPlacement {
+func NewShared(sup *supervisor.Supervisor, role supervisor.Role, cfg Config, logger *zap.Logger) *Shared {
 	if role != supervisor.RoleShared {
 		cfg.MinProcesses = 0
 	}
-	p := &sharedPlacement{sup: sup, role: role, cfg: cfg, logger: logger, freed: make(chan struct{}), stop: make(chan struct{})}
+	p := &Shared{sup: sup, role: role, cfg: cfg, logger: logger, freed: make(chan struct{}), stop: make(chan struct{})}
 	sup.OnFull(p.reclaimIdle)
 	sup.OnFreed(func() {
 		p.mu.Lock()
@@ -53,7 +53,7 @@ func newSharedPlacement(sup *supervisor.Supervisor, role supervisor.Role, cfg Po
 	return p
 }
 
-func (p *sharedPlacement) start() {
+func (p *Shared) Start() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.started || p.closed {
@@ -65,10 +65,10 @@ func (p *sharedPlacement) start() {
 	go p.reapIdle()
 }
 
-// acquire places a client on a child: the least-loaded one with room, or
+// Acquire places a client on a child: the least-loaded one with room, or
 // a new one, or the first to have room within AcquireTimeout.
-func (p *sharedPlacement) acquire(ctx context.Context, req leaseRequest) (lease, error) {
-	p.start()
+func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
+	p.Start()
 	timer := time.NewTimer(p.cfg.AcquireTimeout)
 	defer timer.Stop()
 	for {
@@ -85,7 +85,7 @@ func (p *sharedPlacement) acquire(ctx context.Context, req leaseRequest) (lease,
 			}
 		}
 		if best != nil {
-			if mem := best.Attach(req.deliver, req.exited, func(mem *mux.Member) { req.bind(mem) }); mem != nil {
+			if mem := best.Attach(req.Deliver, req.Exited, func(mem *mux.Member) { req.Bind(mem) }); mem != nil {
 				p.mu.Unlock()
 				return mem, nil
 			}
@@ -122,7 +122,7 @@ func (p *sharedPlacement) acquire(ctx context.Context, req leaseRequest) (lease,
 
 // addLocked puts a started child behind a multiplexer, unless the
 // placement closed meanwhile.
-func (p *sharedPlacement) addLocked(c *supervisor.Child) {
+func (p *Shared) addLocked(c *supervisor.Child) {
 	defer p.notifyLocked()
 	if p.closed {
 		p.owned.Go(c.Stop)
@@ -133,7 +133,7 @@ func (p *sharedPlacement) addLocked(c *supervisor.Child) {
 }
 
 // released is called when a client leaves a child: there is room again.
-func (p *sharedPlacement) released() {
+func (p *Shared) released() {
 	p.mu.Lock()
 	p.notifyLocked()
 	p.mu.Unlock()
@@ -141,7 +141,7 @@ func (p *sharedPlacement) released() {
 
 // reclaimIdle retires a child that carries nobody, so that a waiting
 // session or request gets its room.
-func (p *sharedPlacement) reclaimIdle() bool {
+func (p *Shared) reclaimIdle() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i, m := range p.muxes {
@@ -154,7 +154,7 @@ func (p *sharedPlacement) reclaimIdle() bool {
 	return false
 }
 
-func (p *sharedPlacement) close() {
+func (p *Shared) Close() {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -172,7 +172,7 @@ func (p *sharedPlacement) close() {
 	p.owned.Wait()
 }
 
-func (p *sharedPlacement) ready() int {
+func (p *Shared) Ready() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
@@ -184,7 +184,22 @@ func (p *sharedPlacement) ready() int {
 	return n
 }
 
-func (p *sharedPlacement) lastError() error {
+// Load counts the placement's children: idle ones carry nobody, busy
+// ones carry clients.
+func (p *Shared) Load() (idle, busy int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.muxes {
+		if load, _ := m.Load(); load > 0 {
+			busy++
+		} else {
+			idle++
+		}
+	}
+	return idle, busy
+}
+
+func (p *Shared) LastError() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.lastErr
@@ -192,7 +207,7 @@ func (p *sharedPlacement) lastError() error {
 
 // noteStartError records a failure to start a child; a full budget or a
 // client that left is none.
-func (p *sharedPlacement) noteStartError(err error) {
+func (p *Shared) noteStartError(err error) {
 	if errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrPoolClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return
 	}
@@ -203,14 +218,14 @@ func (p *sharedPlacement) noteStartError(err error) {
 	p.logger.Error("starting MCP server", zap.Error(err))
 }
 
-func (p *sharedPlacement) notifyLocked() {
+func (p *Shared) notifyLocked() {
 	close(p.freed)
 	p.freed = make(chan struct{})
 }
 
 // refillLocked starts children until MinProcesses run or are starting;
 // restarts counts the crashes that the first of them replaces.
-func (p *sharedPlacement) refillLocked(restarts int) {
+func (p *Shared) refillLocked(restarts int) {
 	for p.started && !p.closed && len(p.muxes)+p.starting < p.cfg.MinProcesses && p.failures < 10 {
 		p.starting++
 		p.owned.Add(1)
@@ -220,7 +235,7 @@ func (p *sharedPlacement) refillLocked(restarts int) {
 }
 
 // startChild starts one of the MinProcesses children, if there is room.
-func (p *sharedPlacement) startChild(delay time.Duration, restarts int) {
+func (p *Shared) startChild(delay time.Duration, restarts int) {
 	defer p.owned.Done()
 	if delay > 0 {
 		t := time.NewTimer(delay)
@@ -249,7 +264,7 @@ func (p *sharedPlacement) startChild(delay time.Duration, restarts int) {
 
 // onChildExit drops a child that exited and starts a replacement, later
 // each time it keeps crashing.
-func (p *sharedPlacement) onChildExit(m *mux.Mux) {
+func (p *Shared) onChildExit(m *mux.Mux) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i, have := range p.muxes {
@@ -273,7 +288,7 @@ func (p *sharedPlacement) onChildExit(m *mux.Mux) {
 		defer p.owned.Done()
 		<-c.Done()
 		p.mu.Lock()
-		p.lastErr = exitError(c)
+		p.lastErr = c.ExitError()
 		p.mu.Unlock()
 	}()
 	p.notifyLocked()
@@ -282,9 +297,9 @@ func (p *sharedPlacement) onChildExit(m *mux.Mux) {
 
 // reapIdle retires children beyond MinProcesses that carried nobody for
 // ProcessIdleTimeout.
-func (p *sharedPlacement) reapIdle() {
+func (p *Shared) reapIdle() {
 	defer p.owned.Done()
-	t := time.NewTicker(janitorInterval(p.cfg.ProcessIdleTimeout))
+	t := time.NewTicker(CheckInterval(p.cfg.ProcessIdleTimeout))
 	defer t.Stop()
 	for {
 		select {

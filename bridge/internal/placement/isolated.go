@@ -1,4 +1,4 @@
-package bridge
+package placement
 
 import (
 	"context"
@@ -13,12 +13,12 @@ import (
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 )
 
-// isolatedPlacement gives each session a child of its own, taken from warm
+// Isolated gives each session a child of its own, taken from warm
 // spares started ahead of demand. A child is never reused: a session that
 // ends stops its child, and another spare starts.
-type isolatedPlacement struct {
+type Isolated struct {
 	sup    *supervisor.Supervisor
-	cfg    PoolConfig // with defaults
+	cfg    Config
 	logger *zap.Logger
 
 	mu       sync.Mutex
@@ -34,8 +34,8 @@ type isolatedPlacement struct {
 	owned      sync.WaitGroup // spare starters and watchers, the checker, stops
 }
 
-func newIsolatedPlacement(sup *supervisor.Supervisor, cfg PoolConfig, logger *zap.Logger) *isolatedPlacement {
-	p := &isolatedPlacement{sup: sup, cfg: cfg, logger: logger, stop: make(chan struct{}), spareReady: make(chan struct{})}
+func NewIsolated(sup *supervisor.Supervisor, cfg Config, logger *zap.Logger) *Isolated {
+	p := &Isolated{sup: sup, cfg: cfg, logger: logger, stop: make(chan struct{}), spareReady: make(chan struct{})}
 	sup.OnFull(p.reclaimSpare)
 	sup.OnFreed(func() {
 		p.mu.Lock()
@@ -45,7 +45,7 @@ func newIsolatedPlacement(sup *supervisor.Supervisor, cfg PoolConfig, logger *za
 	return p
 }
 
-func (p *isolatedPlacement) start() {
+func (p *Isolated) Start() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.started || p.closed {
@@ -59,11 +59,11 @@ func (p *isolatedPlacement) start() {
 	}
 }
 
-// acquire hands out a warm spare, or starts a child when there is none
+// Acquire hands out a warm spare, or starts a child when there is none
 // and there is room, or waits for either: a spare that becomes ready, or
 // room that frees up (asking the other placements to give up an idle
 // child once).
-func (p *isolatedPlacement) acquire(ctx context.Context, req leaseRequest) (lease, error) {
+func (p *Isolated) Acquire(ctx context.Context, req Request) (Lease, error) {
 	var timer *time.Timer
 	reclaimed := false
 	for {
@@ -119,10 +119,10 @@ func (p *isolatedPlacement) acquire(ctx context.Context, req leaseRequest) (leas
 	}
 }
 
-func (p *isolatedPlacement) lease(c *supervisor.Child, req leaseRequest) lease {
+func (p *Isolated) lease(c *supervisor.Child, req Request) Lease {
 	l := ownChild{c}
-	req.bind(l)
-	c.Attach(req.deliver, req.oversize, req.exited)
+	req.Bind(l)
+	c.Attach(req.Deliver, req.Oversize, req.Exited)
 	return l
 }
 
@@ -138,7 +138,7 @@ func (o ownChild) Shared() bool                               { return false }
 
 // reclaimSpare stops the oldest warm spare, so that a waiting session or
 // request gets its room.
-func (p *isolatedPlacement) reclaimSpare() bool {
+func (p *Isolated) reclaimSpare() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.idle) == 0 {
@@ -150,7 +150,7 @@ func (p *isolatedPlacement) reclaimSpare() bool {
 	return true
 }
 
-func (p *isolatedPlacement) close() {
+func (p *Isolated) Close() {
 	p.mu.Lock()
 	if !p.closed {
 		close(p.stop)
@@ -164,13 +164,13 @@ func (p *isolatedPlacement) close() {
 	p.owned.Wait()
 }
 
-func (p *isolatedPlacement) ready() int {
+func (p *Isolated) Ready() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.idle)
 }
 
-func (p *isolatedPlacement) lastError() error {
+func (p *Isolated) LastError() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.lastErr
@@ -178,7 +178,7 @@ func (p *isolatedPlacement) lastError() error {
 
 // noteStartError records a failure to start a child; a full budget or a
 // client that left is none.
-func (p *isolatedPlacement) noteStartError(err error) {
+func (p *Isolated) noteStartError(err error) {
 	if errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrPoolClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return
 	}
@@ -198,11 +198,11 @@ var spareSpawns = max(runtime.GOMAXPROCS(0)/2, 1)
 
 // refillLocked starts spares until MinIdle are idle or starting, at most
 // spareSpawns at a time; each one that is ready starts the next.
-func (p *isolatedPlacement) refillLocked() {
+func (p *Isolated) refillLocked() {
 	if !p.started || p.closed {
 		return
 	}
-	for len(p.idle)+p.spawning < *p.cfg.MinIdle && p.spawning < spareSpawns {
+	for len(p.idle)+p.spawning < p.cfg.MinIdle && p.spawning < spareSpawns {
 		p.spawning++
 		p.owned.Add(1)
 		go p.startSpare(spawnBackoff(p.failures))
@@ -213,7 +213,7 @@ func (p *isolatedPlacement) refillLocked() {
 // spare is ready, not merely started, so a session that takes it does not
 // wait for the server to load (a Node server takes a few hundred ms). A
 // spare takes room only when nobody waits for it.
-func (p *isolatedPlacement) startSpare(delay time.Duration) {
+func (p *Isolated) startSpare(delay time.Duration) {
 	defer p.owned.Done()
 	if delay > 0 {
 		t := time.NewTimer(delay)
@@ -255,7 +255,7 @@ func (p *isolatedPlacement) startSpare(delay time.Duration) {
 }
 
 // watchSpare drops a spare that exits while idle.
-func (p *isolatedPlacement) watchSpare(c *supervisor.Child) {
+func (p *Isolated) watchSpare(c *supervisor.Child) {
 	defer p.owned.Done()
 	select {
 	case <-c.Done():
@@ -269,7 +269,7 @@ func (p *isolatedPlacement) watchSpare(c *supervisor.Child) {
 			p.idle = append(p.idle[:i], p.idle[i+1:]...)
 			p.logger.Warn("idle MCP server exited", zap.Int("pid", c.Pid()), zap.Error(c.ExitErr()))
 			p.failures++
-			p.lastErr = exitError(c)
+			p.lastErr = c.ExitError()
 			p.refillLocked()
 			return
 		}
@@ -278,7 +278,7 @@ func (p *isolatedPlacement) watchSpare(c *supervisor.Child) {
 
 // checkSpares pings the warm spares, one at a time, every HealthCheck, and
 // replaces those that do not answer.
-func (p *isolatedPlacement) checkSpares() {
+func (p *Isolated) checkSpares() {
 	defer p.owned.Done()
 	t := time.NewTicker(p.cfg.HealthCheck)
 	defer t.Stop()
@@ -329,14 +329,7 @@ func spawnBackoff(failures int) time.Duration {
 	return min(100*time.Millisecond<<min(failures-1, 9), 30*time.Second)
 }
 
-// janitorInterval is how often to look for what outlived timeout.
-func janitorInterval(timeout time.Duration) time.Duration {
+// CheckInterval is how often to look for what outlived timeout.
+func CheckInterval(timeout time.Duration) time.Duration {
 	return min(max(timeout/4, 10*time.Millisecond), time.Minute)
-}
-
-func exitError(c interface{ ExitErr() error }) error {
-	if err := c.ExitErr(); err != nil {
-		return err
-	}
-	return errors.New("MCP server exited")
 }

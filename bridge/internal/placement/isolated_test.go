@@ -1,4 +1,4 @@
-package bridge
+package placement
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
@@ -16,7 +17,7 @@ import (
 // testPool is an isolated placement over a supervisor of its own, with
 // the calls the tests make.
 type testPool struct {
-	p    *isolatedPlacement
+	p    *Isolated
 	sup  *supervisor.Supervisor
 	msgs chan []byte // what acquired children send
 }
@@ -27,27 +28,50 @@ type PoolStats struct {
 	LastError            error
 }
 
-func newTestPool(t *testing.T, cfg PoolConfig, argv ...string) *testPool {
-	t.Helper()
-	bc := BackendConfig{Process: ProcessConfig{Argv: argv}, Pool: cfg}.withDefaults()
-	sup := supervisor.New(supervisor.Config{Process: bc.Process, MaxProcesses: bc.Pool.MaxProcesses, AcquireTimeout: bc.Pool.AcquireTimeout}, mcptest.Logger(t), nopObserver{})
-	return &testPool{p: newIsolatedPlacement(sup, bc.Pool, mcptest.Logger(t)), sup: sup, msgs: make(chan []byte, 100)}
+// testConfig is what the tests set of a pool; newTestPool fills in the
+// rest as the bridge's defaults would.
+type testConfig struct {
+	MinIdle                                                       *int
+	MaxProcesses                                                  int
+	AcquireTimeout, HealthCheck, HealthCheckTimeout, StartTimeout time.Duration
 }
 
-func (tp *testPool) Start() { tp.p.start() }
+func newTestPool(t *testing.T, tc testConfig, argv ...string) *testPool {
+	t.Helper()
+	cfg := Config{MinIdle: 1, AcquireTimeout: tc.AcquireTimeout, HealthCheck: tc.HealthCheck, HealthCheckTimeout: tc.HealthCheckTimeout, StartTimeout: tc.StartTimeout}
+	if tc.MinIdle != nil {
+		cfg.MinIdle = *tc.MinIdle
+	}
+	for d, def := range map[*time.Duration]time.Duration{&cfg.AcquireTimeout: 10 * time.Second, &cfg.HealthCheckTimeout: 5 * time.Second, &cfg.StartTimeout: 30 * time.Second} {
+		if *d == 0 {
+			*d = def
+		}
+	}
+	process := child.Config{Argv: argv, StdinCloseTimeout: 2 * time.Second, TermTimeout: 3 * time.Second}
+	sup := supervisor.New(supervisor.Config{Process: process, MaxProcesses: tc.MaxProcesses, AcquireTimeout: cfg.AcquireTimeout}, mcptest.Logger(t), nopObserver{})
+	return &testPool{p: NewIsolated(sup, cfg, mcptest.Logger(t)), sup: sup, msgs: make(chan []byte, 100)}
+}
+
+// nopObserver observes nothing.
+type nopObserver struct{}
+
+func (nopObserver) ChildStarted(string)      {}
+func (nopObserver) ChildExited(string, bool) {}
+
+func (tp *testPool) Start() { tp.p.Start() }
 
 func (tp *testPool) Close() {
-	tp.p.close()
+	tp.p.Close()
 	tp.sup.Close()
 }
 
 func (tp *testPool) Acquire(ctx context.Context) (*supervisor.Child, error) {
-	var got lease
-	_, err := tp.p.acquire(ctx, leaseRequest{
-		deliver:  func(m []byte) { tp.msgs <- m },
-		oversize: func([]byte) {},
-		exited:   func() {},
-		bind:     func(l lease) { got = l },
+	var got Lease
+	_, err := tp.p.Acquire(ctx, Request{
+		Deliver:  func(m []byte) { tp.msgs <- m },
+		Oversize: func([]byte) {},
+		Exited:   func() {},
+		Bind:     func(l Lease) { got = l },
 	})
 	if err != nil {
 		return nil, err
@@ -77,7 +101,7 @@ func (tp *testPool) idlePids() []int {
 
 // startPool starts a pool of test children and closes it at cleanup.
 // Children the test acquired must be released by the test.
-func startPool(t *testing.T, cfg PoolConfig) (*testPool, string) {
+func startPool(t *testing.T, cfg testConfig) (*testPool, string) {
 	t.Helper()
 	exe := mcptest.TestChild(t)
 	pool := newTestPool(t, cfg, exe)
@@ -112,7 +136,7 @@ func idleSpares(n int) func(PoolStats) bool {
 func TestPoolWarmSpares(t *testing.T) {
 	for _, minIdle := range []int{1, 3} {
 		t.Run("MinIdle="+strconv.Itoa(minIdle), func(t *testing.T) {
-			pool, exe := startPool(t, PoolConfig{MinIdle: new(minIdle)})
+			pool, exe := startPool(t, testConfig{MinIdle: new(minIdle)})
 			waitStats(t, pool, "MinIdle idle spares", idleSpares(minIdle))
 			spares := mcptest.Processes(exe)
 			if len(spares) != minIdle {
@@ -146,7 +170,7 @@ func TestPoolWarmSpares(t *testing.T) {
 // TestPoolMinIdleZero checks that with no spares Acquire starts a child on
 // demand and nothing runs before.
 func TestPoolMinIdleZero(t *testing.T) {
-	pool, exe := startPool(t, PoolConfig{MinIdle: new(0)})
+	pool, exe := startPool(t, testConfig{MinIdle: new(0)})
 	time.Sleep(100 * time.Millisecond)
 	if n := len(mcptest.Processes(exe)); n != 0 {
 		t.Fatalf("%d children running with MinIdle 0", n)
@@ -183,7 +207,7 @@ func TestPoolMaxProcesses(t *testing.T) {
 		{"a release during the wait frees a place", 10 * time.Second, true, 0, nil, timeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pool, exe := startPool(t, PoolConfig{MinIdle: new(1), MaxProcesses: 1, AcquireTimeout: tc.timeout})
+			pool, exe := startPool(t, testConfig{MinIdle: new(1), MaxProcesses: 1, AcquireTimeout: tc.timeout})
 			first, err := pool.Acquire(t.Context())
 			if err != nil {
 				t.Fatal(err)
@@ -238,7 +262,7 @@ func TestPoolMaxProcesses(t *testing.T) {
 // TestPoolClose checks that Close stops the idle spares and that the pool
 // refuses work afterwards.
 func TestPoolClose(t *testing.T) {
-	pool, exe := startPool(t, PoolConfig{MinIdle: new(2)})
+	pool, exe := startPool(t, testConfig{MinIdle: new(2)})
 	waitStats(t, pool, "2 idle spares", idleSpares(2))
 	if n := len(mcptest.Processes(exe)); n != 2 {
 		t.Fatalf("%d children running, want 2 spares", n)
@@ -261,7 +285,7 @@ func TestPoolClose(t *testing.T) {
 // dropped, its exit recorded, and a new spare started in its place; Acquire
 // never hands out the dead one.
 func TestPoolReplacesDeadSpare(t *testing.T) {
-	pool, exe := startPool(t, PoolConfig{MinIdle: new(1)})
+	pool, exe := startPool(t, testConfig{MinIdle: new(1)})
 	waitStats(t, pool, "1 idle spare", idleSpares(1))
 	pids := mcptest.Processes(exe)
 	if len(pids) != 1 {

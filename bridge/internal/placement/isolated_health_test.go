@@ -1,4 +1,4 @@
-package bridge
+package placement
 
 import (
 	"testing"
@@ -13,7 +13,7 @@ import (
 func TestPoolHealthCheck(t *testing.T) {
 	t.Run("answering spare is kept", func(t *testing.T) {
 		exe := mcptest.EverythingServer(t)
-		pool := newTestPool(t, PoolConfig{MinIdle: new(1), HealthCheck: 30 * time.Millisecond}, exe)
+		pool := newTestPool(t, testConfig{MinIdle: new(1), HealthCheck: 30 * time.Millisecond}, exe)
 		pool.Start()
 		defer func() { pool.Close(); mcptest.WaitNoProcesses(t, exe, 5*time.Second) }()
 		first := waitSpare(t, pool)
@@ -41,7 +41,7 @@ func TestPoolHealthCheck(t *testing.T) {
 	t.Run("spare that falls silent is replaced", func(t *testing.T) {
 		// It answers the ping that makes it a spare, and the first check.
 		exe := mcptest.Build(t, mcptest.TestChildPackage)
-		pool := newTestPool(t, PoolConfig{MinIdle: new(1), HealthCheck: 50 * time.Millisecond, HealthCheckTimeout: 100 * time.Millisecond},
+		pool := newTestPool(t, testConfig{MinIdle: new(1), HealthCheck: 50 * time.Millisecond, HealthCheckTimeout: 100 * time.Millisecond},
 			exe, "-mute-after", "2")
 		pool.Start()
 		defer func() { pool.Close(); mcptest.WaitNoProcesses(t, exe, 5*time.Second) }()
@@ -62,7 +62,7 @@ func TestPoolHealthCheck(t *testing.T) {
 	})
 	t.Run("child that never answers is no spare", func(t *testing.T) {
 		// sleep never reads its stdin, like a server stuck loading.
-		pool := newTestPool(t, PoolConfig{MinIdle: new(1), StartTimeout: 100 * time.Millisecond}, "sleep", "1000")
+		pool := newTestPool(t, testConfig{MinIdle: new(1), StartTimeout: 100 * time.Millisecond}, "sleep", "1000")
 		pool.Start()
 		defer pool.Close()
 		deadline := time.Now().Add(5 * time.Second)
