@@ -13,12 +13,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 )
 
 // Config says how to start one stdio MCP server.
@@ -56,12 +54,26 @@ const (
 	DefaultTermTimeout       = 3 * time.Second
 )
 
-// Process is one running stdio MCP server. It is its own process group, so
-// that stopping it also stops what it started (npx, shell wrappers).
+// watchdogEnv marks the bridge's own executable, re-executed, as the
+// watchdog (see watchdog_unix.go). It is never passed on to a child: a child
+// that links this package, such as a nested bridge, would turn into a
+// watchdog.
+const watchdogEnv = "MCPBRIDGE_CHILD_WATCHDOG"
+
+// Process is one running stdio MCP server. It leads its own process group
+// (on Windows: job object), so that stopping it also stops what it started
+// (npx, shell wrappers). How each system does that is in the sys_*.go files.
 type Process struct {
 	cfg    Config
 	cmd    *exec.Cmd
 	logger *zap.Logger
+
+	// group is the child's process group. groupMu makes "has the leader
+	// exited?" and a signal to the group one step, so that no signal goes
+	// out once wait is about to reap the leader and free the group's id.
+	group        *group
+	groupMu      sync.Mutex
+	leaderExited bool
 
 	stdout  *os.File
 	lines   *jsonrpc.LineReader
@@ -89,9 +101,11 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 		cfg.TermTimeout = DefaultTermTimeout
 	}
 	cmd := exec.Command(cfg.Argv[0], cfg.Argv[1:]...)
-	cmd.Env = append(inheritedEnv(cfg.UnsetEnv), cfg.Env...)
+	cmd.Env = append(inheritedEnv(cfg.UnsetEnv), withoutVar(cfg.Env, watchdogEnv)...)
 	cmd.Dir = cfg.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := prepareCmd(cmd); err != nil {
+		return nil, err
+	}
 
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -123,6 +137,7 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 		cfg:     cfg,
 		cmd:     cmd,
 		logger:  logger.With(zap.Int("pid", cmd.Process.Pid)),
+		group:   newGroup(cmd, logger), // before wait can reap the leader
 		stdout:  stdoutR,
 		lines:   jsonrpc.NewLineReader(stdoutR, cfg.MaxMessageSize),
 		stdin:   stdin,
@@ -137,20 +152,20 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 	return p, nil
 }
 
-// inheritedEnv is the bridge's environment without the variables named.
+// inheritedEnv is the bridge's environment without the variables named and
+// without the watchdog's marker.
 func inheritedEnv(unset []string) []string {
-	env := os.Environ()
-	if len(unset) == 0 {
-		return env
-	}
-	kept := env[:0]
-	for _, kv := range env {
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		name, _, _ := strings.Cut(kv, "=")
-		if !slices.Contains(unset, name) {
-			kept = append(kept, kv)
-		}
-	}
-	return kept
+		return name == watchdogEnv || slices.Contains(unset, name)
+	})
+}
+
+// withoutVar is env without the entries for name; env itself is unchanged.
+func withoutVar(env []string, name string) []string {
+	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
+		return strings.HasPrefix(kv, name+"=")
+	})
 }
 
 // Pid is the child's process id (and process group id).
@@ -277,18 +292,17 @@ func (p *Process) Send(msg []byte) error {
 }
 
 // wait reaps the child. Whatever the child left running in its group goes
-// with it: the group is killed while the exited leader still holds its pid,
-// so the group id cannot have been reused.
+// with it: the group is killed while the exited leader still holds its pid
+// (on Windows: while the job handle is open), so the group id cannot have
+// been reused.
 func (p *Process) wait() {
-	pid := p.Pid()
-	for {
-		err := unix.Waitid(unix.P_PID, pid, nil, unix.WEXITED|unix.WNOWAIT, nil)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	p.group.waitExited()
+	p.groupMu.Lock()
+	p.leaderExited = true
+	_ = p.group.kill()
+	p.groupMu.Unlock()
 	p.waitErr = p.cmd.Wait()
+	p.group.release()
 	close(p.done)
 	if p.cfg.Observer != nil {
 		p.cfg.Observer.ChildExited(!p.stopping.Load())
@@ -307,8 +321,21 @@ func (p *Process) logStderr(r io.ReadCloser) {
 	_, _ = io.Copy(io.Discard, r)
 }
 
-// Stop ends the child: it closes stdin and waits, then sends SIGTERM to the
-// process group and waits, then SIGKILL. It returns once the child is gone.
+// signal applies f to the child's group, unless the leader has exited: then
+// wait has killed the group already, and once it reaps the leader the
+// group's id may name someone else's.
+func (p *Process) signal(f func(*group) error) error {
+	p.groupMu.Lock()
+	defer p.groupMu.Unlock()
+	if p.leaderExited {
+		return nil
+	}
+	return f(p.group)
+}
+
+// Stop ends the child: it closes stdin and waits, then asks the process
+// group to terminate (SIGTERM; CTRL_BREAK on Windows) and waits, then kills
+// the group. It returns once the child is gone.
 func (p *Process) Stop() {
 	p.stopping.Store(true)
 	p.writeMu.Lock()
@@ -317,20 +344,25 @@ func (p *Process) Stop() {
 	if p.waitFor(p.cfg.StdinCloseTimeout) {
 		return
 	}
-	p.logger.Debug("child did not exit after stdin closed; sending SIGTERM")
-	_ = syscall.Kill(-p.Pid(), syscall.SIGTERM)
-	if p.waitFor(p.cfg.TermTimeout) {
+	p.logger.Debug("child did not exit after stdin closed; asking it to terminate", zap.String("signal", terminateSignal))
+	switch err := p.signal((*group).terminate); {
+	case err != nil:
+		// No point waiting TermTimeout for a request that never went out.
+		p.logger.Debug("could not ask the child to terminate; killing it", zap.Error(err))
+	case p.waitFor(p.cfg.TermTimeout):
 		return
+	default:
+		p.logger.Warn("child did not exit when asked to terminate; killing its process group", zap.String("signal", terminateSignal))
 	}
-	p.logger.Warn("child ignored SIGTERM; sending SIGKILL")
-	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
+	_ = p.signal((*group).kill)
 	<-p.done
 }
 
-// Kill ends the child at once with SIGKILL to its process group.
+// Kill ends the child and its process group at once (SIGKILL; on Windows
+// the job is terminated).
 func (p *Process) Kill() {
 	p.stopping.Store(true)
-	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
+	_ = p.signal((*group).kill)
 	<-p.done
 }
 

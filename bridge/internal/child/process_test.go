@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -126,6 +127,29 @@ func TestStartProcessEnvAndDir(t *testing.T) {
 				t.Errorf("child's working directory = %s, want %s", got.Cwd, tc.wantCwd)
 			}
 		})
+	}
+}
+
+// TestStartProcessDropsWatchdogMarker checks that the variable that makes
+// a re-executed bridge the watchdog never reaches a child, whether the
+// bridge's environment or the configuration holds it: a child that is
+// itself a bridge would become a watchdog.
+func TestStartProcessDropsWatchdogMarker(t *testing.T) {
+	exe := mcptest.TestChild(t)
+	t.Setenv(watchdogEnv, "1")
+	c := startChild(t, Config{Argv: []string{exe, "-print-env"}, Env: []string{watchdogEnv + "=1", "MCPBRIDGE_TEST_KEPT=1"}})
+	defer c.Stop()
+	var got struct{ Env []string }
+	if err := json.Unmarshal(c.call(t, 1, "env", nil), &got); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range got.Env {
+		if strings.HasPrefix(e, watchdogEnv+"=") {
+			t.Errorf("the child's environment has %s", e)
+		}
+	}
+	if !slices.Contains(got.Env, "MCPBRIDGE_TEST_KEPT=1") {
+		t.Error("the child's environment lacks the configured MCPBRIDGE_TEST_KEPT=1")
 	}
 }
 
