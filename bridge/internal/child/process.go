@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
@@ -33,19 +32,13 @@ type Config struct {
 	// MaxMessageSize caps one line of the child's stdout.
 	MaxMessageSize int
 	// StdinCloseTimeout is how long a child may take to exit after its stdin
-	// is closed before it gets SIGTERM.
+	// is closed before it is asked to terminate (SIGTERM to its group; on
+	// Windows, CTRL_BREAK); zero means DefaultStdinCloseTimeout.
 	StdinCloseTimeout time.Duration
-	// TermTimeout is how long a child may take to exit after SIGTERM before
-	// its process group gets SIGKILL.
+	// TermTimeout is how long a child may take to exit once asked to
+	// terminate before its group is killed (SIGKILL; on Windows, the job
+	// is terminated); zero means DefaultTermTimeout.
 	TermTimeout time.Duration
-	// Observer, if set, is told when the child starts and exits.
-	Observer Observer `json:"-"`
-}
-
-// Observer is told when a child starts and exits.
-type Observer interface {
-	ChildStarted()
-	ChildExited(crashed bool)
 }
 
 // Default shutdown timeouts.
@@ -82,7 +75,6 @@ type Process struct {
 	stdin   io.WriteCloser
 
 	attachOnce sync.Once
-	stopping   atomic.Bool   // the bridge is stopping it: an exit is no crash
 	done       chan struct{} // closed once the process has exited
 	waitErr    error
 	started    time.Time
@@ -146,9 +138,6 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 	}
 	go p.logStderr(stderrR)
 	go p.wait()
-	if cfg.Observer != nil {
-		cfg.Observer.ChildStarted()
-	}
 	return p, nil
 }
 
@@ -304,9 +293,6 @@ func (p *Process) wait() {
 	p.waitErr = p.cmd.Wait()
 	p.group.release()
 	close(p.done)
-	if p.cfg.Observer != nil {
-		p.cfg.Observer.ChildExited(!p.stopping.Load())
-	}
 }
 
 func (p *Process) logStderr(r io.ReadCloser) {
@@ -337,7 +323,6 @@ func (p *Process) signal(f func(*group) error) error {
 // group to terminate (SIGTERM; CTRL_BREAK on Windows) and waits, then kills
 // the group. It returns once the child is gone.
 func (p *Process) Stop() {
-	p.stopping.Store(true)
 	p.writeMu.Lock()
 	_ = p.stdin.Close()
 	p.writeMu.Unlock()
@@ -361,7 +346,6 @@ func (p *Process) Stop() {
 // Kill ends the child and its process group at once (SIGKILL; on Windows
 // the job is terminated).
 func (p *Process) Kill() {
-	p.stopping.Store(true)
 	_ = p.signal((*group).kill)
 	<-p.done
 }
