@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
@@ -136,16 +135,19 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 	listen := env.MethodName() == "subscriptions/listen"
 	var sw *sseWriter
 	for {
-		out := make(chan []byte, streamWindow)
-		gone := make(chan struct{})
-		member, err := s.backend.stateless.Acquire(r.Context(), placement.Request{Deliver: func(m []byte) {
-			select {
-			case out <- m:
-			case <-gone:
-			default: // a shared child never waits for one slow client
-				s.logger.Debug("dropped a message for a stateless client that reads too slowly")
-			}
-		}, Exited: func() { close(out) }, Bind: func(placement.Lease) {}})
+		st := newStream(0, ReplayBuffer{}) // nothing to replay: not resumable
+		member, err := s.backend.stateless.Acquire(r.Context(), placement.Request{
+			Deliver: func(m []byte) {
+				other, err := jsonrpc.ParseEnvelope(m)
+				last := err == nil && other.Kind() == jsonrpc.KindResponse && string(other.ID) == string(env.ID)
+				// A shared child never waits for one slow client.
+				if st.push(m, last, pushFail) == errStreamFull {
+					s.logger.Debug("dropped a message for a stateless client that reads too slowly")
+				}
+			},
+			Exited: st.close,
+			Bind:   func(placement.Lease) {},
+		})
 		if err == nil {
 			// What is sent is the child's to keep: send a copy, whose
 			// envelope must alias the copy.
@@ -165,55 +167,26 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 		if sw == nil {
 			sw = startSSE(w)
 		}
-		childGone := s.pumpStateless(sw, r, out, env)
-		close(gone)
+		gen, cursor, _, _ := st.attach(-1)
+		p := &pump{
+			st: st, gen: gen, cursor: cursor, sink: sseSink{sw: sw},
+			hold:      !listen,
+			keepalive: s.cfg.Keepalive,
+			done:      r.Context().Done(),
+		}
+		end := p.run()
+		st.close()       // what the child still sends is dropped
 		member.Release() // cancels the request at the child if unanswered
-		if !childGone || !listen {
+		if end != pumpClosed {
+			return
+		}
+		if !listen {
+			_ = sw.event(nil, "", jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeServerExited, "the MCP server process exited"))
+			return
+		}
+		if sw.flush() != nil {
 			return
 		}
 		s.logger.Info("a stateless subscription's child exited; listening again on another")
-	}
-}
-
-// pumpStateless writes a stateless request's messages until its response, the
-// client leaving, or the child exiting (then it reports true). Like
-// writeStream, it gives a request's answer a moment to leave with the
-// headers, then flushes whenever nothing more is queued.
-func (s *Server) pumpStateless(sw *sseWriter, r *http.Request, out <-chan []byte, env *jsonrpc.Envelope) bool {
-	ping, stopPing := keepalive(s.cfg.Keepalive)
-	defer stopPing()
-	var hold <-chan time.Time
-	if env.MethodName() != "subscriptions/listen" {
-		var stopHold func() bool
-		hold, stopHold = answerHold()
-		defer stopHold()
-	}
-	for {
-		if hold == nil && len(out) == 0 && sw.flush() != nil {
-			return false
-		}
-		select {
-		case <-hold:
-			hold = nil
-		case m, open := <-out:
-			if !open {
-				if env.MethodName() != "subscriptions/listen" {
-					_ = sw.event(nil, "", jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeServerExited, "the MCP server process exited"))
-				}
-				return true
-			}
-			if sw.event(nil, "", m) != nil {
-				return false
-			}
-			if other, err := jsonrpc.ParseEnvelope(m); err == nil && other.Kind() == jsonrpc.KindResponse && string(other.ID) == string(env.ID) {
-				return false
-			}
-		case <-ping:
-			if sw.ping() != nil {
-				return false
-			}
-		case <-r.Context().Done():
-			return false
-		}
 	}
 }

@@ -389,11 +389,11 @@ const (
 
 // writeStream writes a stream as SSE, from after the event after (negative:
 // from the first unwritten one), until its last event, the client leaving
-// (done closes), the session ending, another connection taking the stream over, or (for
-// a GET stream) this Server closing its streams. A POST stream ends with
-// its last response, so a reload lets it finish. A legacy stream opens
-// with the endpoint event, endpoint. It reports whether the stream was
-// finished.
+// (done closes), the session ending, another connection taking the stream
+// over, or (for a GET stream) this Server closing its streams. A POST
+// stream ends with its last response, so a reload lets it finish. A legacy
+// stream opens with the endpoint event, endpoint. It reports whether the
+// stream was finished.
 func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *Session, st *stream, mode streamMode, after int) bool {
 	gen, cursor, replaced, err := st.attach(after)
 	if err != nil {
@@ -402,11 +402,17 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 	}
 	defer st.detach(gen)
 	sw := startSSE(w)
-	eventName := ""
+	p := &pump{
+		st: st, gen: gen, cursor: cursor, sink: sseSink{sw: sw},
+		eventID:   func(dst []byte, seq int) []byte { return appendEventID(dst, sess.tag, st.num, seq) },
+		keepalive: s.cfg.Keepalive,
+		done:      done,
+		replaced:  replaced,
+	}
 	resumable := mode != streamLegacy && sess.ProtocolVersion() >= version20251125
 	switch {
 	case mode == streamLegacy:
-		eventName = "message"
+		p.sink = sseSink{sw: sw, name: "message"}
 		err = sw.event(nil, "endpoint", []byte(endpoint))
 	case after < 0 && resumable:
 		// A priming event: the client may resume from here if cut off.
@@ -414,80 +420,37 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 	}
 	// A request's stream waits a moment for its answer before it sends
 	// anything; other streams send as soon as they would wait.
-	var hold <-chan time.Time
-	if mode == streamResponse || mode == streamInitialize {
-		var stopHold func() bool
-		hold, stopHold = answerHold()
-		defer stopHold()
+	p.hold = mode == streamResponse || mode == streamInitialize
+	if resumable {
+		p.poll = s.cfg.PollInterval
 	}
-	var poll <-chan time.Time
-	if s.cfg.PollInterval > 0 && resumable {
-		t := time.NewTimer(s.cfg.PollInterval)
-		defer t.Stop()
-		poll = t.C
-	}
-	ping, stopPing := keepalive(s.cfg.Keepalive)
-	defer stopPing()
 	// A GET stream is closed when this Server stops serving (the client
 	// reconnects, to the same session); a legacy stream is the session
 	// itself, so it stays with the old instance through a reload.
-	var closing <-chan struct{}
 	if mode == streamStandalone {
-		closing = s.closing
+		p.closing = s.closing
 	}
-	var evs []event
-	var id []byte
-	for err == nil {
-		var current, closed bool
-		evs, current, closed = st.events(gen, cursor, evs)
-		if !current {
-			return false // another connection took the stream over
-		}
-		for _, ev := range evs {
-			initFailed := ev.last && mode == streamInitialize && !s.finishInitialize(sess, ev.data)
-			id = appendEventID(id[:0], sess.tag, st.num, ev.seq)
-			if err = sw.event(id, eventName, ev.data); err != nil {
-				break
-			}
-			cursor = ev.seq + 1
-			st.written(cursor)
+	if mode == streamInitialize {
+		initFailed := false
+		p.before = func(ev event) { initFailed = ev.last && !s.finishInitialize(sess, ev.data) }
+		p.after = func(event) {
 			if initFailed {
 				sess.end("initialize failed")
 			}
-			if ev.last {
-				return true
-			}
-		}
-		if err != nil || len(evs) > 0 {
-			continue
-		}
-		if closed {
-			return false
-		}
-		if hold == nil {
-			if err = sw.flush(); err != nil {
-				break
-			}
-		}
-		select {
-		case <-st.wake:
-		case <-replaced:
-			return false
-		case <-hold:
-			hold = nil
-		case <-ping:
-			err = sw.ping()
-		case <-done:
-			return false
-		case <-closing:
-			return false
-		case <-poll:
-			// Close the connection, not the stream: the client comes back
-			// with Last-Event-ID after retry.
-			_ = sw.write([]byte("retry: " + strconv.Itoa(int(pollRetry.Milliseconds())) + "\n\n"))
-			return false
 		}
 	}
-	s.logger.Debug("stream write failed; client gone", zap.String("session", sess.ID[:8]), zap.Error(err))
+	if err != nil {
+		return false
+	}
+	switch p.run() {
+	case pumpFinished:
+		return true
+	case pumpPoll:
+		// Close the connection, not the stream: the client comes back
+		// with Last-Event-ID after retry.
+		_ = sw.write([]byte("retry: " + strconv.Itoa(int(pollRetry.Milliseconds())) + "\n\n"))
+	case pumpFailed:
+		s.logger.Debug("stream write failed; client gone", zap.String("session", sess.ID[:8]))
+	}
 	return false
 }

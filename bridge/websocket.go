@@ -90,38 +90,16 @@ func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *Session
 // wsWrite sends the stream's messages as text frames and pings the client
 // every keepalive interval, until the session or the connection ends.
 func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, st *stream, gen, cursor int) {
-	ping, stopPing := keepalive(s.cfg.Keepalive)
-	defer stopPing()
-	var evs []event
-	for {
-		var closed bool
-		evs, _, closed = st.events(gen, cursor, evs)
-		for _, ev := range evs {
-			if err := conn.Write(ctx, websocket.MessageText, ev.data); err != nil {
-				return
-			}
-			cursor = ev.seq + 1
-			st.written(cursor)
-		}
-		if len(evs) > 0 {
-			continue
-		}
-		if closed {
-			conn.Close(websocket.StatusGoingAway, "session ended")
-			return
-		}
-		select {
-		case <-st.wake:
-		case <-ping:
-			pingCtx, cancel := context.WithTimeout(ctx, max(s.cfg.Keepalive, time.Second))
-			err := conn.Ping(pingCtx)
-			cancel()
-			if err != nil {
-				s.logger.Debug("WebSocket ping failed; client gone", zap.Error(err))
-				return
-			}
-		case <-ctx.Done(): // the client closed the connection
-			return
-		}
+	p := &pump{
+		st: st, gen: gen, cursor: cursor,
+		sink:      wsSink{ctx: ctx, conn: conn, keepalive: s.cfg.Keepalive},
+		keepalive: s.cfg.Keepalive,
+		done:      ctx.Done(), // the client closed the connection
+	}
+	switch p.run() {
+	case pumpClosed:
+		conn.Close(websocket.StatusGoingAway, "session ended")
+	case pumpFailed:
+		s.logger.Debug("WebSocket write or ping failed; client gone")
 	}
 }

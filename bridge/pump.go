@@ -1,0 +1,162 @@
+package bridge
+
+import (
+	"context"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// The one outbound path: every transport writes what the child sends a
+// client by pumping a stream's event log into a sink. The log gives
+// backpressure, replay for clients that resume, and one writer at a time;
+// the sink is the wire format.
+
+// sink is where a pump writes a stream: an SSE response or a WebSocket.
+type sink interface {
+	// send writes one message; id is its event id, nil for none.
+	send(id, data []byte) error
+	// flush sends what send buffered.
+	flush() error
+	// ping keeps an idle connection open.
+	ping() error
+}
+
+// pumpEnd says why a pump stopped.
+type pumpEnd uint8
+
+const (
+	pumpFinished pumpEnd = iota // the stream's last event was written
+	pumpClosed                  // the stream closed before a last event
+	pumpLeft                    // the client left, or another writer or the server took the stream away
+	pumpPoll                    // the poll interval passed: the client comes back with Last-Event-ID
+	pumpFailed                  // a write failed: the client is gone
+)
+
+// pump writes a stream's events to a sink, in order, from cursor on, as
+// the stream's writer gen. Its zero options mean: events without ids, no
+// hold, no keepalive, no poll.
+type pump struct {
+	st          *stream
+	gen, cursor int
+	sink        sink
+	// eventID, if set, appends the event id of seq to dst.
+	eventID func(dst []byte, seq int) []byte
+	// hold gives a request's answer a moment (firstAnswerHold) to leave
+	// with the headers, in one write, before anything is flushed.
+	hold bool
+	// keepalive is the interval of pings on an idle stream.
+	keepalive time.Duration
+	// poll, when set, ends the pump after this long (pumpPoll).
+	poll time.Duration
+	// The pump stops (pumpLeft) when any of these closes: the client left,
+	// the server stops serving the stream, another writer took it.
+	done, closing, replaced <-chan struct{}
+	// before and after, if set, run around the write of each event.
+	before, after func(ev event)
+}
+
+// run pumps until the stream ends, the client leaves or a write fails.
+func (p *pump) run() pumpEnd {
+	var hold <-chan time.Time
+	if p.hold {
+		var stopHold func() bool
+		hold, stopHold = answerHold()
+		defer stopHold()
+	}
+	var poll <-chan time.Time
+	if p.poll > 0 {
+		t := time.NewTimer(p.poll)
+		defer t.Stop()
+		poll = t.C
+	}
+	ping, stopPing := keepalive(p.keepalive)
+	defer stopPing()
+	var (
+		evs []event
+		id  []byte
+	)
+	for {
+		evs, current, closed := p.st.events(p.gen, p.cursor, evs)
+		if !current {
+			return pumpLeft
+		}
+		for _, ev := range evs {
+			if p.before != nil {
+				p.before(ev)
+			}
+			id = id[:0]
+			if p.eventID != nil {
+				id = p.eventID(id, ev.seq)
+			}
+			if p.sink.send(id, ev.data) != nil {
+				return pumpFailed
+			}
+			p.cursor = ev.seq + 1
+			p.st.written(p.cursor)
+			if p.after != nil {
+				p.after(ev)
+			}
+			if ev.last {
+				return pumpFinished // the handler's return sends it
+			}
+		}
+		if len(evs) > 0 {
+			continue
+		}
+		if closed {
+			return pumpClosed
+		}
+		if hold == nil && p.sink.flush() != nil {
+			return pumpFailed
+		}
+		select {
+		case <-p.st.wake:
+		case <-hold:
+			hold = nil
+		case <-ping:
+			if p.sink.ping() != nil {
+				return pumpFailed
+			}
+		case <-poll:
+			return pumpPoll
+		case <-p.done:
+			return pumpLeft
+		case <-p.closing:
+			return pumpLeft
+		case <-p.replaced:
+			return pumpLeft
+		}
+	}
+}
+
+// sseSink writes events as SSE, all named name ("" for the default,
+// "message").
+type sseSink struct {
+	sw   *sseWriter
+	name string
+}
+
+func (s sseSink) send(id, data []byte) error { return s.sw.event(id, s.name, data) }
+func (s sseSink) flush() error               { return s.sw.flush() }
+func (s sseSink) ping() error                { return s.sw.ping() }
+
+// wsSink writes each message as a WebSocket text frame.
+type wsSink struct {
+	ctx       context.Context
+	conn      *websocket.Conn
+	keepalive time.Duration
+}
+
+func (s wsSink) send(_, data []byte) error {
+	return s.conn.Write(s.ctx, websocket.MessageText, data)
+}
+
+func (s wsSink) flush() error { return nil }
+
+// ping waits for the client's pong, for up to an interval.
+func (s wsSink) ping() error {
+	ctx, cancel := context.WithTimeout(s.ctx, max(s.keepalive, time.Second))
+	defer cancel()
+	return s.conn.Ping(ctx)
+}
