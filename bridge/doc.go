@@ -22,7 +22,8 @@
 //	Backend.mu → Session.mu
 //	placement.Shared.mu → mux.Mux.mu
 //
-// Every other lock (placement.Isolated.mu, supervisor.Supervisor.mu,
+// Every other lock (placement.Isolated.mu, the placements' failures,
+// supervisor.Supervisor.mu,
 // stream.mu, prober.mu) is a leaf: nothing else is
 // locked while it is held. No lock is held across I/O to a client, across
 // a call into the supervisor, or while a callback runs: a Mux delivers to

@@ -26,8 +26,7 @@ type Isolated struct {
 	spawning int // spares being started, at most spareSpawns
 	started  bool
 	closed   bool
-	lastErr  error
-	failures int // spawn failures in a row, for backoff
+	failures failures
 	stop     chan struct{}
 	// spareReady is closed and replaced whenever a spare becomes ready.
 	spareReady chan struct{}
@@ -80,7 +79,7 @@ func (p *Isolated) Acquire(ctx context.Context, req Request) (Lease, error) {
 				continue
 			}
 			c.SetRole(supervisor.RoleIsolated)
-			p.failures = 0 // it stayed up until needed
+			p.failures.reset() // it stayed up until needed
 			p.refillLocked()
 			p.mu.Unlock()
 			return p.lease(c, req), nil
@@ -91,13 +90,13 @@ func (p *Isolated) Acquire(ctx context.Context, req Request) (Lease, error) {
 		c, err := p.sup.Start(ctx, supervisor.RoleIsolated, false, 0)
 		if err == nil {
 			p.mu.Lock()
-			p.failures = 0
+			p.failures.reset()
 			p.refillLocked()
 			p.mu.Unlock()
 			return p.lease(c, req), nil
 		}
 		if !errors.Is(err, ErrPoolExhausted) {
-			p.noteStartError(err)
+			p.failures.noteStart(err, p.logger)
 			return nil, err
 		}
 		if !reclaimed {
@@ -170,24 +169,7 @@ func (p *Isolated) Ready() int {
 	return len(p.idle)
 }
 
-func (p *Isolated) LastError() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.lastErr
-}
-
-// noteStartError records a failure to start a child; a full budget or a
-// client that left is none.
-func (p *Isolated) noteStartError(err error) {
-	if errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrPoolClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return
-	}
-	p.mu.Lock()
-	p.failures++
-	p.lastErr = err
-	p.mu.Unlock()
-	p.logger.Error("starting MCP server", zap.Error(err))
-}
+func (p *Isolated) LastError() error { return p.failures.lastError() }
 
 // spareSpawns is how many spares start at once: half the cores. A burst
 // of sessions takes many spares at once, and starting all their
@@ -205,7 +187,7 @@ func (p *Isolated) refillLocked() {
 	for len(p.idle)+p.spawning < p.cfg.MinIdle && p.spawning < spareSpawns {
 		p.spawning++
 		p.owned.Add(1)
-		go p.startSpare(spawnBackoff(p.failures))
+		go p.startSpare(p.failures.backoff())
 	}
 }
 
@@ -225,14 +207,11 @@ func (p *Isolated) startSpare(delay time.Duration) {
 	}
 	c, err := p.sup.Start(context.Background(), supervisor.RoleSpare, false, 0)
 	if err != nil {
-		p.noteStartError(err)
+		p.failures.noteStart(err, p.logger)
 	} else if err = c.Ping(p.cfg.StartTimeout); err != nil {
 		c.Kill()
 		p.logger.Error("new MCP server did not answer a ping", zap.Int("pid", c.Pid()), zap.Error(err))
-		p.mu.Lock()
-		p.failures++
-		p.lastErr = err
-		p.mu.Unlock()
+		p.failures.fail(err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -268,8 +247,7 @@ func (p *Isolated) watchSpare(c *supervisor.Child) {
 		if have == c {
 			p.idle = append(p.idle[:i], p.idle[i+1:]...)
 			p.logger.Warn("idle MCP server exited", zap.Int("pid", c.Pid()), zap.Error(c.ExitErr()))
-			p.failures++
-			p.lastErr = c.ExitError()
+			p.failures.fail(c.ExitError())
 			p.refillLocked()
 			return
 		}
@@ -310,23 +288,13 @@ func (p *Isolated) checkSpares() {
 				continue
 			}
 			if err != nil {
-				p.lastErr = err
+				p.failures.setLast(err)
 				p.logger.Warn("warm spare failed its health check; replacing it", zap.Int("pid", c.Pid()), zap.Error(err))
 			}
 			p.mu.Unlock()
 			c.Kill() // its room frees, and the supervisor's OnFreed refills
 		}
 	}
-}
-
-// spawnBackoff is how long to wait before the next spawn after failures
-// in a row: nothing while spawns succeed, then doubling from 100ms to 30s,
-// so that a broken command does not spin.
-func spawnBackoff(failures int) time.Duration {
-	if failures == 0 {
-		return 0
-	}
-	return min(100*time.Millisecond<<min(failures-1, 9), 30*time.Second)
 }
 
 // CheckInterval is how often to look for what outlived timeout.

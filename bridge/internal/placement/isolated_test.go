@@ -83,7 +83,7 @@ func (tp *testPool) Release(c *supervisor.Child) { c.Stop() }
 
 func (tp *testPool) Stats() PoolStats {
 	tp.p.mu.Lock()
-	st := PoolStats{Idle: len(tp.p.idle), Starting: tp.p.spawning, LastError: tp.p.lastErr}
+	st := PoolStats{Idle: len(tp.p.idle), Starting: tp.p.spawning, LastError: tp.p.failures.lastError()}
 	tp.p.mu.Unlock()
 	st.Busy = tp.sup.Counts().ByRole[supervisor.RoleIsolated]
 	return st

@@ -30,8 +30,7 @@ type Shared struct {
 	freed    chan struct{} // closed and replaced whenever room frees up
 	started  bool
 	closed   bool
-	failures int
-	lastErr  error
+	failures failures
 	stop     chan struct{}
 	owned    sync.WaitGroup // the reaper, refills, retirements
 }
@@ -101,7 +100,7 @@ func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 			if err != nil {
 				p.notifyLocked()
 				p.mu.Unlock()
-				p.noteStartError(err)
+				p.failures.noteStart(err, p.logger)
 				return nil, err
 			}
 			p.addLocked(c)
@@ -128,7 +127,7 @@ func (p *Shared) addLocked(c *supervisor.Child) {
 		p.owned.Go(c.Stop)
 		return
 	}
-	p.failures = 0
+	p.failures.reset()
 	p.muxes = append(p.muxes, mux.New(c, p.logger, p.onChildExit, p.released))
 }
 
@@ -199,24 +198,7 @@ func (p *Shared) Load() (idle, busy int) {
 	return idle, busy
 }
 
-func (p *Shared) LastError() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.lastErr
-}
-
-// noteStartError records a failure to start a child; a full budget or a
-// client that left is none.
-func (p *Shared) noteStartError(err error) {
-	if errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrPoolClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return
-	}
-	p.mu.Lock()
-	p.failures++
-	p.lastErr = err
-	p.mu.Unlock()
-	p.logger.Error("starting MCP server", zap.Error(err))
-}
+func (p *Shared) LastError() error { return p.failures.lastError() }
 
 func (p *Shared) notifyLocked() {
 	close(p.freed)
@@ -226,10 +208,10 @@ func (p *Shared) notifyLocked() {
 // refillLocked starts children until MinProcesses run or are starting;
 // restarts counts the crashes that the first of them replaces.
 func (p *Shared) refillLocked(restarts int) {
-	for p.started && !p.closed && len(p.muxes)+p.starting < p.cfg.MinProcesses && p.failures < 10 {
+	for p.started && !p.closed && len(p.muxes)+p.starting < p.cfg.MinProcesses && p.failures.count() < 10 {
 		p.starting++
 		p.owned.Add(1)
-		go p.startChild(spawnBackoff(p.failures), restarts)
+		go p.startChild(p.failures.backoff(), restarts)
 		restarts = 0
 	}
 }
@@ -247,7 +229,7 @@ func (p *Shared) startChild(delay time.Duration, restarts int) {
 	}
 	c, err := p.sup.Start(context.Background(), p.role, false, restarts)
 	if err != nil {
-		p.noteStartError(err)
+		p.failures.noteStart(err, p.logger)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -278,19 +260,15 @@ func (p *Shared) onChildExit(m *mux.Mux) {
 	}
 	c := m.Child().(*supervisor.Child)
 	if time.Since(c.Started()) < 10*time.Second {
-		p.failures++
+		p.failures.fail(nil) // its status comes once it is reaped
 	} else {
-		p.failures = 0
+		p.failures.reset()
 	}
 	p.logger.Warn("shared MCP server exited", zap.Int("pid", c.Pid()), zap.Error(c.ExitErr()))
-	p.owned.Add(1)
-	go func() { // the child may not be reaped yet: record its status once it is
-		defer p.owned.Done()
+	p.owned.Go(func() { // the child may not be reaped yet: record its status once it is
 		<-c.Done()
-		p.mu.Lock()
-		p.lastErr = c.ExitError()
-		p.mu.Unlock()
-	}()
+		p.failures.setLast(c.ExitError())
+	})
 	p.notifyLocked()
 	p.refillLocked(c.Restarts() + 1)
 }
