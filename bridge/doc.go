@@ -23,12 +23,11 @@
 //	placement.Shared.mu → mux.Mux.mu
 //
 // Every other lock (placement.Isolated.mu, the placements' failures,
-// supervisor.Supervisor.mu,
-// stream.mu, prober.mu) is a leaf: nothing else is
-// locked while it is held. No lock is held across I/O to a client, across
-// a call into the supervisor, or while a callback runs: a Mux delivers to
-// its sessions, and the supervisor calls the placements' reclaim and freed
-// hooks, with their own locks released. The one lock held across I/O is a
+// supervisor.Supervisor.mu, stream.mu, prober.mu) is a leaf: nothing else
+// is locked while it is held. No lock is held across I/O to a client,
+// across a call into the supervisor, or while a callback runs: a Mux
+// delivers to its sessions, and the supervisor calls the placements'
+// reclaim and freed hooks, with their own locks released. The one lock held across I/O is a
 // child's own write lock (internal/child), which keeps the messages on its
 // stdin whole.
 package bridge
