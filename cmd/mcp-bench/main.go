@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command mcp-bench measures what the bridge costs its users. It starts a
 // real Caddy built from cmd/caddy in front of a stdio MCP server, drives
 // concurrent go-sdk client sessions over each transport, and prints session
@@ -8,6 +10,9 @@
 //
 //	mcp-bench [flags]   run the benchmarks
 //	mcp-bench child     the bench's own stdio MCP server (tools echo and blob)
+//
+// It runs on Linux only: it reads the CPU time and memory of processes
+// from /proc.
 package main
 
 import (
