@@ -33,6 +33,9 @@ type Backend struct {
 	closeOnce sync.Once
 	stop      chan struct{}
 	janitor   sync.WaitGroup
+	// owned counts the goroutines sessions leave behind as they end (a
+	// release stops an isolated child, which takes its stop timeouts).
+	owned sync.WaitGroup
 }
 
 // NewBackend returns a backend that starts no child until Start or the
@@ -91,6 +94,7 @@ func (b *Backend) Start() {
 // ended, whatever the isolation.
 func (b *Backend) Close() {
 	b.closeOnce.Do(func() {
+		b.startOnce.Do(func() {}) // no reaper once closing
 		close(b.stop)
 		b.janitor.Wait()
 		b.mu.RLock()
@@ -102,10 +106,12 @@ func (b *Backend) Close() {
 		for _, s := range sessions {
 			s.end("shutdown")
 		}
+		b.owned.Wait()
 		b.prober.close()
 		b.placement.Close()
 		b.stateless.Close()
 		b.sup.Close()
+		b.owned.Wait() // sessions that ended as their children were stopped
 	})
 }
 

@@ -19,15 +19,18 @@
 //
 // A goroutine that holds several locks took them in this order:
 //
-//	Backend.mu → Session.mu
+//	Backend.mu → Session.mu → stream.mu
 //	placement.Shared.mu → mux.Mux.mu
+//	mux.Mux.ctl → placement.Shared.mu (a member's Release tells its placement)
+//	placement.Isolated.mu or placement.Shared.mu → their failures' lock
 //
-// Every other lock (placement.Isolated.mu, the placements' failures,
-// supervisor.Supervisor.mu, stream.mu, prober.mu) is a leaf: nothing else
-// is locked while it is held. No lock is held across I/O to a client,
-// across a call into the supervisor, or while a callback runs: a Mux
-// delivers to its sessions, and the supervisor calls the placements'
-// reclaim and freed hooks, with their own locks released. The one lock held across I/O is a
-// child's own write lock (internal/child), which keeps the messages on its
-// stdin whole.
+// supervisor.Supervisor.mu and prober.mu are leaves: nothing else is locked
+// while they are held. No lock is held across I/O to a client or across a
+// call into the supervisor. The supervisor calls the placements' reclaim
+// and freed hooks, and a Mux delivers to its sessions, with their own
+// locks released; a lease's Bind runs under the placement's and the Mux's
+// locks, and only stores the lease. Two locks are held across writes to a
+// child's stdin: the child's own write lock (internal/child), which keeps
+// each message whole, and mux.Mux.ctl, which keeps a member's control
+// messages (log level, subscriptions, cancellations) in order.
 package bridge

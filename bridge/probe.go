@@ -137,7 +137,10 @@ func probeChild(ctx context.Context, start func(context.Context) (*supervisor.Ch
 	responses := make(chan []byte, 16)
 	child.Attach(func(msg []byte) {
 		if env, err := jsonrpc.ParseEnvelope(msg); err == nil && env.Kind() == jsonrpc.KindResponse {
-			responses <- msg
+			select {
+			case responses <- msg:
+			default: // answers nobody asked for, or after the probe gave up
+			}
 		}
 	}, func([]byte) {}, func() { close(responses) })
 

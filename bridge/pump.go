@@ -73,11 +73,12 @@ func (p *pump) run() pumpEnd {
 	ping, stopPing := keepalive(p.keepalive)
 	defer stopPing()
 	var (
-		evs []event
-		id  []byte
+		evs             []event // reused: writing allocates nothing
+		id              []byte
+		current, closed bool
 	)
 	for {
-		evs, current, closed := p.st.events(p.gen, p.cursor, evs)
+		evs, current, closed = p.st.events(p.gen, p.cursor, evs)
 		if !current {
 			return pumpLeft
 		}

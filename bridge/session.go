@@ -334,7 +334,7 @@ func (s *Session) fromChild(msg []byte) {
 	switch err := target.push(msg, last, s.pushPolicy(target)); {
 	case errors.Is(err, errStreamFull):
 		s.logger.Warn("ending a session whose client reads too slowly for the shared server")
-		go s.end("client too slow: its stream filled up")
+		s.backend.owned.Go(func() { s.end("client too slow: its stream filled up") })
 	case err != nil:
 		s.logger.Debug("stream closed before a message could be delivered")
 	}
@@ -423,7 +423,7 @@ func (s *Session) end(reason string) {
 	close(s.done)
 	s.backend.removeSession(s)
 	s.logger.Info("session closed", zap.String("reason", reason))
-	go s.up.Release()
+	s.backend.owned.Go(s.up.Release)
 }
 
 // awaitResume gives a legacy SSE session whose stream closed grace to
@@ -436,7 +436,7 @@ func (s *Session) awaitResume(grace time.Duration) {
 		return
 	}
 	if grace <= 0 {
-		go s.end("SSE stream closed")
+		s.backend.owned.Go(func() { s.end("SSE stream closed") })
 		return
 	}
 	s.grace = time.AfterFunc(grace, func() { s.end("SSE stream closed, and not resumed in time") })

@@ -58,13 +58,13 @@ func (p *Isolated) Start() {
 	}
 }
 
-// Acquire hands out a warm spare, or starts a child when there is none
-// and there is room, or waits for either: a spare that becomes ready, or
-// room that frees up (asking the other placements to give up an idle
-// child once).
+// Acquire hands out a warm spare, or starts a child when there is none,
+// waiting for room (and asking the other placements to give up idle
+// children) up to AcquireTimeout; a spare that becomes ready meanwhile
+// ends the wait.
 func (p *Isolated) Acquire(ctx context.Context, req Request) (Lease, error) {
-	var timer *time.Timer
-	reclaimed := false
+	deadline, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
+	defer cancel()
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -86,35 +86,32 @@ func (p *Isolated) Acquire(ctx context.Context, req Request) (Lease, error) {
 		}
 		spareReady := p.spareReady
 		p.mu.Unlock()
-		freed := p.sup.Freed()
-		c, err := p.sup.Start(ctx, supervisor.RoleIsolated, false, 0)
-		if err == nil {
+		waitCtx, stopWait := context.WithCancel(deadline)
+		go func() { // ends with the wait, at the latest
+			select {
+			case <-spareReady:
+				stopWait()
+			case <-waitCtx.Done():
+			}
+		}()
+		c, err := p.sup.Start(waitCtx, supervisor.RoleIsolated, true, 0)
+		stopWait()
+		switch {
+		case err == nil:
 			p.mu.Lock()
 			p.failures.reset()
 			p.refillLocked()
 			p.mu.Unlock()
 			return p.lease(c, req), nil
-		}
-		if !errors.Is(err, ErrPoolExhausted) {
-			p.failures.noteStart(err, p.logger)
-			return nil, err
-		}
-		if !reclaimed {
-			reclaimed = true
-			p.sup.Reclaim()
-		}
-		if timer == nil {
-			timer = time.NewTimer(p.cfg.AcquireTimeout)
-			defer timer.Stop()
-		}
-		select {
-		case <-spareReady:
-		case <-freed:
-		case <-timer.C:
-			return nil, ErrPoolExhausted
-		case <-ctx.Done():
+		case ctx.Err() != nil:
 			return nil, ctx.Err()
+		case deadline.Err() != nil:
+			return nil, ErrPoolExhausted
+		case errors.Is(err, context.Canceled):
+			continue // a spare became ready: take it
 		}
+		p.failures.noteStart(err, p.logger)
+		return nil, err
 	}
 }
 
@@ -197,18 +194,20 @@ func (p *Isolated) refillLocked() {
 // spare takes room only when nobody waits for it.
 func (p *Isolated) startSpare(delay time.Duration) {
 	defer p.owned.Done()
-	if delay > 0 {
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-p.stop:
-			t.Stop()
-		}
+	t := time.NewTimer(delay)
+	select {
+	case <-t.C:
+	case <-p.stop:
+		t.Stop()
+		p.mu.Lock()
+		p.spawning--
+		p.mu.Unlock()
+		return
 	}
 	c, err := p.sup.Start(context.Background(), supervisor.RoleSpare, false, 0)
 	if err != nil {
 		p.failures.noteStart(err, p.logger)
-	} else if err = c.Ping(p.cfg.StartTimeout); err != nil {
+	} else if err = p.ping(c, p.cfg.StartTimeout); err != nil {
 		c.Kill()
 		p.logger.Error("new MCP server did not answer a ping", zap.Int("pid", c.Pid()), zap.Error(err))
 		p.failures.fail(err)
@@ -224,13 +223,35 @@ func (p *Isolated) startSpare(delay time.Duration) {
 	case p.closed:
 		p.owned.Go(c.Stop)
 	default:
-		p.idle = append(p.idle, c)
-		close(p.spareReady)
-		p.spareReady = make(chan struct{})
+		p.addSpareLocked(c)
 		p.refillLocked()
 		p.owned.Add(1)
 		go p.watchSpare(c)
 	}
+}
+
+// addSpareLocked makes a ready child a spare, and tells those waiting:
+// sessions here, and requests waiting for room that it could give up.
+func (p *Isolated) addSpareLocked(c *supervisor.Child) {
+	p.idle = append(p.idle, c)
+	close(p.spareReady)
+	p.spareReady = make(chan struct{})
+	p.sup.Poke()
+}
+
+// ping pings a spare; Close cuts it short by killing the child, so that
+// it does not wait out the timeout.
+func (p *Isolated) ping(c *supervisor.Child, timeout time.Duration) error {
+	pinged := make(chan struct{})
+	defer close(pinged)
+	p.owned.Go(func() {
+		select {
+		case <-p.stop:
+			c.Kill()
+		case <-pinged:
+		}
+	})
+	return c.Ping(timeout)
 }
 
 // watchSpare drops a spare that exits while idle.
@@ -279,11 +300,11 @@ func (p *Isolated) checkSpares() {
 			p.idle = p.idle[1:]
 			p.spawning++ // out for a check: refill must not replace it
 			p.mu.Unlock()
-			err := c.Ping(p.cfg.HealthCheckTimeout)
+			err := p.ping(c, p.cfg.HealthCheckTimeout)
 			p.mu.Lock()
 			p.spawning--
 			if err == nil && !p.closed {
-				p.idle = append(p.idle, c)
+				p.addSpareLocked(c)
 				p.mu.Unlock()
 				continue
 			}

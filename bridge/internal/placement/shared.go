@@ -65,11 +65,20 @@ func (p *Shared) Start() {
 }
 
 // Acquire places a client on a child: the least-loaded one with room, or
-// a new one, or the first to have room within AcquireTimeout.
+// a new one, or the first to have room within AcquireTimeout. After
+// children crashed young, a new one starts only once the backoff has
+// passed, so that clients of a crash-looping server do not spin it.
 func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 	p.Start()
-	timer := time.NewTimer(p.cfg.AcquireTimeout)
-	defer timer.Stop()
+	deadline, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
+	defer cancel()
+	busy := func() error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return ErrPoolExhausted
+	}
+	bind := func(mem *mux.Member) { req.Bind(mem) }
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -84,7 +93,7 @@ func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 			}
 		}
 		if best != nil {
-			if mem := best.Attach(req.Deliver, req.Exited, func(mem *mux.Member) { req.Bind(mem) }); mem != nil {
+			if mem := best.Attach(req.Deliver, req.Exited, bind); mem != nil {
 				p.mu.Unlock()
 				return mem, nil
 			}
@@ -92,18 +101,40 @@ func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 		if p.starting == 0 {
 			p.starting++
 			p.mu.Unlock()
-			// The supervisor waits for room itself, within the same
-			// AcquireTimeout.
-			c, err := p.sup.Start(ctx, p.role, true, 0)
+			if wait := p.failures.backoff(); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-t.C:
+				case <-deadline.Done():
+					t.Stop()
+					p.mu.Lock()
+					p.starting--
+					p.notifyLocked()
+					p.mu.Unlock()
+					return nil, busy()
+				}
+			}
+			c, err := p.sup.Start(deadline, p.role, true, 0)
 			p.mu.Lock()
 			p.starting--
 			if err != nil {
 				p.notifyLocked()
 				p.mu.Unlock()
+				if deadline.Err() != nil {
+					return nil, busy()
+				}
 				p.failures.noteStart(err, p.logger)
 				return nil, err
 			}
-			p.addLocked(c)
+			m := p.addLocked(c)
+			// Attach at once: another waiter could reclaim a child that
+			// carries nobody yet.
+			if m != nil {
+				if mem := m.Attach(req.Deliver, req.Exited, bind); mem != nil {
+					p.mu.Unlock()
+					return mem, nil
+				}
+			}
 			p.mu.Unlock()
 			continue
 		}
@@ -111,31 +142,33 @@ func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 		p.mu.Unlock()
 		select {
 		case <-freed:
-		case <-timer.C:
-			return nil, ErrPoolExhausted
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		case <-deadline.Done():
+			return nil, busy()
 		}
 	}
 }
 
 // addLocked puts a started child behind a multiplexer, unless the
 // placement closed meanwhile.
-func (p *Shared) addLocked(c *supervisor.Child) {
+func (p *Shared) addLocked(c *supervisor.Child) *mux.Mux {
 	defer p.notifyLocked()
 	if p.closed {
 		p.owned.Go(c.Stop)
-		return
+		return nil
 	}
-	p.failures.reset()
-	p.muxes = append(p.muxes, mux.New(c, p.logger, p.onChildExit, p.released))
+	m := mux.New(c, p.logger, p.onChildExit, p.released)
+	p.muxes = append(p.muxes, m)
+	return m
 }
 
-// released is called when a client leaves a child: there is room again.
+// released is called when a client leaves a child: there is room again,
+// and the child may carry nobody now, so that a request waiting for room
+// in the budget can have it reclaimed.
 func (p *Shared) released() {
 	p.mu.Lock()
 	p.notifyLocked()
 	p.mu.Unlock()
+	p.sup.Poke()
 }
 
 // reclaimIdle retires a child that carries nobody, so that a waiting
@@ -219,13 +252,15 @@ func (p *Shared) refillLocked(restarts int) {
 // startChild starts one of the MinProcesses children, if there is room.
 func (p *Shared) startChild(delay time.Duration, restarts int) {
 	defer p.owned.Done()
-	if delay > 0 {
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-p.stop:
-			t.Stop()
-		}
+	t := time.NewTimer(delay)
+	select {
+	case <-t.C:
+	case <-p.stop:
+		t.Stop()
+		p.mu.Lock()
+		p.starting--
+		p.mu.Unlock()
+		return
 	}
 	c, err := p.sup.Start(context.Background(), p.role, false, restarts)
 	if err != nil {

@@ -150,15 +150,21 @@ func (s *Supervisor) OnFreed(f func()) {
 }
 
 // Start starts a child in role. With wait, it waits for room up to
-// AcquireTimeout or ctx, asking the placements to give up an idle child;
-// without, it fails at once with ErrBusy when there is no room, or when
-// someone is already waiting for it (what is kept ready never takes room
-// from a request).
+// AcquireTimeout or ctx, asking the placements to give up an idle child
+// each time it finds none; without, it fails at once with ErrBusy when
+// there is no room, or when someone is already waiting for it (what is
+// kept ready never takes room from a request).
 func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts int) (*Child, error) {
 	var timer *time.Timer
-	reclaimed := false
+	counted := false // among s.waiting
+	s.mu.Lock()
 	for {
-		s.mu.Lock()
+		if counted {
+			// Still counted until here, so that nothing that does not
+			// wait takes the room between the wake-up and this check.
+			s.waiting--
+			counted = false
+		}
 		if s.closed {
 			s.mu.Unlock()
 			return nil, ErrClosed
@@ -166,6 +172,9 @@ func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts i
 		if s.hasRoomLocked() && (wait || s.waiting == 0) {
 			s.starting++
 			s.owned.Add(1)
+			if s.waiting > 0 && s.hasRoomLocked() {
+				s.notifyLocked() // room is left: wake the next waiter
+			}
 			s.mu.Unlock()
 			break
 		}
@@ -175,11 +184,10 @@ func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts i
 		}
 		freed := s.freed
 		s.waiting++
+		counted = true
 		s.mu.Unlock()
-		if !reclaimed {
-			reclaimed = true
-			s.Reclaim()
-		}
+		// A child may have become idle since the last look.
+		s.Reclaim()
 		if timer == nil {
 			timer = time.NewTimer(s.cfg.AcquireTimeout)
 			defer timer.Stop()
@@ -193,9 +201,12 @@ func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts i
 			err = ctx.Err()
 		}
 		s.mu.Lock()
-		s.waiting--
-		s.mu.Unlock()
 		if err != nil {
+			s.waiting--
+			if s.hasRoomLocked() {
+				s.notifyLocked() // what this waiter held back may go now
+			}
+			s.mu.Unlock()
 			return nil, err
 		}
 	}
@@ -223,12 +234,12 @@ func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts i
 	return c, nil
 }
 
-// Freed returns a channel closed the next time room frees up, for
-// placements that wait for room and for something of their own at once.
-func (s *Supervisor) Freed() <-chan struct{} {
+// Poke wakes the callers waiting for room, to look again: a placement
+// calls it when one of its children became idle, and so can be reclaimed.
+func (s *Supervisor) Poke() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.freed
+	s.notifyLocked()
+	s.mu.Unlock()
 }
 
 // Reclaim asks the placements to give up one idle child; it reports
