@@ -7,7 +7,7 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/mcpbridge/caddy-mcp-bridge/caddymodule"
+	_ "github.com/mcpbridge/caddy-mcp-bridge"
 )
 
 func main() {

@@ -51,7 +51,7 @@ func TestXcaddyManifest(t *testing.T) {
 	}
 	main, _ := os.ReadFile("main.go")
 	for _, p := range m.Plugins {
-		if !strings.Contains(string(main), `"`+p.Module) {
+		if !strings.Contains(string(main), `"`+p.Module+`"`) {
 			t.Errorf("cmd/caddy/main.go does not import plugin %s", p.Module)
 		}
 	}
