@@ -40,8 +40,11 @@ type pump struct {
 	st          *stream
 	gen, cursor int
 	sink        sink
-	// eventID, if set, appends the event id of seq to dst.
-	eventID func(dst []byte, seq int) []byte
+	// ids, when set, gives each event its id: the session's tag, the
+	// stream's number and the event's position.
+	ids   bool
+	idTag string
+	idNum int
 	// hold gives a request's answer a moment (firstAnswerHold) to leave
 	// with the headers, in one write, before anything is flushed.
 	hold bool
@@ -87,8 +90,8 @@ func (p *pump) run() pumpEnd {
 				p.before(ev)
 			}
 			id = id[:0]
-			if p.eventID != nil {
-				id = p.eventID(id, ev.seq)
+			if p.ids {
+				id = appendEventID(id, p.idTag, p.idNum, ev.seq)
 			}
 			if p.sink.send(id, ev.data) != nil {
 				return pumpFailed
@@ -131,16 +134,9 @@ func (p *pump) run() pumpEnd {
 	}
 }
 
-// sseSink writes events as SSE, all named name ("" for the default,
-// "message").
-type sseSink struct {
-	sw   *sseWriter
-	name string
-}
-
-func (s sseSink) send(id, data []byte) error { return s.sw.event(id, s.name, data) }
-func (s sseSink) flush() error               { return s.sw.flush() }
-func (s sseSink) ping() error                { return s.sw.ping() }
+// send writes a message as an SSE event named sw.name ("" for the
+// default, "message"): an sseWriter is a sink.
+func (sw *sseWriter) send(id, data []byte) error { return sw.event(id, sw.name, data) }
 
 // wsSink writes each message as a WebSocket text frame.
 type wsSink struct {
@@ -149,14 +145,14 @@ type wsSink struct {
 	keepalive time.Duration
 }
 
-func (s wsSink) send(_, data []byte) error {
+func (s *wsSink) send(_, data []byte) error {
 	return s.conn.Write(s.ctx, websocket.MessageText, data)
 }
 
-func (s wsSink) flush() error { return nil }
+func (s *wsSink) flush() error { return nil }
 
 // ping waits for the client's pong, for up to an interval.
-func (s wsSink) ping() error {
+func (s *wsSink) ping() error {
 	ctx, cancel := context.WithTimeout(s.ctx, max(s.keepalive, time.Second))
 	defer cancel()
 	return s.conn.Ping(ctx)

@@ -168,8 +168,8 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 			sw = startSSE(w)
 		}
 		gen, cursor, _, _ := st.attach(-1)
-		p := &pump{
-			st: st, gen: gen, cursor: cursor, sink: sseSink{sw: sw},
+		p := pump{
+			st: st, gen: gen, cursor: cursor, sink: sw,
 			hold:      !listen,
 			keepalive: s.cfg.Keepalive,
 			done:      r.Context().Done(),

@@ -256,6 +256,7 @@ func parseEventID(id, tag string) (num, seq int, ok bool) {
 // buffer until flush, which its users call before they wait: a response
 // whose answer is already there leaves in one write.
 type sseWriter struct {
+	name  string // the event name of messages (send); "" means "message"
 	w     http.ResponseWriter
 	rc    *http.ResponseController
 	buf   []byte
@@ -402,9 +403,9 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 	}
 	defer st.detach(gen)
 	sw := startSSE(w)
-	p := &pump{
-		st: st, gen: gen, cursor: cursor, sink: sseSink{sw: sw},
-		eventID:   func(dst []byte, seq int) []byte { return appendEventID(dst, sess.tag, st.num, seq) },
+	p := pump{
+		st: st, gen: gen, cursor: cursor, sink: sw,
+		ids: true, idTag: sess.tag, idNum: st.num,
 		keepalive: s.cfg.Keepalive,
 		done:      done,
 		replaced:  replaced,
@@ -412,7 +413,7 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 	resumable := mode != streamLegacy && sess.ProtocolVersion() >= version20251125
 	switch {
 	case mode == streamLegacy:
-		p.sink = sseSink{sw: sw, name: "message"}
+		sw.name = "message"
 		err = sw.event(nil, "endpoint", []byte(endpoint))
 	case after < 0 && resumable:
 		// A priming event: the client may resume from here if cut off.

@@ -90,9 +90,9 @@ func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *Session
 // wsWrite sends the stream's messages as text frames and pings the client
 // every keepalive interval, until the session or the connection ends.
 func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, st *stream, gen, cursor int) {
-	p := &pump{
+	p := pump{
 		st: st, gen: gen, cursor: cursor,
-		sink:      wsSink{ctx: ctx, conn: conn, keepalive: s.cfg.Keepalive},
+		sink:      &wsSink{ctx: ctx, conn: conn, keepalive: s.cfg.Keepalive},
 		keepalive: s.cfg.Keepalive,
 		done:      ctx.Done(), // the client closed the connection
 	}
