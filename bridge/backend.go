@@ -25,7 +25,7 @@ type Backend struct {
 	obs       Observer
 
 	mu           sync.RWMutex
-	sessions     map[string]*Session
+	sessions     map[string]*session
 	perPrincipal map[string]int // open sessions by principal
 
 	draining  atomic.Bool
@@ -59,7 +59,7 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 		sup:          sup,
 		stateless:    placement.NewShared(sup, supervisor.RoleStateless, cfg.Pool.placementConfig(), logger),
 		obs:          cfg.Observer,
-		sessions:     make(map[string]*Session),
+		sessions:     make(map[string]*session),
 		perPrincipal: make(map[string]int),
 		stop:         make(chan struct{}),
 	}
@@ -98,7 +98,7 @@ func (b *Backend) Close() {
 		close(b.stop)
 		b.janitor.Wait()
 		b.mu.RLock()
-		sessions := make([]*Session, 0, len(b.sessions))
+		sessions := make([]*session, 0, len(b.sessions))
 		for _, s := range b.sessions {
 			sessions = append(sessions, s)
 		}
@@ -139,8 +139,8 @@ func (b *Backend) inFlight() int {
 	return n
 }
 
-// MaxMessageSize is the largest message passed in either direction.
-func (b *Backend) MaxMessageSize() int { return b.cfg.Process.MaxMessageSize }
+// maxMessageSize is the largest message passed in either direction.
+func (b *Backend) maxMessageSize() int { return b.cfg.Process.MaxMessageSize }
 
 // lastError is the last failure to start a child for sessions or
 // stateless requests.
@@ -161,8 +161,8 @@ func (b *Backend) Counts() map[string]int {
 	return out
 }
 
-// SessionOptions describe a new session.
-type SessionOptions struct {
+// sessionOptions describe a new session.
+type sessionOptions struct {
 	// Transport names the transport, for logs and status.
 	Transport string
 	// Single marks a single-stream transport (legacy SSE, WebSocket): every
@@ -174,8 +174,8 @@ type SessionOptions struct {
 	MaxPerPrincipal int
 }
 
-// NewSession takes a child from the pool and opens a session on it.
-func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (_ *Session, err error) {
+// newSession takes a child from the pool and opens a session on it.
+func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *session, err error) {
 	start := time.Now()
 	defer func() { b.obs.SessionStart(sessionStartOutcome(err), time.Since(start)) }()
 	b.Start()
@@ -185,7 +185,7 @@ func (b *Backend) NewSession(ctx context.Context, opts SessionOptions) (_ *Sessi
 	if !b.reserve(opts.Principal, opts.MaxPerPrincipal) {
 		return nil, ErrTooManySessions
 	}
-	s := &Session{
+	s := &session{
 		ID:             newSessionID(),
 		Transport:      opts.Transport,
 		Principal:      opts.Principal,
@@ -245,9 +245,9 @@ func (b *Backend) release(principal string) {
 	}
 }
 
-// Session looks a session up by id, for its principal: a session is
+// findSession looks a session up by id, for its principal: a session is
 // invisible to anyone else.
-func (b *Backend) Session(id, principal string) *Session {
+func (b *Backend) findSession(id, principal string) *session {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	if s := b.sessions[id]; s != nil && s.Principal == principal {
@@ -256,14 +256,14 @@ func (b *Backend) Session(id, principal string) *Session {
 	return nil
 }
 
-// SessionCount is the number of open sessions.
-func (b *Backend) SessionCount() int {
+// sessionCount is the number of open sessions.
+func (b *Backend) sessionCount() int {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	return len(b.sessions)
 }
 
-func (b *Backend) removeSession(s *Session) {
+func (b *Backend) removeSession(s *session) {
 	b.mu.Lock()
 	if b.sessions[s.ID] == s {
 		delete(b.sessions, s.ID)
@@ -282,7 +282,7 @@ func (b *Backend) reapIdle() {
 			return
 		case now := <-t.C:
 			b.mu.RLock()
-			var idle []*Session
+			var idle []*session
 			for _, s := range b.sessions {
 				if last, busy := s.idleSince(); !busy && now.Sub(last) > b.cfg.SessionIdleTimeout {
 					idle = append(idle, s)

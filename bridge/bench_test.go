@@ -34,7 +34,7 @@ func BenchmarkInitialize(b *testing.B) {
 					time.Sleep(100 * time.Millisecond) // and has finished starting up
 					b.StartTimer()
 				}
-				sess, err := backend.NewSession(context.Background(), SessionOptions{Transport: "bench"})
+				sess, err := backend.newSession(context.Background(), sessionOptions{Transport: "bench"})
 				if err != nil {
 					b.Fatal(err)
 				}

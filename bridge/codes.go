@@ -10,7 +10,3 @@ const (
 	CodeServerBusy      = jsonrpc.CodeServerBusy
 	CodeUnauthorized    = jsonrpc.CodeUnauthorized
 )
-
-// DefaultMaxMessageSize is the largest message passed in either direction
-// unless configured otherwise.
-const DefaultMaxMessageSize = jsonrpc.DefaultMaxMessageSize

@@ -54,7 +54,7 @@ func (b *Backend) Health() Health {
 			Starting: counts.Starting,
 			Max:      b.cfg.Pool.MaxProcesses,
 		},
-		Sessions: b.SessionCount(),
+		Sessions: b.sessionCount(),
 		Tools:    probe.Tools,
 		Crashes:  counts.Crashes,
 		Era:      probe.Era,

@@ -392,7 +392,7 @@ func (s *muxSession) del(t *testing.T) {
 // pidOf is the pid of the child the session is on.
 func pidOf(t *testing.T, b *Backend, s *muxSession) int {
 	t.Helper()
-	sess := b.Session(s.id, "")
+	sess := b.findSession(s.id, "")
 	if sess == nil {
 		t.Fatalf("no session %s", s.id)
 	}
@@ -464,7 +464,7 @@ func TestMuxCrossTalk(t *testing.T) {
 				t.Errorf("session %d: initialize answered with id %s", i, init.ID)
 			}
 			all[i] = s
-			sess := backend.Session(s.id, "")
+			sess := backend.findSession(s.id, "")
 			if sess == nil {
 				t.Errorf("session %d: not in the backend", i)
 				return
@@ -1324,7 +1324,7 @@ func TestMuxIdleSessionMemory(t *testing.T) {
 	http.DefaultClient.CloseIdleConnections()
 	time.Sleep(100 * time.Millisecond) // closed connections' goroutines exit
 	heap1, g1 := measure()
-	if got := backend.SessionCount(); got != n+1 {
+	if got := backend.sessionCount(); got != n+1 {
 		t.Fatalf("%d sessions, want %d", got, n+1)
 	}
 	race := ""

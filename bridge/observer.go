@@ -45,8 +45,8 @@ var knownMethods = map[string]bool{
 	"server/discover": true, "subscriptions/listen": true,
 }
 
-// MetricMethod is the method label for a request method.
-func MetricMethod(method string) string {
+// metricMethod is the method label for a request method.
+func metricMethod(method string) string {
 	if knownMethods[method] {
 		return method
 	}

@@ -18,8 +18,8 @@ func WithPrincipal(ctx context.Context, name string) context.Context {
 	return context.WithValue(ctx, principalKey{}, name)
 }
 
-// PrincipalFrom returns the principal named in ctx, or "".
-func PrincipalFrom(ctx context.Context) string {
+// principalFrom returns the principal named in ctx, or "".
+func principalFrom(ctx context.Context) string {
 	name, _ := ctx.Value(principalKey{}).(string)
 	return name
 }

@@ -19,9 +19,9 @@ import (
 // its tools within it counts as broken.
 const probeTimeout = 30 * time.Second
 
-// Probe is what the bridge last learned from a child of its own: that one
+// probeResult is what the bridge last learned from a child of its own: that one
 // can be started and initialized, and how many tools it offers.
-type Probe struct {
+type probeResult struct {
 	// Era is "stateless" (the 2026-07-28 protocol on), "legacy"
 	// (sessions and initialize) or "dual" (both), as server/discover told.
 	Era       string
@@ -42,7 +42,7 @@ type prober struct {
 	cancel context.CancelFunc
 
 	mu      sync.Mutex
-	last    Probe
+	last    probeResult
 	stale   bool
 	running chan struct{} // closed when the probe under way ends
 }
@@ -62,7 +62,7 @@ func newProber(start func(context.Context) (*supervisor.Child, error), logger *z
 // result returns the last probe, starting a new one in the background if
 // it is missing, or stale and old enough; with none finished yet, it waits
 // a little for the first.
-func (p *prober) result() Probe {
+func (p *prober) result() probeResult {
 	p.mu.Lock()
 	due := p.last.CheckedAt.IsZero() || p.stale && time.Since(p.last.CheckedAt) >= reprobeInterval
 	if due && p.running == nil {
@@ -82,7 +82,7 @@ func (p *prober) result() Probe {
 }
 
 // lastProbe returns the last probe without starting one.
-func (p *prober) lastProbe() Probe {
+func (p *prober) lastProbe() probeResult {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.last
@@ -126,8 +126,8 @@ func (p *prober) startLocked() {
 
 // probeChild starts a child, initializes it as a client would, counts its
 // tools (following pagination), and stops it.
-func probeChild(ctx context.Context, start func(context.Context) (*supervisor.Child, error)) Probe {
-	res := Probe{CheckedAt: time.Now()}
+func probeChild(ctx context.Context, start func(context.Context) (*supervisor.Child, error)) probeResult {
+	res := probeResult{CheckedAt: time.Now()}
 	child, err := start(ctx)
 	if err != nil {
 		res.Err = err

@@ -197,11 +197,11 @@ func writeErrorID(w http.ResponseWriter, status int, id []byte, code int, messag
 
 // newSession opens a session for the request's principal, answering the
 // client itself when it cannot.
-func (s *Server) newSession(w http.ResponseWriter, r *http.Request, transport string, single bool) *Session {
-	sess, err := s.backend.NewSession(r.Context(), SessionOptions{
+func (s *Server) newSession(w http.ResponseWriter, r *http.Request, transport string, single bool) *session {
+	sess, err := s.backend.newSession(r.Context(), sessionOptions{
 		Transport:       transport,
 		Single:          single,
-		Principal:       PrincipalFrom(r.Context()),
+		Principal:       principalFrom(r.Context()),
 		MaxPerPrincipal: s.cfg.MaxSessionsPerPrincipal,
 	})
 	if err != nil {
@@ -232,7 +232,7 @@ func writeAcquireError(w http.ResponseWriter, err error) {
 // readBody reads a request body up to the message size limit and within
 // the body read timeout, answering 413, 408 or 400 itself when it cannot.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	limit := s.backend.MaxMessageSize()
+	limit := s.backend.maxMessageSize()
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout))
 	body, err := readBodyBytes(http.MaxBytesReader(w, r.Body, int64(limit)), r.ContentLength, limit)

@@ -27,8 +27,8 @@ var errDuplicateID = errors.New("a request with this id is already in flight in 
 // errSessionEnded is returned for work on a session that has ended.
 var errSessionEnded = errors.New("session ended")
 
-// Session is one client's session with its own child process.
-type Session struct {
+// session is one client's session with its own child process.
+type session struct {
 	ID        string
 	Transport string
 	Principal string
@@ -72,24 +72,24 @@ func newSessionTag() string {
 }
 
 // ProtocolVersion is the version the child negotiated, once known.
-func (s *Session) ProtocolVersion() string {
+func (s *session) ProtocolVersion() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.protocolVersion
 }
 
-func (s *Session) setProtocolVersion(v string) {
+func (s *session) setProtocolVersion(v string) {
 	s.mu.Lock()
 	s.protocolVersion = v
 	s.mu.Unlock()
 }
 
 // Done is closed when the session has ended.
-func (s *Session) Done() <-chan struct{} { return s.done }
+func (s *session) Done() <-chan struct{} { return s.done }
 
 // openRequestStream registers a stream for the responses to ids, and the
 // progress tokens of those requests.
-func (s *Session) openRequestStream(ids [][]byte, tokens [][]byte) (*stream, error) {
+func (s *session) openRequestStream(ids [][]byte, tokens [][]byte) (*stream, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended || s.exited {
@@ -119,7 +119,7 @@ func (s *Session) openRequestStream(ids [][]byte, tokens [][]byte) (*stream, err
 // that delivered its last response is forgotten; one cut off before then
 // stays, with its requests, for the client to resume, until the session
 // keeps too many such streams.
-func (s *Session) releaseRequestStream(st *stream, finished bool) {
+func (s *session) releaseRequestStream(st *stream, finished bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lastActive = time.Now()
@@ -144,7 +144,7 @@ func (s *Session) releaseRequestStream(st *stream, finished bool) {
 
 // forgetStreamLocked drops a request stream, and its requests: their
 // responses, if they still come, are dropped.
-func (s *Session) forgetStreamLocked(st *stream) {
+func (s *session) forgetStreamLocked(st *stream) {
 	st.close()
 	delete(s.requestStreams, st)
 	delete(s.streams, st.num)
@@ -164,7 +164,7 @@ func (s *Session) forgetStreamLocked(st *stream) {
 // standaloneStream returns the session's stream for messages that belong
 // to no request, creating it if needed. A new GET takes it over from the
 // previous one, and gets what waited for it meanwhile.
-func (s *Session) standaloneStream() (*stream, error) {
+func (s *session) standaloneStream() (*stream, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
@@ -175,13 +175,13 @@ func (s *Session) standaloneStream() (*stream, error) {
 }
 
 // standaloneOrNil returns the stream for messages of no request, if any.
-func (s *Session) standaloneOrNil() *stream {
+func (s *session) standaloneOrNil() *stream {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.standalone
 }
 
-func (s *Session) standaloneLocked() *stream {
+func (s *session) standaloneLocked() *stream {
 	if s.standalone == nil {
 		s.nextStream++
 		s.standalone = newStream(s.nextStream, s.backend.cfg.Replay)
@@ -192,7 +192,7 @@ func (s *Session) standaloneLocked() *stream {
 
 // resumable finds the stream a Last-Event-ID names in this session, and
 // the event's position in it.
-func (s *Session) resumable(lastEventID string) (*stream, int, error) {
+func (s *session) resumable(lastEventID string) (*stream, int, error) {
 	num, seq, ok := parseEventID(lastEventID, s.tag)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -210,13 +210,13 @@ type sentRequest struct {
 }
 
 // send forwards a client message to the child.
-func (s *Session) send(msg []byte, env *jsonrpc.Envelope) error {
+func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 	now := time.Now()
 	s.mu.Lock()
 	s.lastActive = now
 	switch env.Kind() {
 	case jsonrpc.KindRequest:
-		s.sent[string(env.ID)] = sentRequest{method: MetricMethod(env.MethodName()), at: now}
+		s.sent[string(env.ID)] = sentRequest{method: metricMethod(env.MethodName()), at: now}
 	case jsonrpc.KindNotification:
 		// A cancelled request of a single-stream session may never be
 		// answered: forget it, or it stays for the session's life. (On a
@@ -243,7 +243,7 @@ func (s *Session) send(msg []byte, env *jsonrpc.Envelope) error {
 // session protocols only: the stateless protocol's server/discover is
 // answered "method not found", so that a dual-era client falls back to
 // initialize, and the child never sees a stateless request first.
-func (s *Session) forward(msg []byte, env *jsonrpc.Envelope) error {
+func (s *session) forward(msg []byte, env *jsonrpc.Envelope) error {
 	if env.Kind() == jsonrpc.KindRequest {
 		if env.MethodName() == "server/discover" {
 			s.fromChild(jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeMethodNotFound, "server/discover is not served on this transport; send initialize"))
@@ -256,7 +256,7 @@ func (s *Session) forward(msg []byte, env *jsonrpc.Envelope) error {
 	return s.send(msg, env)
 }
 
-func (s *Session) touch() {
+func (s *session) touch() {
 	s.mu.Lock()
 	s.lastActive = time.Now()
 	s.mu.Unlock()
@@ -266,7 +266,7 @@ func (s *Session) touch() {
 // a response to the stream of its request, progress to the stream of its
 // token, and logs and server requests to the one request in flight if there
 // is exactly one; everything else to the GET stream.
-func (s *Session) fromChild(msg []byte) {
+func (s *session) fromChild(msg []byte) {
 	env, err := jsonrpc.ParseEnvelope(msg)
 	if err != nil {
 		return // json.Valid passed, so only a non-object gets here
@@ -345,7 +345,7 @@ func (s *Session) fromChild(msg []byte) {
 // stays bounded; a shared child must not wait for one slow session, which
 // is ended instead. Messages for no request, with no client reading them,
 // keep only the latest.
-func (s *Session) pushPolicy(target *stream) pushPolicy {
+func (s *session) pushPolicy(target *stream) pushPolicy {
 	switch {
 	case target == s.standalone && !target.hasWriter():
 		return pushDropOldest
@@ -355,11 +355,11 @@ func (s *Session) pushPolicy(target *stream) pushPolicy {
 	return pushWait
 }
 
-func (s *Session) isShared() bool {
+func (s *session) isShared() bool {
 	return s.up.Shared()
 }
 
-func (s *Session) soleRequestStreamLocked() *stream {
+func (s *session) soleRequestStreamLocked() *stream {
 	if len(s.requestStreams) != 1 {
 		return nil
 	}
@@ -371,7 +371,7 @@ func (s *Session) soleRequestStreamLocked() *stream {
 
 // onOversize answers a response that was too large with an error, when the
 // kept prefix still shows its id.
-func (s *Session) onOversize(prefix []byte) {
+func (s *session) onOversize(prefix []byte) {
 	id := jsonrpc.Member(prefix, "id")
 	if id == nil || !jsonrpc.ValidID(id) {
 		return
@@ -380,7 +380,7 @@ func (s *Session) onOversize(prefix []byte) {
 }
 
 // onChildExit fails the requests in flight and ends the session.
-func (s *Session) onChildExit() {
+func (s *session) onChildExit() {
 	s.mu.Lock()
 	// From here until end, a request would be registered after the failures
 	// below were collected and answered by nothing: refuse it instead.
@@ -405,7 +405,7 @@ func (s *Session) onChildExit() {
 
 // end closes the session's streams, removes it from the backend and stops
 // its child. It is idempotent.
-func (s *Session) end(reason string) {
+func (s *session) end(reason string) {
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
@@ -429,7 +429,7 @@ func (s *Session) end(reason string) {
 // awaitResume gives a legacy SSE session whose stream closed grace to
 // come back (with Last-Event-ID) before it ends; none when another
 // connection already took the stream over.
-func (s *Session) awaitResume(grace time.Duration) {
+func (s *session) awaitResume(grace time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended || (s.standalone != nil && s.standalone.hasWriter()) {
@@ -444,10 +444,10 @@ func (s *Session) awaitResume(grace time.Duration) {
 
 // resumeLegacy finds the legacy SSE session, waiting for its client, that
 // a Last-Event-ID names, and the event's position in its stream.
-func (b *Backend) resumeLegacy(lastEventID, principal string) (*Session, int) {
+func (b *Backend) resumeLegacy(lastEventID, principal string) (*session, int) {
 	tag, _, _ := strings.Cut(lastEventID, "_")
 	b.mu.RLock()
-	var found *Session
+	var found *session
 	for _, s := range b.sessions {
 		if s.Transport == "sse" && s.tag == tag && s.Principal == principal {
 			found = s
@@ -470,7 +470,7 @@ func (b *Backend) resumeLegacy(lastEventID, principal string) (*Session, int) {
 
 // idleSince reports when the session last saw traffic, and whether it is
 // busy (a client reading one of its streams), which keeps it alive.
-func (s *Session) idleSince() (time.Time, bool) {
+func (s *session) idleSince() (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, st := range s.streams {

@@ -22,12 +22,12 @@ func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotAcceptable, jsonrpc.CodeInvalidRequest, "Accept must list text/event-stream")
 		return
 	}
-	var sess *Session
+	var sess *session
 	after := -1
 	if lastID := r.Header.Get("Last-Event-ID"); lastID != "" {
 		// A client back within the grace gets its session and what it
 		// missed; after it, the session is gone.
-		if sess, after = s.backend.resumeLegacy(lastID, PrincipalFrom(r.Context())); sess == nil {
+		if sess, after = s.backend.resumeLegacy(lastID, principalFrom(r.Context())); sess == nil {
 			WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found: it ended, or its resume grace ran out")
 			return
 		}
@@ -46,7 +46,7 @@ func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 // endpointURI is the URI the client posts its messages to. It is built from
 // the path the client requested, so that it stays right when the handler is
 // mounted under a prefix, or absolute from the configured public base URL.
-func (s *Server) endpointURI(r *http.Request, sess *Session) string {
+func (s *Server) endpointURI(r *http.Request, sess *session) string {
 	query := "?sessionId=" + url.QueryEscape(sess.ID)
 	if extra, ok := r.Context().Value(endpointQueryKey{}).(string); ok {
 		query += "&" + extra
@@ -72,7 +72,7 @@ func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "missing sessionId query parameter")
 		return
 	}
-	sess := s.backend.Session(id, PrincipalFrom(r.Context()))
+	sess := s.backend.findSession(id, principalFrom(r.Context()))
 	if sess == nil || sess.Transport != "sse" {
 		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found")
 		return

@@ -18,8 +18,8 @@ import (
 
 // Codes of the stateless protocol.
 const (
-	CodeHeaderMismatch     = -32020
-	CodeUnsupportedVersion = -32022
+	codeHeaderMismatch     = -32020
+	codeUnsupportedVersion = -32022
 )
 
 // statelessVersions are the stateless revisions the bridge serves.
@@ -116,7 +116,7 @@ func (s *Server) serveStateless(w http.ResponseWriter, r *http.Request, version 
 		return true
 	}
 	if problem := checkStatelessHeaders(r, &env, version); problem != "" {
-		writeErrorID(w, http.StatusBadRequest, env.ID, CodeHeaderMismatch, "Header mismatch: "+problem)
+		writeErrorID(w, http.StatusBadRequest, env.ID, codeHeaderMismatch, "Header mismatch: "+problem)
 		return true
 	}
 	if !statelessMethods[env.MethodName()] {

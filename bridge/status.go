@@ -59,7 +59,7 @@ func (b *Backend) Status() Status {
 		st.LastError = err.Error()
 	}
 	b.mu.RLock()
-	sessions := make([]*Session, 0, len(b.sessions))
+	sessions := make([]*session, 0, len(b.sessions))
 	for _, s := range b.sessions {
 		sessions = append(sessions, s)
 	}
@@ -106,7 +106,7 @@ func (b *Backend) EndSession(prefix, reason string) (bool, error) {
 		return false, errors.New("give at least 8 characters of the session id")
 	}
 	b.mu.RLock()
-	var found *Session
+	var found *session
 	for id, s := range b.sessions {
 		if strings.HasPrefix(id, prefix) {
 			if found != nil {

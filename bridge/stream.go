@@ -395,7 +395,7 @@ const (
 // stream ends with its last response, so a reload lets it finish. A legacy
 // stream opens with the endpoint event, endpoint. It reports whether the
 // stream was finished.
-func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *Session, st *stream, mode streamMode, after int) bool {
+func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *session, st *stream, mode streamMode, after int) bool {
 	gen, cursor, replaced, err := st.attach(after)
 	if err != nil {
 		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "cannot resume: "+err.Error())

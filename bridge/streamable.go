@@ -62,13 +62,13 @@ func checkVersion(w http.ResponseWriter, r *http.Request) bool {
 
 // lookupSession finds the session a request names, answering 400 when it
 // names none and 404 when it is unknown or ended.
-func (s *Server) lookupSession(w http.ResponseWriter, r *http.Request) *Session {
+func (s *Server) lookupSession(w http.ResponseWriter, r *http.Request) *session {
 	id := r.Header.Get(headerSessionID)
 	if id == "" {
 		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "missing Mcp-Session-Id header")
 		return nil
 	}
-	sess := s.backend.Session(id, PrincipalFrom(r.Context()))
+	sess := s.backend.findSession(id, principalFrom(r.Context()))
 	if sess == nil || sess.Transport != "streamable" {
 		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found")
 		return nil
@@ -117,7 +117,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	var sess *Session
+	var sess *session
 	if initialize {
 		if batch {
 			WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "initialize must not be part of a batch")
@@ -222,7 +222,7 @@ func (s *Server) streamableDelete(w http.ResponseWriter, r *http.Request) {
 
 // finishInitialize records the protocol version the child negotiated, and
 // reports false when initialize failed.
-func (s *Server) finishInitialize(sess *Session, response []byte) bool {
+func (s *Server) finishInitialize(sess *session, response []byte) bool {
 	result := jsonrpc.Member(response, "result")
 	if result == nil {
 		return false

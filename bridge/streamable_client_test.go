@@ -92,7 +92,7 @@ func TestSingleStreamTransports(t *testing.T) {
 			}
 			c.Close()
 			deadline := time.Now().Add(5 * time.Second)
-			for backend.SessionCount() != 0 {
+			for backend.sessionCount() != 0 {
 				if time.Now().After(deadline) {
 					t.Fatal("the session outlived its connection")
 				}

@@ -358,7 +358,7 @@ func TestStreamableStatus(t *testing.T) {
 		// stateless but refused it: the client then falls back to initialize.
 		{name: "MCP-Protocol-Version 2026-07-28 without the stateless headers: 400 header mismatch",
 			header: map[string]string{"MCP-Protocol-Version": "2026-07-28"}, body: toolsList,
-			wantStatus: 400, wantCode: CodeHeaderMismatch},
+			wantStatus: 400, wantCode: codeHeaderMismatch},
 		{name: "MCP-Protocol-Version 2025-06-18 on a 2025-11-25 session: accepted", session: "live", header: map[string]string{"MCP-Protocol-Version": "2025-06-18"}, body: toolsList,
 			wantStatus: 200},
 
@@ -428,7 +428,7 @@ func TestStreamableStatus(t *testing.T) {
 }
 
 // sessionByID returns the open session with this id, or nil.
-func sessionByID(b *Backend, id string) *Session {
+func sessionByID(b *Backend, id string) *session {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
 	return b.sessions[id]

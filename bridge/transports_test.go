@@ -81,7 +81,7 @@ func TestLegacySSEBadInput(t *testing.T) {
 			}
 		})
 	}
-	if n := backend.SessionCount(); n != 1 {
+	if n := backend.sessionCount(); n != 1 {
 		t.Errorf("%d sessions after bad input, want the 1 still open", n)
 	}
 }
@@ -101,7 +101,7 @@ func TestLegacySSEEndpointBehindPrefix(t *testing.T) {
 	} {
 		s := NewServer(backend, tc.cfg, zaptest.NewLogger(t))
 		req, _ := http.NewRequest(http.MethodGet, "/sse", nil)
-		sess := &Session{ID: "abc"}
+		sess := &session{ID: "abc"}
 		if got := s.endpointURI(req, sess); got != tc.want+"abc" {
 			t.Errorf("endpoint = %q, want %q", got, tc.want+"abc")
 		}
@@ -140,7 +140,7 @@ func TestWebSocketBadInput(t *testing.T) {
 	})
 	t.Run("oversize frame closes with 1009", func(t *testing.T) {
 		conn := dial(t)
-		conn.Write(t.Context(), websocket.MessageText, []byte(`"`+strings.Repeat("x", backend.MaxMessageSize())+`"`))
+		conn.Write(t.Context(), websocket.MessageText, []byte(`"`+strings.Repeat("x", backend.maxMessageSize())+`"`))
 		if got := readStatus(conn); got != websocket.StatusMessageTooBig {
 			t.Errorf("close status %v, want 1009", got)
 		}
@@ -210,9 +210,9 @@ func TestTransportsLeaveNoGoroutines(t *testing.T) {
 func waitSessions(t *testing.T, b *Backend, n int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for b.SessionCount() != n {
+	for b.sessionCount() != n {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d sessions, want %d", b.SessionCount(), n)
+			t.Fatalf("%d sessions, want %d", b.sessionCount(), n)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -37,7 +37,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer conn.CloseNow()
-	conn.SetReadLimit(int64(s.backend.MaxMessageSize()))
+	conn.SetReadLimit(int64(s.backend.maxMessageSize()))
 	st, err := sess.standaloneStream()
 	if err != nil {
 		conn.Close(websocket.StatusGoingAway, "session ended")
@@ -58,7 +58,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 // wsRead forwards the client's frames to the child until the connection
 // ends. A binary frame closes it with 1003; a frame over the size limit
 // with 1009 (the library does that).
-func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *Session) {
+func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *session) {
 	for {
 		typ, data, err := conn.Read(ctx)
 		if err != nil {
