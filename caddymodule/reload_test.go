@@ -124,12 +124,17 @@ func rlConnectAll(t *testing.T, hc *http.Client, endpoint string, n int, noGET b
 // closes it only after the call has returned, and reopens a GET stream
 // the server closed after a backoff.
 type rlWatch struct {
-	openPOSTs atomic.Int64 // POST answers whose bodies are not closed yet
-	streams   atomic.Int64 // GET streams opened
+	base      http.RoundTripper // nil: http.DefaultTransport
+	openPOSTs atomic.Int64      // POST answers whose bodies are not closed yet
+	streams   atomic.Int64      // GET streams opened
 }
 
 func (w *rlWatch) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := http.DefaultTransport.RoundTrip(r)
+	base := w.base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	resp, err := base.RoundTrip(r)
 	if err != nil {
 		return resp, err
 	}

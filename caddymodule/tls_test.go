@@ -21,16 +21,19 @@ import (
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
-// TestTLSInternal serves the bridge over HTTPS with Caddy's own CA (`tls
-// internal`), as on a LAN host without a public name: a client that trusts
-// Caddy's root gets a working session at https://localhost:<port>/mcp,
-// one that does not is refused, and plain HTTP is redirected to HTTPS.
-func TestTLSInternal(t *testing.T) {
-	exe := mcptest.EverythingServer(t)
-	dir := t.TempDir()
-	admin := fmt.Sprintf("127.0.0.1:%d", mcptest.FreePort(t))
-	httpsPort, httpPort := mcptest.FreePort(t), mcptest.FreePort(t)
-	cfg := fmt.Sprintf(`{
+// tlsCaddy is a Caddy serving one bridge over HTTPS with its own CA (`tls
+// internal`) at https://localhost:<port>, as on a LAN host without a
+// public name.
+type tlsCaddy struct {
+	*mcptest.Caddy
+	admin               string
+	httpsPort, httpPort int
+	roots               *x509.CertPool // Caddy's root, for clients that trust it
+}
+
+// caddyfile is the config with bridge as the site's only handler.
+func (c *tlsCaddy) caddyfile(bridge string) string {
+	return fmt.Sprintf(`{
 	admin %s
 	http_port %d
 	https_port %d
@@ -41,15 +44,19 @@ func TestTLSInternal(t *testing.T) {
 https://localhost:%d {
 	bind 127.0.0.1
 	tls internal
-	mcp_bridge {
-		command %s
-	}
+	%s
 }
-`, admin, httpPort, httpsPort, httpsPort, exe)
-	httpsAddr := fmt.Sprintf("127.0.0.1:%d", httpsPort)
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", httpPort)
-	t.Cleanup(func() { mcptest.WaitNoProcesses(t, exe, 10*time.Second) })
-	mcptest.StartCaddy(t, dir, cfg, admin, httpsAddr, httpAddr)
+`, c.admin, c.httpPort, c.httpsPort, c.httpsPort, bridge)
+}
+
+// startTLSCaddy starts Caddy with bridge and waits until a client that
+// trusts its root completes a TLS handshake.
+func startTLSCaddy(t *testing.T, bridge string) *tlsCaddy {
+	t.Helper()
+	dir := t.TempDir()
+	c := &tlsCaddy{admin: fmt.Sprintf("127.0.0.1:%d", mcptest.FreePort(t)), httpsPort: mcptest.FreePort(t), httpPort: mcptest.FreePort(t)}
+	c.Caddy = mcptest.StartCaddy(t, dir, c.caddyfile(bridge), c.admin,
+		fmt.Sprintf("127.0.0.1:%d", c.httpsPort), fmt.Sprintf("127.0.0.1:%d", c.httpPort))
 
 	// StartCaddy runs Caddy with XDG_DATA_HOME=<dir>/data.
 	rootPath := filepath.Join(dir, "data", "caddy", "pki", "authorities", "local", "root.crt")
@@ -58,14 +65,33 @@ https://localhost:%d {
 		rootPEM, _ = os.ReadFile(rootPath)
 		return len(rootPEM) > 0
 	})
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(rootPEM) {
+	c.roots = x509.NewCertPool()
+	if !c.roots.AppendCertsFromPEM(rootPEM) {
 		t.Fatalf("no certificate in %s", rootPath)
 	}
+	// The certificate may come a moment after the listener: wait until a
+	// handshake succeeds.
+	trusting := c.client(c.roots)
+	mcptest.WaitFor(t, 30*time.Second, "a TLS handshake with "+c.url("/mcp"), func() bool {
+		resp, err := trusting.Get(c.url("/mcp"))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	})
+	return c
+}
 
-	// localhost may resolve to ::1 first; Caddy listens on 127.0.0.1 only.
-	// The URLs keep the name localhost, for SNI, the certificate and the
-	// Host the site matches.
+// url is the HTTPS URL of path.
+func (c *tlsCaddy) url(path string) string {
+	return fmt.Sprintf("https://localhost:%d%s", c.httpsPort, path)
+}
+
+// transport trusts roots and dials 127.0.0.1: localhost may resolve to
+// ::1 first, and Caddy listens on 127.0.0.1 only. The URLs keep the name
+// localhost, for SNI, the certificate and the Host the site matches.
+func (c *tlsCaddy) transport(roots *x509.CertPool) *http.Transport {
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		_, port, err := net.SplitHostPort(addr)
 		if err != nil {
@@ -73,27 +99,30 @@ https://localhost:%d {
 		}
 		return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp4", net.JoinHostPort("127.0.0.1", port))
 	}
-	client := func(roots *x509.CertPool) *http.Client {
-		return &http.Client{
-			Transport: &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true},
-			// Redirects are for the test to see, not to follow.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
-	}
-	trusting := client(roots)
-	httpsURL := fmt.Sprintf("https://localhost:%d/mcp", httpsPort)
-	httpURL := fmt.Sprintf("http://localhost:%d/mcp", httpPort)
+	return &http.Transport{DialContext: dial, TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true}
+}
 
-	// The certificate may come a moment after the listener: wait until a
-	// handshake succeeds.
-	mcptest.WaitFor(t, 30*time.Second, "a TLS handshake with "+httpsURL, func() bool {
-		resp, err := trusting.Get(httpsURL)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	})
+// client trusts roots and does not follow redirects: they are for the
+// tests to see.
+func (c *tlsCaddy) client(roots *x509.CertPool) *http.Client {
+	return &http.Client{
+		Transport:     c.transport(roots),
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// TestTLSInternal serves the bridge over HTTPS with Caddy's own CA (`tls
+// internal`), as on a LAN host without a public name: a client that trusts
+// Caddy's root gets a working session at https://localhost:<port>/mcp,
+// one that does not is refused, and plain HTTP is redirected to HTTPS.
+func TestTLSInternal(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	t.Cleanup(func() { mcptest.WaitNoProcesses(t, exe, 10*time.Second) })
+	c := startTLSCaddy(t, "mcp_bridge {\n\t\tcommand "+exe+"\n\t}")
+	trusting := c.client(c.roots)
+	client := c.client
+	httpsURL := c.url("/mcp")
+	httpURL := fmt.Sprintf("http://localhost:%d/mcp", c.httpPort)
 
 	tests := []struct {
 		name string
