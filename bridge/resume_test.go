@@ -105,6 +105,7 @@ func TestResumePOSTStream(t *testing.T) {
 		t.Fatalf("resume: %s", resumed.Status)
 	}
 	events = newSSEReader(resumed.Body)
+	expectPrimedAgain(t, events, lastID)
 	response := ""
 	for {
 		ev, ok := events.next()
@@ -163,6 +164,7 @@ func TestResumeGETStream(t *testing.T) {
 	resumed := resumeGet(t, url, s, lastID)
 	defer resumed.Body.Close()
 	events = newSSEReader(resumed.Body)
+	expectPrimedAgain(t, events, lastID)
 	for len(got) < 8 {
 		ev, ok := events.next()
 		if !ok {
@@ -339,5 +341,16 @@ func TestPolling(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "1,2,3,4,5,6,7,8,9,10" {
 		t.Errorf("progress while polling: %v", got)
+	}
+}
+
+// expectPrimedAgain reads the first event of a resumed stream: a priming
+// event (no data) whose id is new, so that clients that count progress by
+// event id see progress on every reconnection.
+func expectPrimedAgain(t *testing.T, events *sseReader, lastID string) {
+	t.Helper()
+	ev, ok := events.next()
+	if !ok || ev.Data != "" || ev.ID == "" || ev.ID == lastID {
+		t.Fatalf("the resumed stream opens with %+v, want a priming event with an id other than %q", ev, lastID)
 	}
 }

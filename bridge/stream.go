@@ -237,7 +237,18 @@ func appendEventID(b []byte, tag string, num, seq int) []byte {
 	return strconv.AppendInt(b, int64(seq), 10)
 }
 
-// parseEventID reads an event id; ok is false when it is not one of tag's.
+// appendPrimingID appends the id of the priming event that the writer
+// gen of a stream sends first: the position of the last event before it,
+// and the writer, so that every connection's first id is new (clients such
+// as the go-sdk's give up on a stream whose ids stop advancing).
+func appendPrimingID(b []byte, tag string, num, seq, gen int) []byte {
+	b = appendEventID(b, tag, num, seq)
+	b = append(b, '_')
+	return strconv.AppendInt(b, int64(gen), 10)
+}
+
+// parseEventID reads an event id, or a priming event's; ok is false when it
+// is not one of tag's.
 func parseEventID(id, tag string) (num, seq int, ok bool) {
 	rest, found := strings.CutPrefix(id, tag+"_")
 	if !found {
@@ -247,9 +258,15 @@ func parseEventID(id, tag string) (num, seq int, ok bool) {
 	if !found {
 		return 0, 0, false
 	}
+	b, gen, primed := strings.Cut(b, "_")
 	num, err1 := strconv.Atoi(a)
 	seq, err2 := strconv.Atoi(b)
-	return num, seq, err1 == nil && err2 == nil && num > 0 && seq >= 0
+	ok = err1 == nil && err2 == nil && num > 0 && seq >= 0
+	if primed {
+		g, err := strconv.Atoi(gen)
+		ok = ok && err == nil && g > 0
+	}
+	return num, seq, ok
 }
 
 // sseWriter writes Server-Sent Events. It leaves them in the response's
@@ -415,9 +432,10 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 	case mode == streamLegacy:
 		sw.name = "message"
 		err = sw.event(nil, "endpoint", []byte(endpoint))
-	case after < 0 && resumable:
-		// A priming event: the client may resume from here if cut off.
-		err = sw.event(appendEventID(nil, sess.tag, st.num, 0), "", nil)
+	case resumable:
+		// A priming event, on every connection, resumed or not: the client
+		// may resume from here if cut off, and its id is always new.
+		err = sw.event(appendPrimingID(nil, sess.tag, st.num, cursor-1, gen), "", nil)
 	}
 	// A request's stream waits a moment for its answer before it sends
 	// anything; other streams send as soon as they would wait.

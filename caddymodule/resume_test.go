@@ -119,3 +119,38 @@ func TestPollingWithGoSDKClient(t *testing.T) {
 		t.Errorf("got %d progress notifications through the polling, want 30", len(p))
 	}
 }
+
+// TestGoSDKSessionAcrossManyReloads holds a go-sdk session, with its GET
+// stream, across 20 reloads over HTTPS, in each isolation. Each reload
+// closes the GET stream and the client resumes it with Last-Event-ID; the
+// go-sdk gives up a session after 5 resumptions whose last event id did
+// not advance, so every resumed stream must open with a new id. Every call
+// between the reloads must succeed.
+func TestGoSDKSessionAcrossManyReloads(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	t.Cleanup(func() { mcptest.WaitNoProcesses(t, exe, 10*time.Second) })
+	for _, isolation := range []string{"session", "shared"} {
+		t.Run(isolation, func(t *testing.T) {
+			// The reloads change only how long a body may take to arrive:
+			// nothing about the pool, which stays.
+			bridge := func(i int) string {
+				return fmt.Sprintf("mcp_bridge {\n\t\tcommand %s\n\t\tbody_read_timeout %ds\n\t\tpool {\n\t\t\tisolation %s\n\t\t}\n\t}", exe, 30+i%2, isolation)
+			}
+			c := startTLSCaddy(t, bridge(0))
+			watch := &rlWatch{base: c.transport(c.roots)}
+			session := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: c.url("/mcp"), HTTPClient: watch.client()}, "2025-11-25")
+			defer session.Close()
+			session.CallText(t, "test_simple_text", nil)
+			mcptest.WaitFor(t, 10*time.Second, "the GET stream", func() bool { return watch.streams.Load() == 1 })
+			for i := 1; i <= 20; i++ {
+				c.Reload(t, c.caddyfile(bridge(i)))
+				mcptest.WaitFor(t, 30*time.Second, fmt.Sprintf("the GET stream resumed after reload %d", i), func() bool {
+					return watch.streams.Load() == int64(i+1)
+				})
+				if got := session.CallText(t, "test_simple_text", nil); got != "This is a simple text response for testing." {
+					t.Fatalf("call after reload %d: %q", i, got)
+				}
+			}
+		})
+	}
+}
