@@ -218,14 +218,20 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 	case jsonrpc.KindRequest:
 		s.sent[string(env.ID)] = sentRequest{method: metricMethod(env.MethodName()), at: now}
 	case jsonrpc.KindNotification:
-		// A cancelled request of a single-stream session may never be
-		// answered: forget it, or it stays for the session's life. (On a
-		// POST stream it goes with the stream.)
+		// A cancelled request may never be answered (the spec lets the
+		// server drop it): forget it, or it stays in flight for the
+		// session's life and keeps the session from idling out. A POST
+		// stream left with nothing to wait for ends.
 		if env.MethodName() == "notifications/cancelled" {
 			id := string(jsonrpc.Member(env.Params, "requestId"))
-			if owner, ok := s.pending[id]; ok && owner == nil {
+			if owner, ok := s.pending[id]; ok {
 				delete(s.pending, id)
 				delete(s.sent, id)
+				if owner != nil {
+					if owner.pending--; owner.pending <= 0 {
+						s.forgetStreamLocked(owner)
+					}
+				}
 			}
 		}
 	}
