@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/mattn/go-shellwords"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 )
 
 // SplitCommand splits a command line with shell word rules (quotes and
@@ -28,3 +29,8 @@ func SplitCommand(line string) ([]string, error) {
 	}
 	return argv, nil
 }
+
+// CheckCommand reports whether the configured program can be started,
+// found as a child would be: a config load calls it, so that a mistyped
+// command is refused before it replaces a working one.
+func CheckCommand(cfg ProcessConfig) error { return child.Check(cfg) }

@@ -246,6 +246,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	// caddy validate and caddy reload fail here, before a mistyped command
+	// replaces a working one.
+	if err := bridge.CheckCommand(cfg.Process); err != nil {
+		return err
+	}
 	h.backendKey = cfg.Key()
 	cfg.Observer = poolObserver{pool: h.backendKey[:12]}
 	val, _, err := backends.LoadOrNew(h.backendKey, func() (caddy.Destructor, error) {

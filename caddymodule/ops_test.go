@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -285,13 +286,19 @@ func opGetHealth(t *testing.T, base string) (int, opHealth, http.Header) {
 }
 
 // TestHealthReport checks GET /health on a working bridge with an API key
-// and sessions open, and on one whose command does not exist.
+// and sessions open, and on one whose command cannot start: a script
+// whose interpreter does not exist (a command that does not exist at all
+// is refused when the config loads).
 func TestHealthReport(t *testing.T) {
 	exe := mcptest.EverythingServer(t)
 	const key = "ops-health-key-0123456789abcdef"
+	unstartable := filepath.Join(t.TempDir(), "mcp-server")
+	if err := os.WriteFile(unstartable, []byte("#!/nonexistent/interpreter\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	c := opStart(t, []string{exe},
 		opBridge(exe, "api_key "+key),
-		opBridge("/nonexistent/mcp-server --stdio"),
+		opBridge(unstartable+" --stdio"),
 	)
 	ok, broken := c.base(0), c.base(1)
 
@@ -356,7 +363,7 @@ func TestHealthReport(t *testing.T) {
 		if status != http.StatusServiceUnavailable || h.Status != "unavailable" {
 			t.Errorf("GET /health with a missing command: %d %q, want 503 unavailable", status, h.Status)
 		}
-		if !strings.Contains(h.LastError, "/nonexistent/mcp-server") {
+		if !strings.Contains(h.LastError, unstartable) {
 			t.Errorf("last_error %q does not name the command", h.LastError)
 		}
 		if h.Processes.Running != 0 || h.Sessions != 0 {

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -621,4 +622,39 @@ func rlRawSession(t *testing.T, endpoint string) string {
 		t.Fatalf("notifications/initialized: %d %s", resp.StatusCode, body)
 	}
 	return sid
+}
+
+// TestMistypedCommandIsRefused: `caddy validate` fails on a command that
+// cannot be found, naming it, and `caddy reload` to it fails and leaves
+// the working config, its pool and its session, in place.
+func TestMistypedCommandIsRefused(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	c := opStart(t, []string{exe}, opBridge(exe))
+	session := opConnect(t, c.base(0)+"/mcp", "")
+	session.CallText(t, "test_simple_text", nil)
+	pool := opPoolOf(t, c, exe).ConfigHash
+
+	mistyped := c.caddyfile(opBridge("npxx -y @modelcontextprotocol/server-everything"))
+	path := filepath.Join(c.Dir, "Caddyfile.mistyped")
+	if err := os.WriteFile(path, []byte(mistyped), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"validate", "--config", path, "--adapter", "caddyfile"},
+		{"reload", "--config", path, "--adapter", "caddyfile", "--address", c.admin},
+	} {
+		out, err := c.Run(args...)
+		if err == nil {
+			t.Errorf("caddy %s succeeded with a mistyped command:\n%s", args[0], out)
+		}
+		if !strings.Contains(out, "npxx") || !strings.Contains(out, "not found on the PATH") {
+			t.Errorf("caddy %s does not say what is wrong:\n%s", args[0], out)
+		}
+	}
+	if got := opPoolOf(t, c, exe).ConfigHash; got != pool {
+		t.Errorf("the pool changed (%s, was %s) after a refused reload", got, pool)
+	}
+	if got := session.CallText(t, "test_simple_text", nil); got == "" {
+		t.Error("the session does not work after a refused reload")
+	}
 }
