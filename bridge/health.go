@@ -63,6 +63,8 @@ func (b *Backend) Health() Health {
 		h.Tools = -1
 	}
 	switch {
+	case counts.CrashLoop != nil:
+		h.Status, h.LastError = "unavailable", counts.CrashLoop.Error()
 	case probe.Err != nil:
 		h.Status, h.LastError = "unavailable", probe.Err.Error()
 	case h.Processes.Running == 0 && b.lastError() != nil:

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 	"go.uber.org/zap"
 )
 
@@ -213,7 +214,11 @@ func (s *Server) newSession(w http.ResponseWriter, r *http.Request, transport st
 
 // writeAcquireError answers a session that could not get a child.
 func writeAcquireError(w http.ResponseWriter, err error) {
+	var crashLoop *supervisor.CrashLoopError
 	switch {
+	case errors.As(err, &crashLoop):
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(crashLoop.RetryAfter.Round(time.Second), time.Second).Seconds())))
+		WriteError(w, http.StatusServiceUnavailable, jsonrpc.CodeServerBusy, crashLoop.Error())
 	case errors.Is(err, ErrTooManySessions):
 		w.Header().Set("Retry-After", "60")
 		WriteError(w, http.StatusTooManyRequests, jsonrpc.CodeServerBusy, "too many open sessions for this client; end one first")

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/supervisor"
 	"go.uber.org/zap"
 )
 
@@ -32,7 +33,8 @@ func (f *failures) fail(err error) {
 // noteStart records the error of a start, and logs it; a full budget, a
 // closed placement or a client that left is no failure of the command.
 func (f *failures) noteStart(err error, logger *zap.Logger) {
-	if errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrPoolClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	var crashLoop *supervisor.CrashLoopError
+	if errors.Is(err, ErrPoolExhausted) || errors.Is(err, ErrPoolClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &crashLoop) {
 		return
 	}
 	f.fail(err)
@@ -64,6 +66,28 @@ func (f *failures) lastError() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.last
+}
+
+// startAfter starts a child of what a placement keeps ready (a spare, a
+// minimum shared child) after delay, and again after each crash-loop
+// backoff, until it starts, fails otherwise, or stop closes
+// (ErrPoolClosed).
+func startAfter(sup *supervisor.Supervisor, stop <-chan struct{}, delay time.Duration, role supervisor.Role, restarts int) (*supervisor.Child, error) {
+	for {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-stop:
+			t.Stop()
+			return nil, ErrPoolClosed
+		}
+		c, err := sup.Start(context.Background(), role, false, restarts)
+		var crashLoop *supervisor.CrashLoopError
+		if !errors.As(err, &crashLoop) {
+			return c, err
+		}
+		delay = crashLoop.RetryAfter
+	}
 }
 
 // backoff is how long to wait before the next start: nothing while starts

@@ -194,17 +194,13 @@ func (p *Isolated) refillLocked() {
 // spare takes room only when nobody waits for it.
 func (p *Isolated) startSpare(delay time.Duration) {
 	defer p.owned.Done()
-	t := time.NewTimer(delay)
-	select {
-	case <-t.C:
-	case <-p.stop:
-		t.Stop()
+	c, err := startAfter(p.sup, p.stop, delay, supervisor.RoleSpare, 0)
+	if errors.Is(err, ErrPoolClosed) {
 		p.mu.Lock()
 		p.spawning--
 		p.mu.Unlock()
 		return
 	}
-	c, err := p.sup.Start(context.Background(), supervisor.RoleSpare, false, 0)
 	if err != nil {
 		p.failures.noteStart(err, p.logger)
 	} else if err = p.ping(c, p.cfg.StartTimeout); err != nil {

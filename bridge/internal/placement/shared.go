@@ -65,9 +65,8 @@ func (p *Shared) Start() {
 }
 
 // Acquire places a client on a child: the least-loaded one with room, or
-// a new one, or the first to have room within AcquireTimeout. After
-// children crashed young, a new one starts only once the backoff has
-// passed, so that clients of a crash-looping server do not spin it.
+// a new one, or the first to have room within AcquireTimeout. A server
+// that crash-loops is refused by the supervisor's breaker, at once.
 func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 	p.Start()
 	deadline, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
@@ -101,19 +100,6 @@ func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 		if p.starting == 0 {
 			p.starting++
 			p.mu.Unlock()
-			if wait := p.failures.backoff(); wait > 0 {
-				t := time.NewTimer(wait)
-				select {
-				case <-t.C:
-				case <-deadline.Done():
-					t.Stop()
-					p.mu.Lock()
-					p.starting--
-					p.notifyLocked()
-					p.mu.Unlock()
-					return nil, busy()
-				}
-			}
 			c, err := p.sup.Start(deadline, p.role, true, 0)
 			p.mu.Lock()
 			p.starting--
@@ -252,17 +238,7 @@ func (p *Shared) refillLocked(restarts int) {
 // startChild starts one of the MinProcesses children, if there is room.
 func (p *Shared) startChild(delay time.Duration, restarts int) {
 	defer p.owned.Done()
-	t := time.NewTimer(delay)
-	select {
-	case <-t.C:
-	case <-p.stop:
-		t.Stop()
-		p.mu.Lock()
-		p.starting--
-		p.mu.Unlock()
-		return
-	}
-	c, err := p.sup.Start(context.Background(), p.role, false, restarts)
+	c, err := startAfter(p.sup, p.stop, delay, p.role, restarts)
 	if err != nil {
 		p.failures.noteStart(err, p.logger)
 	}

@@ -8,6 +8,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,31 @@ var ErrBusy = errors.New("all MCP server processes are busy")
 
 // ErrClosed is returned once the supervisor is closed.
 var ErrClosed = errors.New("the MCP server pool is shut down")
+
+// CrashLoopError is returned while the command keeps exiting as soon as it
+// starts: no child starts until RetryAfter has passed, and then one at a
+// time until one stays up.
+type CrashLoopError struct {
+	Crashes    int           // children in a row that exited young
+	RetryAfter time.Duration // until the next try
+}
+
+func (e *CrashLoopError) Error() string {
+	return fmt.Sprintf("the MCP server keeps exiting as soon as it starts (%d in a row); next try in %v", e.Crashes, e.RetryAfter.Round(time.Second))
+}
+
+// The crash-loop breaker: a child that exits on its own within
+// youngExitWindow of its start exited young; after breakerThreshold of
+// those in a row, starts stop for a backoff that doubles from 1s to 30s.
+// A child that lives past the window closes the breaker.
+const (
+	youngExitWindow  = 10 * time.Second
+	breakerThreshold = 3
+)
+
+func breakerBackoff(crashes int) time.Duration {
+	return min(time.Second<<min(crashes-breakerThreshold, 5), 30*time.Second)
+}
 
 // Child is a child process the supervisor owns. Stop and Kill through it,
 // not through the process, so that an exit is told apart from a crash.
@@ -119,6 +145,11 @@ type Supervisor struct {
 	onFreed    []func()
 	crashes    int64
 	lastExit   string
+	// The crash-loop breaker.
+	youngExits int       // children in a row that exited young
+	openUntil  time.Time // no start before this
+	trying     bool      // a start past the backoff is under way
+	lastStart  time.Time // of a child that may yet exit young
 
 	// owned counts what Close waits for: starts under way and one watcher
 	// per child.
@@ -169,6 +200,10 @@ func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts i
 			s.mu.Unlock()
 			return nil, ErrClosed
 		}
+		if err := s.breakerLocked(); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
 		if s.hasRoomLocked() && (wait || s.waiting == 0) {
 			s.starting++
 			s.owned.Add(1)
@@ -215,6 +250,7 @@ func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts i
 	s.mu.Lock()
 	s.starting--
 	if err != nil {
+		s.trying = false // nothing started: the next start tries again
 		s.notifyLocked()
 		s.mu.Unlock()
 		s.owned.Done()
@@ -256,6 +292,44 @@ func (s *Supervisor) Reclaim() bool {
 	return false
 }
 
+// breakerLocked refuses a start while the command crash-loops: before the
+// backoff ends, and past it while another start is already trying.
+func (s *Supervisor) breakerLocked() error {
+	if s.youngExits < breakerThreshold {
+		return nil
+	}
+	if wait := time.Until(s.openUntil); wait > 0 {
+		return &CrashLoopError{Crashes: s.youngExits, RetryAfter: wait}
+	}
+	if s.trying {
+		if since := time.Since(s.lastStart); since < youngExitWindow {
+			return &CrashLoopError{Crashes: s.youngExits, RetryAfter: youngExitWindow - since}
+		}
+		// The child tried last is still up past the window: closed.
+		s.youngExits, s.trying = 0, false
+		return nil
+	}
+	s.trying = true
+	s.lastStart = time.Now()
+	return nil
+}
+
+// noteExitLocked feeds a child's exit to the crash-loop breaker.
+func (s *Supervisor) noteExitLocked(c *Child, crashed bool) {
+	young := crashed && time.Since(c.Started()) < youngExitWindow
+	s.trying = false
+	if !young {
+		if time.Since(c.Started()) >= youngExitWindow {
+			s.youngExits = 0
+		}
+		return
+	}
+	s.youngExits++
+	if s.youngExits >= breakerThreshold {
+		s.openUntil = time.Now().Add(breakerBackoff(s.youngExits))
+	}
+}
+
 // hasRoomLocked reports whether one more child fits the budget.
 func (s *Supervisor) hasRoomLocked() bool {
 	return s.cfg.MaxProcesses <= 0 || len(s.children)+s.starting < s.cfg.MaxProcesses
@@ -272,6 +346,7 @@ func (s *Supervisor) watch(c *Child) {
 		s.crashes++
 		s.lastExit = c.ExitError().Error()
 	}
+	s.noteExitLocked(c, crashed)
 	s.notifyLocked()
 	onFreed := s.onFreed
 	closed := s.closed
@@ -335,6 +410,8 @@ type Counts struct {
 	Starting int
 	Crashes  int64
 	LastExit string
+	// CrashLoop, when set, is why no child starts now.
+	CrashLoop *CrashLoopError
 }
 
 // Running is the number of children alive.
@@ -351,6 +428,9 @@ func (s *Supervisor) Counts() Counts {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := Counts{Starting: s.starting, Crashes: s.crashes, LastExit: s.lastExit}
+	if wait := time.Until(s.openUntil); s.youngExits >= breakerThreshold && wait > 0 {
+		n.CrashLoop = &CrashLoopError{Crashes: s.youngExits, RetryAfter: wait}
+	}
 	for c := range s.children {
 		n.ByRole[c.Role()]++
 	}
