@@ -70,16 +70,24 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 //
 // command takes the rest of its line; quoting works as in a shell, but no
-// shell runs it. env is repeatable; values may use placeholders such as
-// {env.API_TOKEN}, and so may api_key. A bare cors line turns CORS answers
-// on with defaults. Sizes take units (16MiB); durations take Caddy's
+// shell runs it. env, allowed_origins and api_key are repeatable; every
+// other option is given once. Pool options of the other isolation
+// (min_idle and health_check are session's; sessions_per_process,
+// min_processes and process_idle_timeout shared's) and two endpoints on
+// one path are errors that name their line. env values may use
+// placeholders such as {env.API_TOKEN}, and so may api_key. A bare cors
+// line turns CORS answers on with defaults. Sizes take units (16MiB); durations take Caddy's
 // duration syntax (30s, 30m, 1d).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	var lines optionLines
 	for d.NextBlock(0) {
+		if err := lines.note(d, "env", "allowed_origins", "api_key"); err != nil {
+			return err
+		}
 		switch d.Val() {
 		case "command":
 			args := d.RemainingArgsAsTokens()
@@ -107,7 +115,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if h.Pool == nil {
 				h.Pool = new(PoolConfig)
 			}
-			if err := h.Pool.unmarshalCaddyfile(d); err != nil {
+			if err := h.Pool.unmarshalCaddyfile(d, &lines); err != nil {
 				return err
 			}
 		case "max_message_size":
@@ -249,11 +257,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unrecognized mcp_bridge option %q", d.Val())
 		}
 	}
-	return nil
+	return lines.errAt(h.checkOptions())
 }
 
-func (p *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (p *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser, lines *optionLines) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := lines.note(d); err != nil {
+			return err
+		}
 		switch d.Val() {
 		case "isolation":
 			if !d.AllArgs(&p.Isolation) {

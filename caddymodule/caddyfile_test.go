@@ -65,6 +65,13 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad duration", "mcp_bridge {\npool {\nsession_idle_timeout soon\n}\n}", "session_idle_timeout"},
 		{"negative number", "mcp_bridge {\npool {\nmax_processes -1\n}\n}", "max_processes"},
 		{"unknown pool option", "mcp_bridge {\npool {\nsize 3\n}\n}", `unrecognized pool option "size"`},
+		// Mistakes found after parsing name the line of the option.
+		{"command given twice", "mcp_bridge {\ncommand a\ncommand b\n}", "command is given twice (first on line 2): give it once, at Testfile:3"},
+		{"pool option given twice", "mcp_bridge {\ncommand a\npool {\nmax_processes 2\nmax_processes 3\n}\n}", "max_processes is given twice (first on line 4): give it once, at Testfile:5"},
+		{"two endpoints on one path", "mcp_bridge {\ncommand a\nsse_path /mcp\n}", "sse_path /mcp is also the streamable_path: give each endpoint a path of its own, at Testfile:3"},
+		{"a shared option in session isolation", "mcp_bridge {\ncommand a\npool {\nmin_processes 2\n}\n}", "pool: min_processes applies only to isolation shared, at Testfile:4"},
+		{"a session option in shared isolation", "mcp_bridge {\ncommand a\npool {\nisolation shared\nmin_idle 2\n}\n}", "pool: min_idle applies only to isolation session, at Testfile:5"},
+		{"a public_base_url that is no URL", "mcp_bridge {\ncommand a\npublic_base_url example.com/tools\n}", "such as https://example.com/tools, at Testfile:3"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler

@@ -432,6 +432,9 @@ func (h *Handler) Validate() error {
 	if _, err := parseTransports(h.Transports); err != nil {
 		return err
 	}
+	if err := h.checkOptions(); err != nil {
+		return err
+	}
 	if h.CORS != nil && h.CORS.AllowCredentials && slices.Contains(h.AllowedOrigins, "*") {
 		return fmt.Errorf("cors allow_credentials cannot be combined with allowed_origins *: name the origins")
 	}

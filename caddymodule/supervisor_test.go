@@ -89,12 +89,15 @@ func clientsOfEveryTransport(t *testing.T, base string) map[string]func() (*mcpt
 // that finds no room in time is refused with 503 (busy), nothing else.
 func TestMaxProcessesCapsEveryChild(t *testing.T) {
 	exe := mcptest.EverythingServer(t)
+	// A shared child carries 3 sessions at most, so that shared mode needs
+	// both children too.
+	perIsolation := map[string]string{"session": "min_idle 1", "shared": "sessions_per_process 3"}
 	for _, isolation := range []string{"session", "shared"} {
 		t.Run(isolation, func(t *testing.T) {
 			// A legacy SSE session whose client left keeps its child for
 			// resume_grace: a short one lets the load flow.
 			c := opStart(t, []string{exe}, opBridge(exe, "resume_grace 100ms",
-				"pool {\n\t\t\tisolation "+isolation+"\n\t\t\tmax_processes 2\n\t\t\tacquire_timeout 5s\n\t\t\tsessions_per_process 3\n\t\t}"))
+				"pool {\n\t\t\tisolation "+isolation+"\n\t\t\tmax_processes 2\n\t\t\tacquire_timeout 5s\n\t\t\t"+perIsolation[isolation]+"\n\t\t}"))
 			base := c.base(0)
 
 			var most atomic.Int32
@@ -235,7 +238,7 @@ func TestReloadSpelledOutDefaultsKeepSessions(t *testing.T) {
 		"stop_timeout 2s",
 		"term_timeout 3s",
 		"replay_buffer 256 4MiB",
-		"pool {\n\t\t\tisolation session\n\t\t\tmin_idle 1\n\t\t\tacquire_timeout 10s\n\t\t\tsession_idle_timeout 30m\n\t\t\tsessions_per_process 64\n\t\t\tprocess_idle_timeout 5m\n\t\t}",
+		"pool {\n\t\t\tisolation session\n\t\t\tmin_idle 1\n\t\t\tacquire_timeout 10s\n\t\t\tsession_idle_timeout 30m\n\t\t}",
 	)))
 	if after := opPoolOf(t, c, exe).ConfigHash; after != before {
 		t.Errorf("pool %s became %s for a config that only spells out the defaults", before, after)

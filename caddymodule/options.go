@@ -1,0 +1,115 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
+)
+
+// optionError is a mistake in the options that no single option shows:
+// Option names the option to point at.
+type optionError struct {
+	Option string
+	Err    error
+}
+
+func (e *optionError) Error() string { return e.Err.Error() }
+
+// checkOptions finds the mistakes that take more than one option to see:
+// two endpoints on one path, pool options of the other isolation, and a
+// public_base_url that is no base URL. Validate reports them for any
+// config; the Caddyfile adapter, with the line of the option named.
+func (h *Handler) checkOptions() error {
+	defaults := map[string]string{
+		"streamable_path": bridge.DefaultStreamablePath, "sse_path": bridge.DefaultSSEPath,
+		"message_path": bridge.DefaultMessagePath, "ws_path": bridge.DefaultWSPath, "health_path": bridge.DefaultHealthPath,
+	}
+	given := map[string]string{
+		"streamable_path": h.StreamablePath, "sse_path": h.SSEPath, "message_path": h.MessagePath,
+		"ws_path": h.WSPath, "health_path": h.HealthPath,
+	}
+	owner := map[string]string{}
+	for _, name := range []string{"streamable_path", "sse_path", "message_path", "ws_path", "health_path"} {
+		path := given[name]
+		if path == "" {
+			path = defaults[name]
+		}
+		if other, taken := owner[path]; taken {
+			// Point at the one the config gave, if only one was given.
+			option, first := name, other
+			if given[name] == "" {
+				option, first = other, name
+			}
+			return &optionError{option, fmt.Errorf("%s %s is also the %s: give each endpoint a path of its own", option, path, first)}
+		}
+		owner[path] = name
+	}
+	if p := h.Pool; p != nil {
+		shared := p.Isolation == bridge.IsolationShared
+		for _, o := range []struct {
+			name      string
+			set       bool
+			forShared bool
+		}{
+			{"min_idle", p.MinIdle != nil, false},
+			{"health_check", p.HealthCheck != 0, false},
+			{"sessions_per_process", p.SessionsPerProcess != 0, true},
+			{"min_processes", p.MinProcesses != 0, true},
+			{"process_idle_timeout", p.ProcessIdleTimeout != 0, true},
+		} {
+			if o.set && o.forShared != shared {
+				want := "session"
+				if o.forShared {
+					want = "shared"
+				}
+				return &optionError{o.name, fmt.Errorf("pool: %s applies only to isolation %s", o.name, want)}
+			}
+		}
+	}
+	if b := h.PublicBaseURL; b != "" && !strings.Contains(b, "{") {
+		u, err := url.Parse(b)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return &optionError{"public_base_url", fmt.Errorf("public_base_url %q: want an absolute http(s) URL without query or fragment, such as https://example.com/tools", b)}
+		}
+	}
+	return nil
+}
+
+// optionLines records where each option of a Caddyfile block was given,
+// so that a mistake found after parsing can name its line.
+type optionLines struct {
+	file  string
+	lines map[string]int
+}
+
+// note records the option d is on, and fails if a single-value option is
+// given twice.
+func (o *optionLines) note(d *caddyfile.Dispenser, repeatable ...string) error {
+	name := d.Val()
+	if o.lines == nil {
+		o.lines = make(map[string]int)
+	}
+	o.file = d.File()
+	if line, twice := o.lines[name]; twice && !slices.Contains(repeatable, name) {
+		return d.Errf("%s is given twice (first on line %d): give it once", name, line)
+	}
+	o.lines[name] = d.Line()
+	return nil
+}
+
+// errAt puts the line of the option err names on it.
+func (o *optionLines) errAt(err error) error {
+	oe, ok := err.(*optionError)
+	if !ok {
+		return err
+	}
+	if line, found := o.lines[oe.Option]; found {
+		return fmt.Errorf("%w, at %s:%d", oe.Err, o.file, line) // as Dispenser.Errf puts it
+	}
+	return oe.Err
+}
