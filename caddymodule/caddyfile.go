@@ -76,8 +76,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // min_processes and process_idle_timeout shared's) and two endpoints on
 // one path are errors that name their line. env values may use
 // placeholders such as {env.API_TOKEN}, and so may api_key. A bare cors
-// line turns CORS answers on with defaults. Sizes take units (16MiB); durations take Caddy's
-// duration syntax (30s, 30m, 1d).
+// line turns CORS answers on with defaults. Sizes take units (16MiB);
+// durations take Caddy's duration syntax (30s, 30m, 1d).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
