@@ -650,8 +650,11 @@ func TestStreamableKeepalive(t *testing.T) {
 // and that ending a session makes room again.
 func TestStreamablePoolExhausted(t *testing.T) {
 	exe := mcptest.EverythingServer(t)
-	srv, _ := startBridgeWith(t, []string{exe},
+	srv, backend := startBridgeWith(t, []string{exe},
 		BackendConfig{Pool: PoolConfig{MinIdle: new(1), MaxProcesses: 1, AcquireTimeout: 100 * time.Millisecond}}, ServerConfig{})
+	// The spare holds the only room until it is ready: wait for it, or a
+	// loaded machine makes the first initialize wait out AcquireTimeout.
+	mcptest.WaitFor(t, 10*time.Second, "the warm spare", func() bool { return backend.placement.Ready() == 1 })
 	first := initialize(t, srv.URL, "2025-11-25")
 
 	resp := post(t, srv.URL, "", "", initializeBody("2025-11-25"))

@@ -210,8 +210,10 @@ func TestNoChildOutlivesItsPool(t *testing.T) {
 				case "stop":
 					c.Stop(t)
 				case "reload":
-					// The same command in another pool: the old one retires.
-					c.Reload(t, c.caddyfile(opBridge(exe, "pool {\n\t\t\tisolation "+isolation+"\n\t\t\tmin_idle 0\n\t\t\tmax_processes 7\n\t\t}")))
+					// The same command in another pool, which starts no child
+					// (no spare in session isolation): the old one retires.
+					noSpare := map[string]string{"session": "\n\t\t\tmin_idle 0", "shared": ""}[isolation]
+					c.Reload(t, c.caddyfile(opBridge(exe, "pool {\n\t\t\tisolation "+isolation+noSpare+"\n\t\t\tmax_processes 7\n\t\t}")))
 					mcptest.WaitFor(t, 15*time.Second, "the retired pool's children to end", func() bool {
 						return len(opPoolOf(t, c, exe).Children) == 0 && len(caddyChildren(t, c.Pid(), exe)) == 0
 					})
