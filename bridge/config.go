@@ -77,6 +77,10 @@ type PoolConfig struct {
 	// ProcessIdleTimeout stops a shared child beyond MinProcesses, or one
 	// serving stateless requests, that has carried nothing for this long.
 	ProcessIdleTimeout time.Duration
+	// RequestTimeout, when set, answers a session's request that the child
+	// has not answered for this long with a JSON-RPC error, and cancels it
+	// at the child; zero means no limit.
+	RequestTimeout time.Duration
 }
 
 // Defaults of BackendConfig.
@@ -111,6 +115,7 @@ func (c BackendConfig) withDefaults() BackendConfig {
 		p.Isolation = IsolationSession
 	}
 	p.MaxProcesses = max(p.MaxProcesses, 0)
+	p.RequestTimeout = max(p.RequestTimeout, 0)
 	setDuration(&p.AcquireTimeout, DefaultAcquireTimeout)
 	setInt(&p.SessionsPerProcess, DefaultSessionsPerProcess)
 	setDuration(&p.ProcessIdleTimeout, DefaultProcessIdleTimeout)

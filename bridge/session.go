@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -151,7 +152,7 @@ func (s *session) forgetStreamLocked(st *stream) {
 	for id, owner := range s.pending {
 		if owner == st {
 			delete(s.pending, id)
-			delete(s.sent, id)
+			s.forgetSentLocked(id)
 		}
 	}
 	for tok, owner := range s.progress {
@@ -203,10 +204,22 @@ func (s *session) resumable(lastEventID string) (*stream, int, error) {
 	return st, seq, nil
 }
 
-// sentRequest is what metrics need of a request in flight.
+// sentRequest is what metrics need of a request in flight, and its
+// request_timeout timer, if any.
 type sentRequest struct {
 	method string
 	at     time.Time
+	timer  *time.Timer
+}
+
+// forgetSentLocked drops a request from the ones in flight.
+func (s *session) forgetSentLocked(id string) {
+	if req, ok := s.sent[id]; ok {
+		if req.timer != nil {
+			req.timer.Stop()
+		}
+		delete(s.sent, id)
+	}
 }
 
 // send forwards a client message to the child.
@@ -216,7 +229,12 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 	s.lastActive = now
 	switch env.Kind() {
 	case jsonrpc.KindRequest:
-		s.sent[string(env.ID)] = sentRequest{method: metricMethod(env.MethodName()), at: now}
+		req := sentRequest{method: metricMethod(env.MethodName()), at: now}
+		if d := s.backend.cfg.Pool.RequestTimeout; d > 0 {
+			id := bytes.Clone(env.ID)
+			req.timer = time.AfterFunc(d, func() { s.requestTimedOut(id, d) })
+		}
+		s.sent[string(env.ID)] = req
 	case jsonrpc.KindNotification:
 		// A cancelled request may never be answered (the spec lets the
 		// server drop it): forget it, or it stays in flight for the
@@ -226,7 +244,7 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 			id := string(jsonrpc.Member(env.Params, "requestId"))
 			if owner, ok := s.pending[id]; ok {
 				delete(s.pending, id)
-				delete(s.sent, id)
+				s.forgetSentLocked(id)
 				if owner != nil {
 					if owner.pending--; owner.pending <= 0 {
 						s.forgetStreamLocked(owner)
@@ -295,7 +313,7 @@ func (s *session) fromChild(msg []byte) {
 		}
 		delete(s.pending, string(env.ID))
 		if req, ok := s.sent[string(env.ID)]; ok {
-			delete(s.sent, string(env.ID))
+			s.forgetSentLocked(string(env.ID))
 			outcome := "ok"
 			if env.Error != nil {
 				outcome = "error"
@@ -375,6 +393,25 @@ func (s *session) soleRequestStreamLocked() *stream {
 	return nil
 }
 
+// requestTimedOut answers a request the child did not answer within
+// request_timeout with an error, and cancels it at the child; an answer
+// that still comes is dropped.
+func (s *session) requestTimedOut(id []byte, after time.Duration) {
+	s.mu.Lock()
+	_, pending := s.pending[string(id)]
+	s.mu.Unlock()
+	if !pending {
+		return
+	}
+	s.logger.Warn("request timed out; cancelling it at the child", zap.ByteString("id", id), zap.Duration("request_timeout", after))
+	s.fromChild(jsonrpc.ErrorResponse(id, jsonrpc.CodeInternalError,
+		"the MCP server did not answer within request_timeout ("+after.String()+"); the request was cancelled"))
+	cancel := []byte(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + string(id) + `,"reason":"request_timeout"}}`)
+	if env, err := jsonrpc.ParseEnvelope(cancel); err == nil {
+		_ = s.up.Send(cancel, &env)
+	}
+}
+
 // onOversize answers a response that was too large with an error, when the
 // kept prefix still shows its id.
 func (s *session) onOversize(prefix []byte) {
@@ -418,6 +455,9 @@ func (s *session) end(reason string) {
 		return
 	}
 	s.ended = true
+	for id := range s.sent {
+		s.forgetSentLocked(id)
+	}
 	streams := make([]*stream, 0, len(s.streams))
 	for _, st := range s.streams {
 		streams = append(streams, st)

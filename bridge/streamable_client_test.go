@@ -139,3 +139,31 @@ func TestCancelledCallLeavesNothingInFlight(t *testing.T) {
 		})
 	}
 }
+
+// TestRequestTimeout: with request_timeout set, a call the child does not
+// answer in time gets a JSON-RPC error that says so, the child gets
+// notifications/cancelled for it, nothing stays in flight, and the
+// session goes on; in either isolation.
+func TestRequestTimeout(t *testing.T) {
+	for _, isolation := range []string{IsolationSession, IsolationShared} {
+		t.Run(isolation, func(t *testing.T) {
+			srv, backend := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage)},
+				BackendConfig{Pool: PoolConfig{Isolation: isolation, MinIdle: new(0), RequestTimeout: 300 * time.Millisecond}}, ServerConfig{})
+			c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, "2025-11-25")
+			defer c.Close()
+			_, err := c.CallTool(t.Context(), &mcp.CallToolParams{Name: "slow", Arguments: map[string]any{"ms": 60000}})
+			if err == nil || !strings.Contains(err.Error(), "request_timeout") {
+				t.Fatalf("a call past request_timeout: %v, want a JSON-RPC error naming request_timeout", err)
+			}
+			mcptest.WaitFor(t, 10*time.Second, "the child to see the cancellation", func() bool {
+				stats := c.CallText(t, "stats", nil)
+				return strings.Contains(stats, `"cancelled":[`) && !strings.Contains(stats, `"cancelled":[]`)
+			})
+			for _, s := range backend.Status().Sessions {
+				if s.InFlight != 0 {
+					t.Errorf("session %s has %d requests in flight after the timeout", s.ID, s.InFlight)
+				}
+			}
+		})
+	}
+}

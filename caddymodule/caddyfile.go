@@ -38,6 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			acquire_timeout <duration>
 //			session_idle_timeout <duration>
 //			health_check <interval>
+//			request_timeout <duration>
 //		}
 //		max_message_size <size>
 //		allowed_origins <origin...>
@@ -308,6 +309,10 @@ func (p *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser, lines *optionLin
 			}
 		case "health_check":
 			if err := durationArg(d, &p.HealthCheck); err != nil {
+				return err
+			}
+		case "request_timeout":
+			if err := durationArg(d, &p.RequestTimeout); err != nil {
 				return err
 			}
 		default:

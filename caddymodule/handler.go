@@ -216,6 +216,11 @@ type PoolConfig struct {
 	// with no request, no response and no open stream. Default: 30m.
 	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
 
+	// RequestTimeout, when set, answers a session's request that the child
+	// has not answered for this long with a JSON-RPC error, and sends the
+	// child notifications/cancelled for it. Default: off.
+	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
+
 	// HealthCheck, when set, pings each warm spare this often (an MCP
 	// ping, which servers answer before initialize) and replaces one that
 	// does not answer within 5s. Default: off.
@@ -378,6 +383,7 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 			SessionsPerProcess: p.SessionsPerProcess,
 			MinProcesses:       p.MinProcesses,
 			ProcessIdleTimeout: time.Duration(p.ProcessIdleTimeout),
+			RequestTimeout:     time.Duration(p.RequestTimeout),
 		}
 		cfg.SessionIdleTimeout = time.Duration(p.SessionIdleTimeout)
 	}
