@@ -222,7 +222,7 @@ func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts i
 		counted = true
 		s.mu.Unlock()
 		// A child may have become idle since the last look.
-		s.Reclaim()
+		s.reclaim()
 		if timer == nil {
 			timer = time.NewTimer(s.cfg.AcquireTimeout)
 			defer timer.Stop()
@@ -278,18 +278,16 @@ func (s *Supervisor) Poke() {
 	s.mu.Unlock()
 }
 
-// Reclaim asks the placements to give up one idle child; it reports
-// whether one did.
-func (s *Supervisor) Reclaim() bool {
+// reclaim asks the placements, in turn, to give up one idle child.
+func (s *Supervisor) reclaim() {
 	s.mu.Lock()
 	reclaimers := s.reclaimers
 	s.mu.Unlock()
 	for _, reclaim := range reclaimers {
 		if reclaim() {
-			return true
+			return
 		}
 	}
-	return false
 }
 
 // breakerLocked refuses a start while the command crash-loops: before the
