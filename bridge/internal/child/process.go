@@ -68,11 +68,10 @@ type Process struct {
 	groupMu      sync.Mutex
 	leaderExited bool
 
-	stdout  *os.File
-	lines   *jsonrpc.LineReader
-	early   [][]byte // read by Ping before Attach, for the session
-	writeMu sync.Mutex
-	stdin   io.WriteCloser
+	stdout *os.File
+	lines  *jsonrpc.LineReader
+	early  [][]byte // read by Ping before Attach, for the session
+	stdin  *input
 
 	attachOnce sync.Once
 	done       chan struct{} // closed once the process has exited
@@ -92,6 +91,9 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 	if cfg.TermTimeout <= 0 {
 		cfg.TermTimeout = DefaultTermTimeout
 	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = jsonrpc.DefaultMaxMessageSize
+	}
 	cmd := exec.Command(cfg.Argv[0], cfg.Argv[1:]...)
 	cmd.Env = append(inheritedEnv(cfg.UnsetEnv), withoutVar(cfg.Env, watchdogEnv)...)
 	cmd.Dir = cfg.Dir
@@ -99,30 +101,24 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 		return nil, err
 	}
 
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
+	// Our own pipes: exec's would be closed by Wait, racing the reader
+	// and the writer; with os.Pipe the reader sees EOF by itself, and a
+	// stalled write can be ended by closing the pipe.
+	var pipes [6]*os.File // stdin, stdout, stderr: read end, write end
+	for i := 0; i < len(pipes); i += 2 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			closeAll(pipes[:i])
+			return nil, err
+		}
+		pipes[i], pipes[i+1] = r, w
 	}
-	// Our own pipe for stdout: exec's StdoutPipe would be closed by Wait,
-	// racing the reader; with os.Pipe the reader sees EOF by itself.
-	stdoutR, stdoutW, err := os.Pipe()
+	stdinR, stdinW, stdoutR, stdoutW, stderrR, stderrW := pipes[0], pipes[1], pipes[2], pipes[3], pipes[4], pipes[5]
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, stdoutW, stderrW
+	err := cmd.Start()
+	closeAll([]*os.File{stdinR, stdoutW, stderrW}) // the child's ends
 	if err != nil {
-		return nil, err
-	}
-	cmd.Stdout = stdoutW
-	stderrR, stderrW, err := os.Pipe()
-	if err != nil {
-		stdoutR.Close()
-		stdoutW.Close()
-		return nil, err
-	}
-	cmd.Stderr = stderrW
-	err = cmd.Start()
-	stdoutW.Close()
-	stderrW.Close()
-	if err != nil {
-		stdoutR.Close()
-		stderrR.Close()
+		closeAll([]*os.File{stdinW, stdoutR, stderrR})
 		return nil, fmt.Errorf("starting %s: %w", cfg.Argv[0], err)
 	}
 	p := &Process{
@@ -132,7 +128,7 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 		group:   newGroup(cmd, logger), // before wait can reap the leader
 		stdout:  stdoutR,
 		lines:   jsonrpc.NewLineReader(stdoutR, cfg.MaxMessageSize),
-		stdin:   stdin,
+		stdin:   newInput(stdinW, cfg.MaxMessageSize),
 		done:    make(chan struct{}),
 		started: time.Now(),
 	}
@@ -155,6 +151,12 @@ func withoutVar(env []string, name string) []string {
 	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
 		return strings.HasPrefix(kv, name+"=")
 	})
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		_ = f.Close()
+	}
 }
 
 // Pid is the child's process id (and process group id).
@@ -261,8 +263,10 @@ func (p *Process) Ping(timeout time.Duration) error {
 	}
 }
 
-// Send writes one message and its newline to the child's stdin. It takes
-// ownership of msg (it may append to it).
+// Send queues one message and its newline for the child's stdin, and
+// fails when the child has not read what was queued before, up to
+// max_message_size: it never waits for the child. It takes ownership of
+// msg (it may append to it).
 func (p *Process) Send(msg []byte) error {
 	// stdio frames by line. A client may send pretty-printed JSON, whose
 	// line breaks can only be whitespace between tokens: make them spaces.
@@ -273,12 +277,12 @@ func (p *Process) Send(msg []byte) error {
 			}
 		}
 	}
-	msg = append(msg, '\n')
-	p.writeMu.Lock()
-	_, err := p.stdin.Write(msg)
-	p.writeMu.Unlock()
-	return err
+	return p.stdin.send(append(msg, '\n'))
 }
+
+// InputStalled is how long a write to the child's stdin has been blocked
+// on a child that does not read it; zero when none is.
+func (p *Process) InputStalled(now time.Time) time.Duration { return p.stdin.stalledFor(now) }
 
 // wait reaps the child. Whatever the child left running in its group goes
 // with it: the group is killed while the exited leader still holds its pid
@@ -292,6 +296,7 @@ func (p *Process) wait() {
 	p.groupMu.Unlock()
 	p.waitErr = p.cmd.Wait()
 	p.group.release()
+	p.stdin.abort() // what is left to write has no reader
 	close(p.done)
 }
 
@@ -323,9 +328,7 @@ func (p *Process) signal(f func(*group) error) error {
 // group to terminate (SIGTERM; CTRL_BREAK on Windows) and waits, then kills
 // the group. It returns once the child is gone.
 func (p *Process) Stop() {
-	p.writeMu.Lock()
-	_ = p.stdin.Close()
-	p.writeMu.Unlock()
+	p.stdin.close()
 	if p.waitFor(p.cfg.StdinCloseTimeout) {
 		return
 	}
