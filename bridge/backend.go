@@ -49,9 +49,11 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 		cfg.Observer = nopObserver{}
 	}
 	sup := supervisor.New(supervisor.Config{
-		Process:        cfg.Process,
-		MaxProcesses:   cfg.Pool.MaxProcesses,
-		AcquireTimeout: cfg.Pool.AcquireTimeout,
+		Process:            cfg.Process,
+		MaxProcesses:       cfg.Pool.MaxProcesses,
+		AcquireTimeout:     cfg.Pool.AcquireTimeout,
+		HealthCheck:        cfg.Pool.HealthCheck,
+		HealthCheckTimeout: cfg.Pool.HealthCheckTimeout,
 	}, logger, cfg.Observer)
 	b := &Backend{
 		cfg:          cfg,

@@ -61,10 +61,15 @@ type PoolConfig struct {
 	// cold start; nil means DefaultMinIdle, and it is always zero in shared
 	// isolation.
 	MinIdle *int
-	// HealthCheck, when set, pings each warm spare this often and replaces
-	// one that does not answer within HealthCheckTimeout.
+	// HealthCheck is how often every child is pinged: warm spares, and
+	// children that carry sessions or requests. A spare that does not
+	// answer within HealthCheckTimeout, or a busy child that says nothing
+	// at all for as long, is killed and replaced, and the clients it
+	// carried are told why. Zero means DefaultHealthCheck; negative turns
+	// the check off.
 	HealthCheck time.Duration
-	// HealthCheckTimeout is how long a spare may take to answer a ping.
+	// HealthCheckTimeout is how long a child may stay silent after a ping;
+	// zero means DefaultHealthCheckTimeout.
 	HealthCheckTimeout time.Duration
 	// StartTimeout is how long a new spare may take to answer its first
 	// ping, which it must before a session gets it.
@@ -89,7 +94,8 @@ const (
 	DefaultDrainTimeout       = 30 * time.Second
 	DefaultMinIdle            = 1
 	DefaultAcquireTimeout     = 10 * time.Second
-	DefaultHealthCheckTimeout = 5 * time.Second
+	DefaultHealthCheck        = 15 * time.Second
+	DefaultHealthCheckTimeout = 10 * time.Second
 	DefaultStartTimeout       = 30 * time.Second
 	DefaultSessionsPerProcess = 64
 	DefaultProcessIdleTimeout = 5 * time.Minute
@@ -125,12 +131,12 @@ func (c BackendConfig) withDefaults() BackendConfig {
 	}
 	if p.Isolation == IsolationShared {
 		minIdle = 0
-		p.HealthCheck = 0
 	} else {
 		p.MinProcesses = 0
 	}
 	p.MinIdle = &minIdle
-	if p.HealthCheck > 0 {
+	if p.HealthCheck >= 0 {
+		setDuration(&p.HealthCheck, DefaultHealthCheck)
 		setDuration(&p.HealthCheckTimeout, DefaultHealthCheckTimeout)
 	} else {
 		p.HealthCheck, p.HealthCheckTimeout = 0, 0

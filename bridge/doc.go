@@ -24,13 +24,15 @@
 //	mux.Mux.ctl → placement.Shared.mu (a member's Release tells its placement)
 //	placement.Isolated.mu or placement.Shared.mu → their failures' lock
 //
-// supervisor.Supervisor.mu and prober.mu are leaves: nothing else is locked
-// while they are held. No lock is held across I/O to a client or across a
-// call into the supervisor. The supervisor calls the placements' reclaim
-// and freed hooks, and a Mux delivers to its sessions, with their own
-// locks released; a lease's Bind runs under the placement's and the Mux's
-// locks, and only stores the lease. Two locks are held across writes to a
-// child's stdin: the child's own write lock (internal/child), which keeps
-// each message whole, and mux.Mux.ctl, which keeps a member's control
-// messages (log level, subscriptions, cancellations) in order.
+// supervisor.Supervisor.mu, prober.mu and a child's input queue lock
+// (internal/child) are leaves: nothing else is locked while they are held.
+// No lock is held across I/O to a client or to a child, or across a call
+// into the supervisor. A message to a child is queued, within a bound, for
+// the child's one stdin writer, so that a child that stops reading blocks
+// nobody (the health check kills it); mux.Mux.ctl is held while a
+// member's control messages (log level, subscriptions, cancellations) are
+// queued, which keeps them in order. The supervisor calls the placements'
+// reclaim and freed hooks, and a Mux delivers to its sessions, with their
+// own locks released; a lease's Bind runs under the placement's and the
+// Mux's locks, and only stores the lease.
 package bridge

@@ -23,7 +23,12 @@ type Health struct {
 	Tools int `json:"tools"`
 	// Crashes counts children that exited on their own; a pool that keeps
 	// crashing restarts them ever more slowly (up to 30s apart).
-	Crashes   int64  `json:"crashes"`
+	Crashes int64 `json:"crashes"`
+	// Hung counts, among those, the children the health check killed
+	// because they stopped answering.
+	Hung int64 `json:"hung"`
+	// LastExit says how the last child that crashed or hung ended.
+	LastExit  string `json:"last_exit,omitempty"`
 	LastError string `json:"last_error,omitempty"`
 }
 
@@ -57,6 +62,8 @@ func (b *Backend) Health() Health {
 		Sessions: b.sessionCount(),
 		Tools:    probe.Tools,
 		Crashes:  counts.Crashes,
+		Hung:     counts.Hung,
+		LastExit: counts.LastExit,
 		Era:      probe.Era,
 	}
 	if probe.CheckedAt.IsZero() {

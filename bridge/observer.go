@@ -15,6 +15,9 @@ type Observer interface {
 	// ChildExited: a child process in role exited; crashed when the bridge
 	// did not stop it.
 	ChildExited(role string, crashed bool)
+	// ChildHung: the health check killed a child in role that stopped
+	// answering.
+	ChildHung(role string)
 	// RequestDone: the child answered a client request, with a result or
 	// an error (outcome "ok" or "error"), after d.
 	RequestDone(method, outcome string, d time.Duration)
@@ -31,6 +34,7 @@ type nopObserver struct{}
 
 func (nopObserver) ChildStarted(string)                       {}
 func (nopObserver) ChildExited(string, bool)                  {}
+func (nopObserver) ChildHung(string)                          {}
 func (nopObserver) RequestDone(string, string, time.Duration) {}
 func (nopObserver) MessageBytes(string, int)                  {}
 func (nopObserver) SessionStart(string, time.Duration)        {}

@@ -438,9 +438,10 @@ func (s *session) onChildExit() {
 		}
 	}
 	s.mu.Unlock()
+	reason := s.up.ExitReason()
 	for st, ids := range failed {
 		for i, id := range ids {
-			_ = st.push(jsonrpc.ErrorResponse(id, jsonrpc.CodeServerExited, "the MCP server process exited"), i == len(ids)-1, pushForce)
+			_ = st.push(jsonrpc.ErrorResponse(id, jsonrpc.CodeServerExited, reason), i == len(ids)-1, pushForce)
 		}
 	}
 	s.end("child exited")

@@ -17,7 +17,10 @@ type Status struct {
 	Children []ChildStatus   `json:"children"`
 	Sessions []SessionStatus `json:"sessions"`
 	// Crashes counts children that exited on their own.
-	Crashes   int64  `json:"crashes"`
+	Crashes int64 `json:"crashes"`
+	// Hung counts, among those, the children the health check killed
+	// because they stopped answering.
+	Hung      int64  `json:"hung"`
 	LastExit  string `json:"last_exit,omitempty"`
 	LastError string `json:"last_error,omitempty"`
 }
@@ -54,7 +57,7 @@ type SessionStatus struct {
 func (b *Backend) Status() Status {
 	now := time.Now()
 	counts := b.sup.Counts()
-	st := Status{Command: b.cfg.Process.Argv, Isolation: b.cfg.Pool.Isolation, Era: b.prober.lastProbe().Era, Crashes: counts.Crashes, LastExit: counts.LastExit}
+	st := Status{Command: b.cfg.Process.Argv, Isolation: b.cfg.Pool.Isolation, Era: b.prober.lastProbe().Era, Crashes: counts.Crashes, Hung: counts.Hung, LastExit: counts.LastExit}
 	if err := b.lastError(); err != nil {
 		st.LastError = err.Error()
 	}

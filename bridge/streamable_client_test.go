@@ -167,3 +167,24 @@ func TestRequestTimeout(t *testing.T) {
 		})
 	}
 }
+
+// TestHealthCheckSparesBusyChild: a child in the middle of a call longer
+// than health_check_timeout still answers the health check's pings (as
+// servers that handle requests concurrently do) and is left alone; in
+// either isolation.
+func TestHealthCheckSparesBusyChild(t *testing.T) {
+	for _, isolation := range []string{IsolationSession, IsolationShared} {
+		t.Run(isolation, func(t *testing.T) {
+			srv, backend := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage)},
+				BackendConfig{Pool: PoolConfig{Isolation: isolation, MinIdle: new(0), HealthCheck: 50 * time.Millisecond, HealthCheckTimeout: 200 * time.Millisecond}}, ServerConfig{})
+			c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, "2025-11-25")
+			defer c.Close()
+			if _, err := c.CallTool(t.Context(), &mcp.CallToolParams{Name: "slow", Arguments: map[string]any{"ms": 1500}}); err != nil {
+				t.Fatalf("a 1.5s call with a 200ms health_check_timeout: %v", err)
+			}
+			if h := backend.Health(); h.Hung != 0 {
+				t.Errorf("health: hung %d, want 0: %+v", h.Hung, h)
+			}
+		})
+	}
+}

@@ -37,7 +37,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			max_processes <n>
 //			acquire_timeout <duration>
 //			session_idle_timeout <duration>
-//			health_check <interval>
+//			health_check <interval>|off
+//			health_check_timeout <duration>
 //			request_timeout <duration>
 //		}
 //		max_message_size <size>
@@ -73,7 +74,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // command takes the rest of its line; quoting works as in a shell, but no
 // shell runs it. env, allowed_origins and api_key are repeatable; every
 // other option is given once. Pool options of the other isolation
-// (min_idle and health_check are session's; sessions_per_process,
+// (min_idle is session's; sessions_per_process,
 // min_processes and process_idle_timeout shared's) and two endpoints on
 // one path are errors that name their line. env values may use
 // placeholders such as {env.API_TOKEN}, and so may api_key. A bare cors
@@ -308,7 +309,19 @@ func (p *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser, lines *optionLin
 				return err
 			}
 		case "health_check":
-			if err := durationArg(d, &p.HealthCheck); err != nil {
+			args := d.RemainingArgs()
+			switch {
+			case len(args) != 1:
+				return d.ArgErr()
+			case args[0] == "off":
+				p.HealthCheck = -1
+			default:
+				if err := parseDuration(d, "health_check", args[0], &p.HealthCheck); err != nil {
+					return err
+				}
+			}
+		case "health_check_timeout":
+			if err := durationArg(d, &p.HealthCheckTimeout); err != nil {
 				return err
 			}
 		case "request_timeout":

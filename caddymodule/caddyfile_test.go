@@ -65,6 +65,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad duration", "mcp_bridge {\npool {\nsession_idle_timeout soon\n}\n}", "session_idle_timeout"},
 		{"negative number", "mcp_bridge {\npool {\nmax_processes -1\n}\n}", "max_processes"},
 		{"unknown pool option", "mcp_bridge {\npool {\nsize 3\n}\n}", `unrecognized pool option "size"`},
+		{"a health check that is no duration", "mcp_bridge {\npool {\nhealth_check never\n}\n}", `health_check: want a positive duration, got "never", at Testfile:3`},
 		// Mistakes found after parsing name the line of the option.
 		{"command given twice", "mcp_bridge {\ncommand a\ncommand b\n}", "command is given twice (first on line 2): give it once, at Testfile:3"},
 		{"pool option given twice", "mcp_bridge {\ncommand a\npool {\nmax_processes 2\nmax_processes 3\n}\n}", "max_processes is given twice (first on line 4): give it once, at Testfile:5"},

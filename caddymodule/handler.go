@@ -221,10 +221,21 @@ type PoolConfig struct {
 	// child notifications/cancelled for it. Default: off.
 	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
 
-	// HealthCheck, when set, pings each warm spare this often (an MCP
-	// ping, which servers answer before initialize) and replaces one that
-	// does not answer within 5s. Default: off.
+	// HealthCheck is how often every child is pinged (an MCP ping, which
+	// servers answer even before initialize): warm spares, and children
+	// that carry sessions or requests, shared or not, busy or not. A child
+	// that says nothing at all (neither the ping's answer nor any other
+	// message) within health_check_timeout, or does not read its input for
+	// as long, is killed and replaced; its sessions' requests fail with a
+	// JSON-RPC error that says why and the sessions end, so clients
+	// initialize again. A negative value turns the check off. Default: 15s.
 	HealthCheck caddy.Duration `json:"health_check,omitempty"`
+
+	// HealthCheckTimeout is how long a child may stay silent after a
+	// health-check ping before it is judged hung. A server that handles
+	// one request at a time and sends nothing during a call longer than
+	// this is judged hung too: raise it for such a server. Default: 10s.
+	HealthCheckTimeout caddy.Duration `json:"health_check_timeout,omitempty"`
 }
 
 // ReplayBufferConfig bounds a stream's replay buffer.
@@ -380,6 +391,7 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 			AcquireTimeout:     time.Duration(p.AcquireTimeout),
 			MinIdle:            p.MinIdle,
 			HealthCheck:        time.Duration(p.HealthCheck),
+			HealthCheckTimeout: time.Duration(p.HealthCheckTimeout),
 			SessionsPerProcess: p.SessionsPerProcess,
 			MinProcesses:       p.MinProcesses,
 			ProcessIdleTimeout: time.Duration(p.ProcessIdleTimeout),

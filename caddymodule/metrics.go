@@ -22,6 +22,10 @@ var (
 		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "child_exits_total",
 		Help: "Child processes that exited, by role; crashed is true when the bridge did not stop them.",
 	}, []string{"pool", "role", "crashed"})
+	childHung = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "child_hung_total",
+		Help: "Child processes killed by the health check because they stopped answering, by role.",
+	}, []string{"pool", "role"})
 	requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "requests_total",
 		Help: "Client requests answered by the child, by method and outcome (ok or error).",
@@ -58,7 +62,7 @@ func registerMetrics(ctx caddy.Context) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{
-		childSpawns, childExits, requests, requestDuration, messageBytes, sessionStarts, acquireWait, stateCollector{},
+		childSpawns, childExits, childHung, requests, requestDuration, messageBytes, sessionStarts, acquireWait, stateCollector{},
 	} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
@@ -111,6 +115,8 @@ func (o poolObserver) ChildExited(role string, crashed bool) {
 	}
 	childExits.WithLabelValues(o.pool, role, label).Inc()
 }
+
+func (o poolObserver) ChildHung(role string) { childHung.WithLabelValues(o.pool, role).Inc() }
 
 func (o poolObserver) RequestDone(method, outcome string, d time.Duration) {
 	requests.WithLabelValues(o.pool, method, outcome).Inc()

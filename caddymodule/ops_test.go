@@ -105,6 +105,7 @@ type opPool struct {
 	} `json:"children"`
 	Sessions  []opSession `json:"sessions"`
 	Crashes   int64       `json:"crashes"`
+	Hung      int64       `json:"hung"`
 	LastError string      `json:"last_error"`
 }
 
@@ -266,6 +267,8 @@ type opHealth struct {
 	} `json:"processes"`
 	Sessions  int    `json:"sessions"`
 	Tools     int    `json:"tools"`
+	Hung      int64  `json:"hung"`
+	LastExit  string `json:"last_exit"`
 	LastError string `json:"last_error"`
 }
 

@@ -57,7 +57,6 @@ func (h *Handler) checkOptions() error {
 			forShared bool
 		}{
 			{"min_idle", p.MinIdle != nil, false},
-			{"health_check", p.HealthCheck != 0, false},
 			{"sessions_per_process", p.SessionsPerProcess != 0, true},
 			{"min_processes", p.MinProcesses != 0, true},
 			{"process_idle_timeout", p.ProcessIdleTimeout != 0, true},

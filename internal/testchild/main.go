@@ -30,6 +30,7 @@ var (
 	linger          = flag.Bool("linger", false, "keep running after stdin closes (SIGTERM still ends it)")
 	garbage         = flag.Bool("garbage", false, "write non-JSON lines to stdout before each answer, and lines to stderr")
 	dieOn           = flag.String("die-on", "", "exit(3) without answering when a request with this method arrives")
+	deafOn          = flag.String("deaf-on", "", "stop reading stdin for good, without answering, when a request with this method arrives")
 	huge            = flag.Int("huge", 0, `answer method "huge" with a result holding a string of this many bytes`)
 	printEnv        = flag.Bool("print-env", false, `answer method "env" with {"env": os.Environ(), "cwd": working directory}`)
 	spawnGrandchild = flag.Bool("spawn-grandchild", false, `start a copy of itself with -ignore-term; answer method "grandchild" with {"pid": its pid}`)
@@ -78,6 +79,11 @@ func main() {
 		}
 		if msg.Method == *dieOn {
 			os.Exit(3)
+		}
+		if msg.Method == *deafOn {
+			for { // SIGTERM still ends it
+				time.Sleep(time.Hour)
+			}
 		}
 		if *muteAfter > 0 {
 			if answered == *muteAfter {

@@ -84,6 +84,8 @@ type Child interface {
 	Started() time.Time
 	Done() <-chan struct{}
 	ExitErr() error
+	// ExitReason says, for clients, why the child has gone.
+	ExitReason() string
 	Stop()
 }
 
@@ -178,6 +180,9 @@ func (mem *Member) Pid() int { return mem.mux.child.Pid() }
 
 // Started is when the child started.
 func (mem *Member) Started() time.Time { return mem.mux.child.Started() }
+
+// ExitReason says why the child has gone, once it has.
+func (mem *Member) ExitReason() string { return mem.mux.child.ExitReason() }
 
 // Shared reports that other sessions share the child.
 func (mem *Member) Shared() bool { return true }

@@ -338,6 +338,8 @@ type recordingChild struct {
 	stdin *lineRecorder
 }
 
+func (recordingChild) ExitReason() string { return "exited" }
+
 func (c recordingChild) Send(msg []byte) error {
 	_, err := c.stdin.Write(append(msg, '\n'))
 	return err

@@ -131,6 +131,7 @@ func (o ownChild) Release()                                   { o.c.Stop() }
 func (o ownChild) Pid() int                                   { return o.c.Pid() }
 func (o ownChild) Started() time.Time                         { return o.c.Started() }
 func (o ownChild) Shared() bool                               { return false }
+func (o ownChild) ExitReason() string                         { return o.c.ExitReason() }
 
 // reclaimSpare stops the oldest warm spare, so that a waiting session or
 // request gets its room.

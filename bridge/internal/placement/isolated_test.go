@@ -57,6 +57,7 @@ type nopObserver struct{}
 
 func (nopObserver) ChildStarted(string)      {}
 func (nopObserver) ChildExited(string, bool) {}
+func (nopObserver) ChildHung(string)         {}
 
 func (tp *testPool) Start() { tp.p.Start() }
 

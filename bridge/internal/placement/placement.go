@@ -59,6 +59,9 @@ type Lease interface {
 	Started() time.Time
 	// Shared reports whether other clients share the child.
 	Shared() bool
+	// ExitReason says, for the client, why the child has gone, once it
+	// has: it exited, or it stopped answering and was killed.
+	ExitReason() string
 }
 
 // Config sizes a placement; the bridge fills in every default.

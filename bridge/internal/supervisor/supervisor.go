@@ -43,6 +43,9 @@ type Observer interface {
 	ChildStarted(role string)
 	// ChildExited: crashed when the bridge did not stop the child.
 	ChildExited(role string, crashed bool)
+	// ChildHung: the liveness check killed a child that stopped
+	// answering.
+	ChildHung(role string)
 }
 
 // Config is the budget and how to start a child.
@@ -54,6 +57,11 @@ type Config struct {
 	MaxProcesses int
 	// AcquireTimeout is how long Start waits for room.
 	AcquireTimeout time.Duration
+	// HealthCheck, when set, is how often every child that carries
+	// clients is pinged; one that says nothing at all within
+	// HealthCheckTimeout, or does not read its input for as long, is
+	// killed. Warm spares are their placement's to check.
+	HealthCheck, HealthCheckTimeout time.Duration
 }
 
 // ErrBusy is returned when no room became free in time.
@@ -91,9 +99,11 @@ func breakerBackoff(crashes int) time.Duration {
 // not through the process, so that an exit is told apart from a crash.
 type Child struct {
 	*child.Process
-	role     atomic.Int32
-	stopped  atomic.Bool
-	restarts int
+	role       atomic.Int32
+	stopped    atomic.Bool
+	restarts   int
+	live       liveness
+	pingPrefix []byte
 }
 
 // Role is what the child is for now.
@@ -117,6 +127,9 @@ func (c *Child) Stop() {
 // ExitError says how the child ended, once it has: its exit status, or
 // a plain "exited" when it exited cleanly.
 func (c *Child) ExitError() error {
+	if c.live.hung.Load() != nil {
+		return errors.New(c.ExitReason())
+	}
 	if err := c.ExitErr(); err != nil {
 		return err
 	}
@@ -144,7 +157,11 @@ type Supervisor struct {
 	reclaimers []func() bool
 	onFreed    []func()
 	crashes    int64
+	hung       int64 // children the liveness check killed
 	lastExit   string
+	stop       chan struct{} // closed by Close
+	pings      atomic.Int64
+	pingPrefix []byte
 	// The crash-loop breaker.
 	youngExits int       // children in a row that exited young
 	openUntil  time.Time // no start before this
@@ -158,7 +175,13 @@ type Supervisor struct {
 
 // New returns a supervisor that has started nothing.
 func New(cfg Config, logger *zap.Logger, obs Observer) *Supervisor {
-	return &Supervisor{cfg: cfg, logger: logger, obs: obs, children: make(map[*Child]struct{}), freed: make(chan struct{})}
+	s := &Supervisor{cfg: cfg, logger: logger, obs: obs, children: make(map[*Child]struct{}),
+		freed: make(chan struct{}), stop: make(chan struct{}), pingPrefix: newPingPrefix()}
+	if cfg.HealthCheck > 0 {
+		s.owned.Add(1)
+		go s.checkLiveness()
+	}
+	return s
 }
 
 // OnFull registers reclaim, which the supervisor calls, without its lock,
@@ -256,7 +279,7 @@ func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts i
 		s.owned.Done()
 		return nil, err
 	}
-	c := &Child{Process: proc, restarts: restarts}
+	c := &Child{Process: proc, restarts: restarts, pingPrefix: s.pingPrefix}
 	c.SetRole(role)
 	s.children[c] = struct{}{}
 	closed := s.closed
@@ -368,6 +391,9 @@ func (s *Supervisor) notifyLocked() {
 // started has ended.
 func (s *Supervisor) Close() {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.stop)
+	}
 	s.closed = true
 	left := make([]*Child, 0, len(s.children))
 	for c := range s.children {
@@ -407,6 +433,8 @@ type Counts struct {
 	ByRole   [numRoles]int
 	Starting int
 	Crashes  int64
+	// Hung counts the children killed for not answering.
+	Hung     int64
 	LastExit string
 	// CrashLoop, when set, is why no child starts now.
 	CrashLoop *CrashLoopError
@@ -425,7 +453,7 @@ func (c Counts) Running() int {
 func (s *Supervisor) Counts() Counts {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := Counts{Starting: s.starting, Crashes: s.crashes, LastExit: s.lastExit}
+	n := Counts{Starting: s.starting, Crashes: s.crashes, Hung: s.hung, LastExit: s.lastExit}
 	if wait := time.Until(s.openUntil); s.youngExits >= breakerThreshold && wait > 0 {
 		n.CrashLoop = &CrashLoopError{Crashes: s.youngExits, RetryAfter: wait}
 	}

@@ -17,8 +17,10 @@ func TestMain(m *testing.M) { mcptest.Main(m) }
 
 // countingObserver counts starts and exits by role.
 type countingObserver struct {
-	started, exited, crashed [numRoles]atomic.Int32
+	started, exited, crashed, hung [numRoles]atomic.Int32
 }
+
+func (o *countingObserver) ChildHung(role string) { o.hung[roleOf(role)].Add(1) }
 
 func (o *countingObserver) ChildStarted(role string) { o.started[roleOf(role)].Add(1) }
 func (o *countingObserver) ChildExited(role string, crashed bool) {

@@ -1,0 +1,154 @@
+package caddymodule
+
+import (
+	"context"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
+)
+
+// The fault tests cause, against a real Caddy with real children and
+// go-sdk clients, what an operator meets: a child that hangs, one that
+// crash-loops, a request nobody answers.
+
+// TestHungChildIsKilled: a child stopped with kill -STOP, in either
+// isolation, is found by the health check within health_check +
+// health_check_timeout and killed; the call waiting on it fails with a
+// JSON-RPC error that says the server stopped answering; every session
+// that lived on it ends (its next request gets 404, so the client must
+// initialize again); a new session works on a new child; /health, the
+// admin API and the metrics count it.
+func TestHungChildIsKilled(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	for _, isolation := range []string{"session", "shared"} {
+		t.Run(isolation, func(t *testing.T) {
+			c := opStart(t, []string{exe}, opBridge(exe,
+				"pool {\n\t\t\tisolation "+isolation+"\n\t\t\thealth_check 500ms\n\t\t\thealth_check_timeout 1s\n\t\t}"))
+			connect := func() *mcptest.Client {
+				return mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: c.base(0) + "/mcp"}, opVersion)
+			}
+			a := connect()
+			defer a.Close()
+			a.CallText(t, "test_simple_text", nil)
+			var others []*mcptest.Client
+			if isolation == "shared" {
+				b := connect() // on the same child
+				defer b.Close()
+				b.CallText(t, "test_simple_text", nil)
+				others = append(others, b)
+			}
+			pid := opSessionPID(t, c, a.ID())
+			if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+				t.Fatal(err)
+			}
+			defer syscall.Kill(pid, syscall.SIGCONT)
+
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			_, err := a.CallTool(ctx, &mcp.CallToolParams{Name: "test_simple_text"})
+			if err == nil || !strings.Contains(err.Error(), "stopped answering") {
+				t.Fatalf("a call to a stopped child got %v, want a JSON-RPC error saying it stopped answering", err)
+			}
+			mcptest.WaitFor(t, 10*time.Second, "the stopped child to be killed", func() bool { return !mcptest.Running(exe, pid) })
+			for i, cl := range append(others, a) {
+				if _, err := cl.CallTool(t.Context(), &mcp.CallToolParams{Name: "test_simple_text"}); err == nil {
+					t.Errorf("session %d of the killed child still answers: it should have ended", i)
+				}
+			}
+			fresh := connect()
+			defer fresh.Close()
+			fresh.CallText(t, "test_simple_text", nil)
+
+			_, h, _ := opGetHealth(t, c.base(0))
+			if h.Status != "ok" || h.Hung != 1 || !strings.Contains(h.LastExit, "stopped answering") {
+				t.Errorf("health after the hung child was replaced: %+v, want ok, hung 1 and why", h)
+			}
+			if p := opPoolOf(t, c, exe); p.Hung != 1 {
+				t.Errorf("admin: hung %d, want 1", p.Hung)
+			}
+			role := map[string]string{"session": "isolated", "shared": "shared"}[isolation]
+			fams, _ := opScrape(t, c)
+			if n := opMetric(fams, "caddy_mcp_bridge_child_hung_total", map[string]string{"role": role}); n != 1 {
+				t.Errorf("caddy_mcp_bridge_child_hung_total{role=%q} = %v, want 1", role, n)
+			}
+		})
+	}
+}
+
+// TestChildThatStopsReadingIsKilled: a child that answers initialize and
+// then never reads its stdin again, sent a 200 KB call (more than a pipe
+// holds), wedges nothing. With the health check, the call fails with a
+// JSON-RPC error saying the server stopped answering, and the child is
+// killed. Without it, the client that gives up can still end its session
+// (DELETE), which stops the child, and `caddy stop` returns at once.
+func TestChildThatStopsReadingIsKilled(t *testing.T) {
+	child := mcptest.TestChild(t)
+	command := child + " -deaf-on tools/call"
+	c := opStart(t, []string{child},
+		opBridge(command, "pool {\n\t\t\thealth_check 500ms\n\t\t\thealth_check_timeout 2s\n\t\t}"),
+		opBridge(command, "pool {\n\t\t\thealth_check off\n\t\t}", "stop_timeout 500ms"))
+	big := map[string]any{"data": strings.Repeat("x", 200<<10)}
+
+	checked := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: c.base(0) + "/mcp"}, opVersion)
+	defer checked.Close()
+	pid := opSessionPID(t, c, checked.ID())
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	deafen := func(cl *mcptest.Client, ctx context.Context) {
+		go cl.CallTool(ctx, &mcp.CallToolParams{Name: "deafen"}) // it stops reading here
+		mcptest.WaitFor(t, 10*time.Second, "the call that deafens the child in flight", func() bool {
+			r, _ := opAdmin(t, c)
+			for _, p := range r.Pools {
+				if s := p.session(cl.ID()); s != nil {
+					return s.InFlight == 1
+				}
+			}
+			return false
+		})
+	}
+	deafen(checked, ctx)
+	_, err := checked.CallTool(ctx, &mcp.CallToolParams{Name: "big", Arguments: big})
+	if err == nil || !strings.Contains(err.Error(), "stopped answering") {
+		t.Fatalf("a 200 KB call to a child that stopped reading got %v, want a JSON-RPC error saying it stopped answering", err)
+	}
+	mcptest.WaitFor(t, 10*time.Second, "the deaf child to be killed", func() bool { return !mcptest.Running(child, pid) })
+
+	unchecked := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: c.base(1) + "/mcp"}, opVersion)
+	pid = opSessionPID(t, c, unchecked.ID())
+	ctx, cancel = context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	deafen(unchecked, ctx)
+	if _, err := unchecked.CallTool(ctx, &mcp.CallToolParams{Name: "big", Arguments: big}); err == nil {
+		t.Fatal("a call to a child that stopped reading succeeded")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- unchecked.Close() }() // DELETE
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ending the session of a child that stopped reading hangs")
+	}
+	mcptest.WaitFor(t, 10*time.Second, "the deaf child to be stopped with its session", func() bool { return !mcptest.Running(child, pid) })
+	if took := c.Stop(t); took > 10*time.Second {
+		t.Errorf("caddy stop took %v", took)
+	}
+}
+
+// opSessionPID is the pid of the child of the session id, in whichever
+// pool it is.
+func opSessionPID(t *testing.T, c *opCaddy, id string) int {
+	t.Helper()
+	r, body := opAdmin(t, c)
+	for _, p := range r.Pools {
+		if s := p.session(id); s != nil {
+			return s.PID
+		}
+	}
+	t.Fatalf("no session %s:\n%s", id, body)
+	return 0
+}
