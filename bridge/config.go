@@ -82,9 +82,9 @@ type PoolConfig struct {
 	// ProcessIdleTimeout stops a shared child beyond MinProcesses, or one
 	// serving stateless requests, that has carried nothing for this long.
 	ProcessIdleTimeout time.Duration
-	// RequestTimeout, when set, answers a session's request that the child
-	// has not answered for this long with a JSON-RPC error, and cancels it
-	// at the child; zero means no limit.
+	// RequestTimeout, when set, answers a request (a session's, or a
+	// stateless one) that the child has not answered for this long with a
+	// JSON-RPC error, and cancels it at the child; zero means no limit.
 	RequestTimeout time.Duration
 }
 

@@ -404,12 +404,18 @@ func (s *session) requestTimedOut(id []byte, after time.Duration) {
 		return
 	}
 	s.logger.Warn("request timed out; cancelling it at the child", zap.ByteString("id", id), zap.Duration("request_timeout", after))
-	s.fromChild(jsonrpc.ErrorResponse(id, jsonrpc.CodeInternalError,
-		"the MCP server did not answer within request_timeout ("+after.String()+"); the request was cancelled"))
+	s.fromChild(requestTimeoutError(id, after))
 	cancel := []byte(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + string(id) + `,"reason":"request_timeout"}}`)
 	if env, err := jsonrpc.ParseEnvelope(cancel); err == nil {
 		_ = s.up.Send(cancel, &env)
 	}
+}
+
+// requestTimeoutError answers a request not answered within
+// request_timeout.
+func requestTimeoutError(id []byte, after time.Duration) []byte {
+	return jsonrpc.ErrorResponse(id, jsonrpc.CodeInternalError,
+		"the MCP server did not answer within request_timeout ("+after.String()+"); the request was cancelled")
 }
 
 // onOversize answers a response that was too large with an error, when the

@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
@@ -168,6 +171,13 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 			sw = startSSE(w)
 		}
 		gen, cursor, _, _ := st.attach(-1)
+		var timeout *time.Timer
+		if d := s.backend.cfg.Pool.RequestTimeout; d > 0 && !listen {
+			timeout = time.AfterFunc(d, func() {
+				s.logger.Warn("stateless request timed out; cancelling it at the child", zap.ByteString("id", env.ID), zap.Duration("request_timeout", d))
+				_ = st.push(requestTimeoutError(env.ID, d), true, pushForce)
+			})
+		}
 		p := pump{
 			st: st, gen: gen, cursor: cursor, sink: sw,
 			hold:      !listen,
@@ -175,13 +185,16 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 			done:      r.Context().Done(),
 		}
 		end := p.run()
+		if timeout != nil {
+			timeout.Stop()
+		}
 		st.close()       // what the child still sends is dropped
 		member.Release() // cancels the request at the child if unanswered
 		if end != pumpClosed {
 			return
 		}
 		if !listen {
-			_ = sw.event(nil, "", jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeServerExited, "the MCP server process exited"))
+			_ = sw.event(nil, "", jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeServerExited, member.ExitReason()))
 			return
 		}
 		if sw.flush() != nil {

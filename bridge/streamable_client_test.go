@@ -143,14 +143,21 @@ func TestCancelledCallLeavesNothingInFlight(t *testing.T) {
 // TestRequestTimeout: with request_timeout set, a call the child does not
 // answer in time gets a JSON-RPC error that says so, the child gets
 // notifications/cancelled for it, nothing stays in flight, and the
-// session goes on; in either isolation.
+// session goes on; in either isolation, and for a stateless request.
 func TestRequestTimeout(t *testing.T) {
-	for _, isolation := range []string{IsolationSession, IsolationShared} {
-		t.Run(isolation, func(t *testing.T) {
-			srv, backend := startBridgeWith(t, []string{mcptest.Build(t, muxChildPackage)},
+	for _, mode := range []string{IsolationSession, IsolationShared, "stateless"} {
+		t.Run(mode, func(t *testing.T) {
+			argv, isolation, version := []string{mcptest.Build(t, muxChildPackage)}, mode, "2025-11-25"
+			if mode == "stateless" {
+				argv, isolation, version = append(argv, "-stateless"), IsolationSession, ""
+			}
+			srv, backend := startBridgeWith(t, argv,
 				BackendConfig{Pool: PoolConfig{Isolation: isolation, MinIdle: new(0), RequestTimeout: 300 * time.Millisecond}}, ServerConfig{})
-			c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, "2025-11-25")
+			c := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp"}, version)
 			defer c.Close()
+			if got := c.InitializeResult().ProtocolVersion; mode == "stateless" && got != "2026-07-28" {
+				t.Fatalf("negotiated %q, want 2026-07-28", got)
+			}
 			_, err := c.CallTool(t.Context(), &mcp.CallToolParams{Name: "slow", Arguments: map[string]any{"ms": 60000}})
 			if err == nil || !strings.Contains(err.Error(), "request_timeout") {
 				t.Fatalf("a call past request_timeout: %v, want a JSON-RPC error naming request_timeout", err)

@@ -216,9 +216,10 @@ type PoolConfig struct {
 	// with no request, no response and no open stream. Default: 30m.
 	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
 
-	// RequestTimeout, when set, answers a session's request that the child
-	// has not answered for this long with a JSON-RPC error, and sends the
-	// child notifications/cancelled for it. Default: off.
+	// RequestTimeout, when set, answers a request (of a session, or
+	// stateless) that the child has not answered for this long with a
+	// JSON-RPC error, and sends the child notifications/cancelled for it.
+	// Default: off.
 	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
 
 	// HealthCheck is how often every child is pinged (an MCP ping, which
