@@ -194,6 +194,7 @@ func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *sessi
 		single:         opts.Single,
 		created:        time.Now(),
 		backend:        b,
+		undelivered:    &undelivered{limit: int64(b.cfg.MaxUndelivered)},
 		pending:        make(map[string]*stream),
 		sent:           make(map[string]sentRequest),
 		progress:       make(map[string]*stream),

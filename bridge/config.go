@@ -21,10 +21,18 @@ type BackendConfig struct {
 	Pool PoolConfig
 	// SessionIdleTimeout ends a session with no open stream, no request in
 	// flight and no traffic for this long; zero means
-	// DefaultSessionIdleTimeout.
+	// DefaultSessionIdleTimeout. A session whose client reads a stream of
+	// it is never idle: keepalives find a client that went away.
 	SessionIdleTimeout time.Duration
 	// Replay bounds the events each stream keeps for clients that resume.
 	Replay ReplayBuffer
+	// MaxUndelivered bounds the bytes a session holds for a client that
+	// does not read them (one message always passes, whatever its size):
+	// past it, a shared child's session is ended as too slow, an isolated
+	// child waits, and a stream nobody reads drops its oldest message.
+	// Once a client is cut off, its streams keep only what Replay allows.
+	// Zero means DefaultMaxUndelivered.
+	MaxUndelivered int
 	// DrainTimeout bounds how long Shutdown lets requests in flight finish;
 	// zero means DefaultDrainTimeout. It is not part of the Key.
 	DrainTimeout time.Duration `json:"-"`
@@ -51,7 +59,7 @@ type PoolConfig struct {
 	Isolation string
 	// MaxProcesses caps the children alive at once, whatever they are for:
 	// sessions' children, warm spares, those serving stateless requests and
-	// the health probe's; zero means no cap.
+	// the health probe's; zero means DefaultMaxProcesses, negative no cap.
 	MaxProcesses int
 	// AcquireTimeout is how long a session or a stateless request waits
 	// for room when MaxProcesses children run, before it is refused.
@@ -90,9 +98,17 @@ type PoolConfig struct {
 
 // Defaults of BackendConfig.
 const (
-	DefaultSessionIdleTimeout = 30 * time.Minute
+	// DefaultSessionIdleTimeout is short: clients that never say goodbye
+	// (no DELETE), such as command-line tools, leave sessions without a
+	// stream behind, each holding a child in session isolation.
+	DefaultSessionIdleTimeout = 5 * time.Minute
+	// DefaultMaxProcesses suits a workstation: a burst of sessions (or of
+	// abandoned ones) cannot fork without bound. A server sized for more
+	// sets its own.
+	DefaultMaxProcesses       = 32
 	DefaultDrainTimeout       = 30 * time.Second
 	DefaultMinIdle            = 1
+	DefaultMaxUndelivered     = DefaultReplayBytes
 	DefaultAcquireTimeout     = 10 * time.Second
 	DefaultHealthCheck        = 15 * time.Second
 	DefaultHealthCheckTimeout = 10 * time.Second
@@ -110,6 +126,7 @@ func (c BackendConfig) withDefaults() BackendConfig {
 	setDuration(&c.DrainTimeout, DefaultDrainTimeout)
 	setInt(&c.Replay.Events, DefaultReplayEvents)
 	setInt(&c.Replay.Bytes, DefaultReplayBytes)
+	setInt(&c.MaxUndelivered, DefaultMaxUndelivered)
 
 	pr := &c.Process
 	setInt(&pr.MaxMessageSize, jsonrpc.DefaultMaxMessageSize)
@@ -120,7 +137,12 @@ func (c BackendConfig) withDefaults() BackendConfig {
 	if p.Isolation == "" {
 		p.Isolation = IsolationSession
 	}
-	p.MaxProcesses = max(p.MaxProcesses, 0)
+	switch {
+	case p.MaxProcesses == 0:
+		p.MaxProcesses = DefaultMaxProcesses
+	case p.MaxProcesses < 0:
+		p.MaxProcesses = -1 // no cap
+	}
 	p.RequestTimeout = max(p.RequestTimeout, 0)
 	setDuration(&p.AcquireTimeout, DefaultAcquireTimeout)
 	setInt(&p.SessionsPerProcess, DefaultSessionsPerProcess)

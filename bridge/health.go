@@ -57,7 +57,7 @@ func (b *Backend) Health() Health {
 			Running:  counts.Running(),
 			Idle:     b.placement.Ready() + b.stateless.Ready(),
 			Starting: counts.Starting,
-			Max:      b.cfg.Pool.MaxProcesses,
+			Max:      max(b.cfg.Pool.MaxProcesses, 0),
 		},
 		Sessions: b.sessionCount(),
 		Tools:    probe.Tools,

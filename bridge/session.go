@@ -40,6 +40,9 @@ type session struct {
 	backend *Backend
 	up      placement.Lease
 	logger  *zap.Logger
+	// undelivered bounds what the session's streams hold for a client
+	// that does not read them.
+	undelivered *undelivered
 
 	mu              sync.Mutex
 	protocolVersion string
@@ -102,7 +105,7 @@ func (s *session) openRequestStream(ids [][]byte, tokens [][]byte) (*stream, err
 		}
 	}
 	s.nextStream++
-	st := newStream(s.nextStream, s.backend.cfg.Replay)
+	st := newStream(s.nextStream, s.backend.cfg.Replay, s.undelivered)
 	for _, id := range ids {
 		s.pending[string(id)] = st
 	}
@@ -147,6 +150,7 @@ func (s *session) releaseRequestStream(st *stream, finished bool) {
 // responses, if they still come, are dropped.
 func (s *session) forgetStreamLocked(st *stream) {
 	st.close()
+	st.release()
 	delete(s.requestStreams, st)
 	delete(s.streams, st.num)
 	for id, owner := range s.pending {
@@ -185,7 +189,7 @@ func (s *session) standaloneOrNil() *stream {
 func (s *session) standaloneLocked() *stream {
 	if s.standalone == nil {
 		s.nextStream++
-		s.standalone = newStream(s.nextStream, s.backend.cfg.Replay)
+		s.standalone = newStream(s.nextStream, s.backend.cfg.Replay, s.undelivered)
 		s.streams[s.standalone.num] = s.standalone
 	}
 	return s.standalone

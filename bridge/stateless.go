@@ -138,7 +138,7 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 	listen := env.MethodName() == "subscriptions/listen"
 	var sw *sseWriter
 	for {
-		st := newStream(0, ReplayBuffer{}) // nothing to replay: not resumable
+		st := newStream(0, ReplayBuffer{}, &undelivered{limit: int64(s.backend.cfg.MaxUndelivered)}) // nothing to replay: not resumable
 		member, err := s.backend.stateless.Acquire(r.Context(), placement.Request{
 			Deliver: func(m []byte) {
 				other, err := jsonrpc.ParseEnvelope(m)

@@ -51,6 +51,9 @@ type SessionStatus struct {
 	AgeSeconds      float64 `json:"age_seconds"`
 	IdleSeconds     float64 `json:"idle_seconds"`
 	InFlight        int     `json:"in_flight"`
+	// UndeliveredBytes is what the session holds for its client that the
+	// client has not read yet, within max_undelivered.
+	UndeliveredBytes int64 `json:"undelivered_bytes"`
 }
 
 // Status returns a snapshot of the backend.
@@ -71,14 +74,15 @@ func (b *Backend) Status() Status {
 	for _, s := range sessions {
 		s.mu.Lock()
 		ss := SessionStatus{
-			ID:              s.ID[:8],
-			Transport:       s.Transport,
-			ProtocolVersion: s.protocolVersion,
-			Key:             s.Principal,
-			PID:             s.up.Pid(),
-			AgeSeconds:      now.Sub(s.created).Seconds(),
-			IdleSeconds:     now.Sub(s.lastActive).Seconds(),
-			InFlight:        len(s.pending),
+			ID:               s.ID[:8],
+			Transport:        s.Transport,
+			ProtocolVersion:  s.protocolVersion,
+			Key:              s.Principal,
+			PID:              s.up.Pid(),
+			AgeSeconds:       now.Sub(s.created).Seconds(),
+			IdleSeconds:      now.Sub(s.lastActive).Seconds(),
+			InFlight:         len(s.pending),
+			UndeliveredBytes: s.undelivered.bytes.Load(),
 		}
 		s.mu.Unlock()
 		st.Sessions = append(st.Sessions, ss)

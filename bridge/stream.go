@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
@@ -15,10 +16,11 @@ import (
 
 // Bounds of a stream's event log.
 const (
-	// streamWindow is how many events may wait for a stream's writer. Past
-	// it, an isolated child's reader blocks (its stdout pipe fills and the
-	// child waits), a shared child's session is ended as too slow, and a
-	// stream with no client drops its oldest event.
+	// streamWindow is how many events may wait for a stream's writer; the
+	// session's undelivered bound limits their bytes. Past either, an
+	// isolated child's reader blocks (its stdout pipe fills and the child
+	// waits), a shared child's session is ended as too slow, and a stream
+	// with no client drops its oldest event.
 	streamWindow = 64
 	// DefaultReplayEvents and DefaultReplayBytes bound the events a stream
 	// keeps after writing them, for a client that resumes with
@@ -59,6 +61,9 @@ type event struct {
 type stream struct {
 	num    int // unique within the session; part of every event id
 	replay ReplayBuffer
+	// undelivered counts the bytes of the session's streams that wait for
+	// a client; nil for no bound.
+	undelivered *undelivered
 
 	mu     sync.Mutex
 	log    []event // by seq; events before sent are kept for replay only
@@ -71,6 +76,8 @@ type stream struct {
 	// one wake-up first.
 	replaced chan struct{}
 	gens     int
+	unsent   int  // bytes of the events from sent on
+	cutOff   bool // a writer left before the stream was finished, and none took over
 	closed   bool
 	wake     chan struct{} // the writer waits here for events (cap 1)
 	room     chan struct{} // a waiting push waits here (cap 1)
@@ -87,8 +94,26 @@ type ReplayBuffer struct {
 	Bytes  int
 }
 
-func newStream(num int, replay ReplayBuffer) *stream {
-	return &stream{num: num, replay: replay, next: 1, sent: 1, wake: make(chan struct{}, 1), room: make(chan struct{}, 1), done: make(chan struct{})}
+func newStream(num int, replay ReplayBuffer, undelivered *undelivered) *stream {
+	return &stream{num: num, replay: replay, undelivered: undelivered, next: 1, sent: 1, wake: make(chan struct{}, 1), room: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// undelivered bounds the bytes that a session's streams hold for a client
+// that does not read them.
+type undelivered struct {
+	bytes atomic.Int64
+	limit int64
+}
+
+// full reports whether n more bytes would pass the bound.
+func (u *undelivered) full(n int) bool {
+	return u != nil && u.bytes.Load()+int64(n) > u.limit
+}
+
+func (u *undelivered) add(n int) {
+	if u != nil && n != 0 {
+		u.bytes.Add(int64(n))
+	}
 }
 
 func signal(ch chan struct{}) {
@@ -102,14 +127,18 @@ func signal(ch chan struct{}) {
 // up to policy.
 func (st *stream) push(data []byte, last bool, policy pushPolicy) error {
 	st.mu.Lock()
-	for policy != pushForce && !st.closed && st.next-st.sent >= streamWindow {
+	if st.cutOff && policy != pushForce {
+		policy = pushDropOldest // nobody reads it now: wait for nobody
+	}
+	// A stream with nothing waiting takes a message of any size, so that
+	// each message gets through to a client that reads.
+	for policy != pushForce && !st.closed && (st.next-st.sent >= streamWindow || (st.unsent > 0 && st.undelivered.full(len(data)))) {
 		switch policy {
 		case pushFail:
 			st.mu.Unlock()
 			return errStreamFull
 		case pushDropOldest:
-			st.sent++ // as if written: nobody is reading
-			st.evictLocked()
+			st.dropOldestLocked()
 		case pushWait:
 			st.mu.Unlock()
 			select {
@@ -125,10 +154,59 @@ func (st *stream) push(data []byte, last bool, policy pushPolicy) error {
 	}
 	st.log = append(st.log, event{seq: st.next, data: data, last: last})
 	st.bytes += len(data)
+	st.unsent += len(data)
+	st.undelivered.add(len(data))
 	st.next++
+	if st.cutOff {
+		st.trimLocked()
+	}
 	st.mu.Unlock()
 	signal(st.wake)
 	return nil
+}
+
+// dropOldestLocked gives up the oldest unwritten event, as if written:
+// nobody reads it.
+func (st *stream) dropOldestLocked() {
+	if i := st.sent - st.firstSeqLocked(); i >= 0 && i < len(st.log) {
+		st.unsent -= len(st.log[i].data)
+		st.undelivered.add(-len(st.log[i].data))
+	}
+	st.sent++
+	st.evictLocked()
+}
+
+// firstSeqLocked is the seq of the oldest event kept.
+func (st *stream) firstSeqLocked() int {
+	if len(st.log) == 0 {
+		return st.next
+	}
+	return st.log[0].seq
+}
+
+// trimLocked keeps, of a stream whose client was cut off, only what the
+// replay bounds allow, written or not: what a client does not read is
+// kept for its return within those bounds, and a larger result is not
+// kept at all.
+func (st *stream) trimLocked() {
+	for len(st.log) > 0 && (len(st.log) > st.replay.Events || st.bytes > st.replay.Bytes) {
+		if st.log[0].seq >= st.sent {
+			st.dropOldestLocked()
+			continue
+		}
+		st.bytes -= len(st.log[0].data)
+		st.log[0] = event{}
+		st.log = st.log[1:]
+	}
+}
+
+// release gives the session's undelivered bound back what the stream
+// still holds unwritten, once it is forgotten.
+func (st *stream) release() {
+	st.mu.Lock()
+	st.undelivered.add(-st.unsent)
+	st.unsent = 0
+	st.mu.Unlock()
 }
 
 // evictLocked lets go of the written events the replay bounds no longer
@@ -161,6 +239,7 @@ func (st *stream) attach(after int) (gen, cursor int, replaced <-chan struct{}, 
 	}
 	st.gens++
 	st.writer = st.gens
+	st.cutOff = false
 	if st.replaced != nil {
 		close(st.replaced) // a writer it replaces leaves
 	}
@@ -168,13 +247,19 @@ func (st *stream) attach(after int) (gen, cursor int, replaced <-chan struct{}, 
 	return st.writer, cursor, st.replaced, nil
 }
 
-// detach lets go of the stream if gen is still its writer.
+// detach lets go of the stream if gen is still its writer. A stream left
+// unfinished keeps only what its replay bounds allow.
 func (st *stream) detach(gen int) {
 	st.mu.Lock()
 	if st.writer == gen {
 		st.writer = 0
+		if st.sent < st.next {
+			st.cutOff = true
+			st.trimLocked()
+		}
 	}
 	st.mu.Unlock()
+	signal(st.room) // a push waiting for this writer looks again
 }
 
 // hasWriter reports whether a client is reading the stream now.
@@ -208,6 +293,11 @@ func (st *stream) events(gen, cursor int, dst []event) (evs []event, current, cl
 func (st *stream) written(seq int) {
 	st.mu.Lock()
 	if seq > st.sent {
+		first := st.firstSeqLocked()
+		for i := max(st.sent-first, 0); i < seq-first && i < len(st.log); i++ {
+			st.unsent -= len(st.log[i].data)
+			st.undelivered.add(-len(st.log[i].data))
+		}
 		st.sent = seq
 	}
 	st.evictLocked()

@@ -34,7 +34,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			sessions_per_process <n>
 //			min_processes <n>
 //			process_idle_timeout <duration>
-//			max_processes <n>
+//			max_processes <n>|off
 //			acquire_timeout <duration>
 //			session_idle_timeout <duration>
 //			health_check <interval>|off
@@ -42,6 +42,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			request_timeout <duration>
 //		}
 //		max_message_size <size>
+//		max_undelivered <size>
 //		allowed_origins <origin...>
 //		transports streamable|sse|ws...
 //		streamable_path <path>
@@ -121,15 +122,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "max_message_size":
-			var s string
-			if !d.AllArgs(&s) {
-				return d.ArgErr()
+			if err := sizeArg(d, &h.MaxMessageSize); err != nil {
+				return err
 			}
-			size, err := humanize.ParseBytes(s)
-			if err != nil || size == 0 || size > 1<<30 {
-				return d.Errf("max_message_size: want a size from 1B to 1GiB, got %q", s)
+		case "max_undelivered":
+			if err := sizeArg(d, &h.MaxUndelivered); err != nil {
+				return err
 			}
-			h.MaxMessageSize = int(size)
 		case "allowed_origins":
 			origins := d.RemainingArgs()
 			if len(origins) == 0 {
@@ -295,11 +294,18 @@ func (p *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser, lines *optionLin
 				return err
 			}
 		case "max_processes":
-			n, err := intArg(d)
-			if err != nil {
-				return err
+			args := d.RemainingArgs()
+			n, err := strconv.Atoi(strings.Join(args, " "))
+			switch {
+			case len(args) != 1:
+				return d.ArgErr()
+			case args[0] == "off":
+				p.MaxProcesses = -1
+			case err != nil || n <= 0:
+				return d.Errf("max_processes: want a positive whole number or off, got %q", args[0])
+			default:
+				p.MaxProcesses = n
 			}
-			p.MaxProcesses = n
 		case "acquire_timeout":
 			if err := durationArg(d, &p.AcquireTimeout); err != nil {
 				return err
@@ -357,6 +363,21 @@ func (c *CORSConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unrecognized cors option %q", d.Val())
 		}
 	}
+	return nil
+}
+
+// sizeArg reads a size from 1B to 1GiB, with units (16MiB).
+func sizeArg(d *caddyfile.Dispenser, dst *int) error {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	size, err := humanize.ParseBytes(s)
+	if err != nil || size == 0 || size > 1<<30 {
+		return d.Errf("%s: want a size from 1B to 1GiB, got %q", name, s)
+	}
+	*dst = int(size)
 	return nil
 }
 

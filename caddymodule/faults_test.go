@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"context"
+	"net"
+	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -152,3 +154,108 @@ func opSessionPID(t *testing.T, c *opCaddy, id string) int {
 	t.Fatalf("no session %s:\n%s", id, body)
 	return 0
 }
+
+// TestAbandonedSessionsEnd: the TypeScript SDK's client ends without a
+// DELETE, as the Inspector CLI and mcp-remote do, leaving a session with
+// no stream behind; it ends after session_idle_timeout, and its child
+// with it. A go-sdk session whose client holds its GET stream, idle as
+// long, stays. With no max_processes given, the pool is capped at the
+// workstation default.
+func TestAbandonedSessionsEnd(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	node, dir := tsClientDir(t)
+	c := opStart(t, []string{exe}, opBridge(exe, "pool {\n\t\t\tsession_idle_timeout 2s\n\t\t}"))
+	held := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: c.base(0) + "/mcp"}, opVersion)
+	defer held.Close()
+	t.Setenv("MCPBRIDGE_TS_NO_DELETE", "1")
+	runTSClient(t, node, dir, "streamable", c.base(0)+"/mcp", 0)
+	var abandoned opSession
+	for _, s := range opPoolOf(t, c, exe).Sessions {
+		if !strings.HasPrefix(held.ID(), s.ID) {
+			abandoned = s
+		}
+	}
+	if abandoned.ID == "" || abandoned.ProtocolVersion != "2025-11-25" {
+		t.Fatalf("the TypeScript client left no 2025-11-25 session behind: %+v", opPoolOf(t, c, exe).Sessions)
+	}
+	mcptest.WaitFor(t, 15*time.Second, "the abandoned session and its child to end", func() bool {
+		return opPoolOf(t, c, exe).session(abandoned.ID) == nil && !mcptest.Running(exe, abandoned.PID)
+	})
+	if opPoolOf(t, c, exe).session(held.ID()) == nil {
+		t.Fatal("the session whose client holds its GET stream ended as idle")
+	}
+	held.CallText(t, "test_simple_text", nil)
+	if _, h, _ := opGetHealth(t, c.base(0)); h.Processes.Max != 32 {
+		t.Errorf("health: max %d with no max_processes given, want the default 32", h.Processes.Max)
+	}
+}
+
+// TestUndeliveredResultsAreNotKept: five clients each ask for a 10 MiB
+// result and stop reading (a small receive buffer makes the bridge's
+// write block), then go away. While they do not read, each session holds
+// one result, as the admin API shows; once their connections are gone,
+// the sessions do not keep the results (larger than replay_buffer's 4
+// MiB): nothing undelivered is left. A go-sdk client still gets a 10 MiB
+// result whole. In either isolation.
+func TestUndeliveredResultsAreNotKept(t *testing.T) {
+	child := mcptest.TestChild(t)
+	command := child + " -huge 10485760"
+	for _, isolation := range []string{"session", "shared"} {
+		t.Run(isolation, func(t *testing.T) {
+			c := opStart(t, []string{child}, opBridge(command, "pool {\n\t\t\tisolation "+isolation+"\n\t\t}"))
+			endpoint := c.base(0) + "/mcp"
+			undelivered := func() (total int64, sessions int) {
+				for _, s := range opPoolOf(t, c, command).Sessions {
+					total += s.UndeliveredBytes
+					sessions++
+				}
+				return total, sessions
+			}
+			var stalled []*http.Response
+			for i := range 5 {
+				sid := rlRawSession(t, endpoint)
+				req, _ := http.NewRequest(http.MethodPost, endpoint, strings.NewReader(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"huge"}}`))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Accept", "application/json, text/event-stream")
+				req.Header.Set("Mcp-Session-Id", sid)
+				req.Header.Set("MCP-Protocol-Version", opVersion)
+				resp, err := nonReadingClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				stalled = append(stalled, resp)
+				mcptest.WaitFor(t, 10*time.Second, "a result stuck for a client that does not read", func() bool {
+					total, _ := undelivered()
+					return total >= int64(i+1)*10<<20
+				})
+			}
+			total, _ := undelivered()
+			t.Logf("held for 5 clients that do not read: %d bytes", total)
+			for _, resp := range stalled {
+				resp.Body.Close() // unread: the connection closes
+			}
+			mcptest.WaitFor(t, 10*time.Second, "the sessions to let go of the results nobody read", func() bool {
+				total, sessions := undelivered()
+				return sessions == 5 && total == 0
+			})
+			if got := opConnect(t, endpoint, "").CallText(t, "huge", nil); len(got) != 10<<20 {
+				t.Fatalf("a client that reads got %d bytes of a 10 MiB result", len(got))
+			}
+		})
+	}
+}
+
+// nonReadingClient's connections have a 4 KiB receive buffer: a response
+// it does not read soon fills it, and the server's write blocks.
+var nonReadingClient = &http.Client{Transport: &http.Transport{
+	DisableKeepAlives: true,
+	DialContext: (&net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		if cerr := c.Control(func(fd uintptr) {
+			err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		}); cerr != nil {
+			return cerr
+		}
+		return err
+	}}).DialContext,
+}}

@@ -146,6 +146,14 @@ type Handler struct {
 	// children are stopped. Default: 30s.
 	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
 
+	// MaxUndelivered bounds the bytes a session holds for a client that
+	// does not read them (one message always passes, whatever its size).
+	// Past it, a shared child's session is ended as too slow, an isolated
+	// child waits, and a stream nobody reads drops its oldest message. Once
+	// a client is cut off, its streams keep only what replay_buffer allows:
+	// a larger result is not kept after its delivery failed. Default: 4MiB.
+	MaxUndelivered int `json:"max_undelivered,omitempty"`
+
 	// ReplayBuffer bounds what each SSE stream keeps of the events it
 	// wrote, for clients that reconnect with Last-Event-ID: the latest
 	// Events, within Bytes. It lives with the session, so it survives a
@@ -203,8 +211,10 @@ type PoolConfig struct {
 	// had no session for this long. Default: 5m.
 	ProcessIdleTimeout caddy.Duration `json:"process_idle_timeout,omitempty"`
 
-	// MaxProcesses caps the children alive at once, spares included.
-	// Default: no cap.
+	// MaxProcesses caps the children alive at once, whatever they are for:
+	// sessions' children, warm spares, shared children, those serving
+	// stateless requests and the health probe's. A negative value means
+	// no cap. Default: 32, for a workstation.
 	MaxProcesses int `json:"max_processes,omitempty"`
 
 	// AcquireTimeout is how long a new session waits for a child when
@@ -213,7 +223,9 @@ type PoolConfig struct {
 	AcquireTimeout caddy.Duration `json:"acquire_timeout,omitempty"`
 
 	// SessionIdleTimeout ends a session, and its child, after this long
-	// with no request, no response and no open stream. Default: 30m.
+	// with no request, no response and no open stream; a session whose
+	// client reads one of its streams is never idle. It is short by
+	// default because some clients never end their sessions. Default: 5m.
 	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
 
 	// RequestTimeout, when set, answers a request (of a session, or
@@ -380,7 +392,8 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 			StdinCloseTimeout: time.Duration(h.StopTimeout),
 			TermTimeout:       time.Duration(h.TermTimeout),
 		},
-		DrainTimeout: time.Duration(h.DrainTimeout),
+		DrainTimeout:   time.Duration(h.DrainTimeout),
+		MaxUndelivered: h.MaxUndelivered,
 	}
 	if r := h.ReplayBuffer; r != nil {
 		cfg.Replay = bridge.ReplayBuffer{Events: r.Events, Bytes: r.Bytes}
@@ -463,11 +476,15 @@ func (h *Handler) Validate() error {
 		default:
 			return fmt.Errorf("pool: isolation must be session or shared, not %q", p.Isolation)
 		}
-		if p.MinIdle != nil && p.MaxProcesses > 0 && *p.MinIdle > p.MaxProcesses {
-			return fmt.Errorf("pool: min_idle (%d) exceeds max_processes (%d)", *p.MinIdle, p.MaxProcesses)
+		maxProcesses := p.MaxProcesses
+		if maxProcesses == 0 {
+			maxProcesses = bridge.DefaultMaxProcesses
 		}
-		if p.MaxProcesses > 0 && p.MinProcesses > p.MaxProcesses {
-			return fmt.Errorf("pool: min_processes (%d) exceeds max_processes (%d)", p.MinProcesses, p.MaxProcesses)
+		if p.MinIdle != nil && maxProcesses > 0 && *p.MinIdle > maxProcesses {
+			return fmt.Errorf("pool: min_idle (%d) exceeds max_processes (%d)", *p.MinIdle, maxProcesses)
+		}
+		if maxProcesses > 0 && p.MinProcesses > maxProcesses {
+			return fmt.Errorf("pool: min_processes (%d) exceeds max_processes (%d)", p.MinProcesses, maxProcesses)
 		}
 	}
 	return nil

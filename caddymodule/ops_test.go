@@ -116,6 +116,8 @@ type opSession struct {
 	Key             string `json:"key"`
 	PID             int    `json:"pid"`
 	InFlight        int    `json:"in_flight"`
+	// UndeliveredBytes is what waits for the client to read it.
+	UndeliveredBytes int64 `json:"undelivered_bytes"`
 }
 
 // childPIDs are the pids of the pool's children, sorted.
@@ -264,6 +266,7 @@ type opHealth struct {
 		Running  int `json:"running"`
 		Idle     int `json:"idle"`
 		Starting int `json:"starting"`
+		Max      int `json:"max"`
 	} `json:"processes"`
 	Sessions  int    `json:"sessions"`
 	Tools     int    `json:"tools"`

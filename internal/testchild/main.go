@@ -31,7 +31,7 @@ var (
 	garbage         = flag.Bool("garbage", false, "write non-JSON lines to stdout before each answer, and lines to stderr")
 	dieOn           = flag.String("die-on", "", "exit(3) without answering when a request with this method arrives")
 	deafOn          = flag.String("deaf-on", "", "stop reading stdin for good, without answering, when a request with this method arrives")
-	huge            = flag.Int("huge", 0, `answer method "huge" with a result holding a string of this many bytes`)
+	huge            = flag.Int("huge", 0, `answer method "huge", and tools/call of tool "huge", with a string of this many bytes`)
 	printEnv        = flag.Bool("print-env", false, `answer method "env" with {"env": os.Environ(), "cwd": working directory}`)
 	spawnGrandchild = flag.Bool("spawn-grandchild", false, `start a copy of itself with -ignore-term; answer method "grandchild" with {"pid": its pid}`)
 	notify          = flag.Bool("notify", false, `before answering method "notify", send notifications/tools/list_changed`)
@@ -112,6 +112,8 @@ func main() {
 			}
 		case msg.Method == "huge" && *huge > 0:
 			result = map[string]any{"data": strings.Repeat("h", *huge)}
+		case msg.Method == "tools/call" && *huge > 0 && strings.HasPrefix(toolText(msg.Params), "huge:"):
+			result = map[string]any{"content": []any{map[string]any{"type": "text", "text": strings.Repeat("h", *huge)}}}
 		case msg.Method == "env" && *printEnv:
 			cwd, err := os.Getwd()
 			check(err)

@@ -6,7 +6,7 @@
 //
 // Each client declares sampling and elicitation, lists tools and calls
 // test_simple_text, test_tool_with_progress, test_sampling and
-// test_elicitation, then closes. Without N, one client runs with prompt "hi",
+// test_elicitation, then closes (see MCPBRIDGE_TS_NO_DELETE below). Without N, one client runs with prompt "hi",
 // message "name?" and username "tester", and the output is one JSON object.
 // With N, N clients run at once, client i with prompt "client-i", message
 // "name-i?" and username "tester-i", and the output is a JSON array of their
@@ -138,9 +138,10 @@ async function run(index, prompt, message, username) {
 		out.sampling = textOf(await client.callTool({ name: 'test_sampling', arguments: { prompt } }));
 		out.elicitation = textOf(await client.callTool({ name: 'test_elicitation', arguments: { message } }));
 	} finally {
-		// A Streamable HTTP client ends its session with DELETE; the others
-		// end it by closing their stream or socket.
-		if (kind === 'streamable') {
+		// A Streamable HTTP client ends its session with DELETE (unless
+		// MCPBRIDGE_TS_NO_DELETE is set: then it leaves, as some clients do,
+		// without a word); the others end it by closing their stream or socket.
+		if (kind === 'streamable' && !process.env.MCPBRIDGE_TS_NO_DELETE) {
 			await transport.terminateSession();
 		}
 		await client.close();
