@@ -81,6 +81,17 @@ func (b *Backend) startProbeChild(ctx context.Context) (*supervisor.Child, error
 	return b.sup.Start(ctx, supervisor.RoleProbe, true, 0)
 }
 
+// CheckServer starts a child of its own and initializes it as a client
+// would (then probes it as /health does, which keeps the result), and says
+// what failed if it could not start or initialize: a configuration whose
+// server cannot serve can be refused before it replaces a working one.
+func (b *Backend) CheckServer(ctx context.Context) error {
+	if res := b.prober.check(ctx); !res.Initialized {
+		return res.Err
+	}
+	return nil
+}
+
 // Start starts the warm spares and the idle-session reaper. It is
 // idempotent.
 func (b *Backend) Start() {

@@ -28,6 +28,9 @@ type probeResult struct {
 	Tools     int
 	CheckedAt time.Time
 	Err       error
+	// Initialized: the child started and answered server/discover or
+	// initialize, whatever came next.
+	Initialized bool
 }
 
 // prober runs probes, one at a time, and keeps the last result. A tools
@@ -79,6 +82,17 @@ func (p *prober) result() probeResult {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.last
+}
+
+// check probes now, waiting for the result, and keeps it.
+func (p *prober) check(ctx context.Context) probeResult {
+	res := probeChild(ctx, p.start)
+	p.mu.Lock()
+	if !errors.Is(res.Err, placement.ErrPoolExhausted) {
+		p.last, p.stale = res, false
+	}
+	p.mu.Unlock()
+	return res
 }
 
 // lastProbe returns the last probe without starting one.
@@ -188,6 +202,7 @@ func probeChild(ctx context.Context, start func(context.Context) (*supervisor.Ch
 		}
 		_ = child.Send([]byte(`{"jsonrpc":"2.0","method":"notifications/initialized"}`))
 	}
+	res.Initialized = true
 	cursor := ""
 	for id := 3; id < 100; id++ {
 		var fields []string

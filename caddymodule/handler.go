@@ -282,13 +282,27 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.backendKey = cfg.Key()
 	cfg.Observer = poolObserver{pool: h.backendKey[:12]}
-	val, _, err := backends.LoadOrNew(h.backendKey, func() (caddy.Destructor, error) {
+	running := false // pools of a configuration this one would replace
+	backends.Range(func(any, any) bool {
+		running = true
+		return false
+	})
+	val, loaded, err := backends.LoadOrNew(h.backendKey, func() (caddy.Destructor, error) {
 		return backendHandle{bridge.NewBackend(cfg, h.logger.With(zap.String("pool", h.backendKey[:12])))}, nil
 	})
 	if err != nil {
 		return err
 	}
 	h.backend = val.(backendHandle).Backend
+	// A reload to a new pool whose server cannot start or initialize
+	// fails here, and the running configuration, its pools and sessions
+	// stay (Caddy cleans this handler up). caddy validate, and the first
+	// load, have no running pools and start nothing.
+	if running && !loaded {
+		if err := h.backend.CheckServer(ctx); err != nil {
+			return fmt.Errorf("command %q cannot serve: %v (the running configuration stays)", strings.Join(cfg.Process.Argv, " "), err)
+		}
+	}
 
 	transports, err := parseTransports(h.Transports)
 	if err != nil {

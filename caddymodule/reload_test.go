@@ -658,3 +658,40 @@ func TestMistypedCommandIsRefused(t *testing.T) {
 		t.Error("the session does not work after a refused reload")
 	}
 }
+
+// TestReloadToBrokenServerIsRefused: a reload to a command that exists but
+// dies before it answers initialize fails (non-zero, naming the command
+// and what went wrong), and the running pool, its session and /health
+// carry on; a reload to a working command then goes through.
+func TestReloadToBrokenServerIsRefused(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	child := mcptest.TestChild(t)
+	c := opStart(t, []string{exe, child}, opBridge(exe))
+	session := opConnect(t, c.base(0)+"/mcp", "")
+	session.CallText(t, "test_simple_text", nil)
+	pool := opPoolOf(t, c, exe).ConfigHash
+
+	broken := child + " -die-on initialize"
+	path := filepath.Join(c.Dir, "Caddyfile.broken")
+	if err := os.WriteFile(path, []byte(c.caddyfile(opBridge(broken))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := c.Run("reload", "--config", path, "--adapter", "caddyfile", "--address", c.admin)
+	if err == nil {
+		t.Fatalf("caddy reload to a server that dies at initialize succeeded:\n%s", out)
+	}
+	if !strings.Contains(out, broken) || !strings.Contains(out, "cannot serve") {
+		t.Errorf("caddy reload does not say what is wrong:\n%s", out)
+	}
+	if got := opPoolOf(t, c, exe).ConfigHash; got != pool {
+		t.Errorf("the pool changed (%s, was %s) after a refused reload", got, pool)
+	}
+	session.CallText(t, "test_simple_text", nil)
+	if status, h, _ := opGetHealth(t, c.base(0)); status != http.StatusOK || h.Tools <= 0 {
+		t.Errorf("health after a refused reload: %d %+v", status, h)
+	}
+	mcptest.WaitNoProcesses(t, child, 10*time.Second) // the refused pool's probe child
+
+	c.Reload(t, c.caddyfile(opBridge(child)))
+	opConnect(t, c.base(0)+"/mcp", "").CallText(t, "echo", nil)
+}
