@@ -72,6 +72,11 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"two endpoints on one path", "mcp_bridge {\ncommand a\nsse_path /mcp\n}", "sse_path /mcp is also the streamable_path: give each endpoint a path of its own, at Testfile:3"},
 		{"a shared option in session isolation", "mcp_bridge {\ncommand a\npool {\nmin_processes 2\n}\n}", "pool: min_processes applies only to isolation shared, at Testfile:4"},
 		{"a session option in shared isolation", "mcp_bridge {\ncommand a\npool {\nisolation shared\nmin_idle 2\n}\n}", "pool: min_idle applies only to isolation session, at Testfile:5"},
+		{"an unknown isolation", "mcp_bridge {\ncommand a\npool {\nisolation process\n}\n}", `pool: isolation must be session or shared, not "process", at Testfile:4`},
+		{"more spares than the default cap", "mcp_bridge {\ncommand a\npool {\nmin_idle 40\n}\n}", "pool: min_idle (40) exceeds max_processes (32), at Testfile:4"},
+		{"an unknown transport", "mcp_bridge {\ncommand a\ntransports streamable grpc\n}", ", at Testfile:3"},
+		{"a relative path", "mcp_bridge {\ncommand a\nhealth_path health\n}", `health_path must start with /: "health", at Testfile:3`},
+		{"CORS credentials for any origin", "mcp_bridge {\ncommand a\nallowed_origins *\ncors {\nallow_credentials\n}\n}", "cors allow_credentials cannot be combined with allowed_origins *: name the origins, at Testfile:4"},
 		{"a public_base_url that is no URL", "mcp_bridge {\ncommand a\npublic_base_url example.com/tools\n}", "such as https://example.com/tools, at Testfile:3"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -467,41 +467,7 @@ func (h *Handler) Validate() error {
 	if strings.TrimSpace(h.Command) == "" {
 		return fmt.Errorf("command is required")
 	}
-	for name, path := range map[string]string{
-		"streamable_path": h.StreamablePath, "sse_path": h.SSEPath, "message_path": h.MessagePath,
-		"ws_path": h.WSPath, "health_path": h.HealthPath,
-	} {
-		if path != "" && !strings.HasPrefix(path, "/") {
-			return fmt.Errorf("%s must start with /: %q", name, path)
-		}
-	}
-	if _, err := parseTransports(h.Transports); err != nil {
-		return err
-	}
-	if err := h.checkOptions(); err != nil {
-		return err
-	}
-	if h.CORS != nil && h.CORS.AllowCredentials && slices.Contains(h.AllowedOrigins, "*") {
-		return fmt.Errorf("cors allow_credentials cannot be combined with allowed_origins *: name the origins")
-	}
-	if p := h.Pool; p != nil {
-		switch p.Isolation {
-		case "", "session", "shared":
-		default:
-			return fmt.Errorf("pool: isolation must be session or shared, not %q", p.Isolation)
-		}
-		maxProcesses := p.MaxProcesses
-		if maxProcesses == 0 {
-			maxProcesses = bridge.DefaultMaxProcesses
-		}
-		if p.MinIdle != nil && maxProcesses > 0 && *p.MinIdle > maxProcesses {
-			return fmt.Errorf("pool: min_idle (%d) exceeds max_processes (%d)", *p.MinIdle, maxProcesses)
-		}
-		if maxProcesses > 0 && p.MinProcesses > maxProcesses {
-			return fmt.Errorf("pool: min_processes (%d) exceeds max_processes (%d)", p.MinProcesses, maxProcesses)
-		}
-	}
-	return nil
+	return h.checkOptions()
 }
 
 // Handle reacts to Caddy's lifecycle events. "started" warms the pool.

@@ -20,11 +20,25 @@ type optionError struct {
 
 func (e *optionError) Error() string { return e.Err.Error() }
 
-// checkOptions finds the mistakes that take more than one option to see:
-// two endpoints on one path, pool options of the other isolation, and a
-// public_base_url that is no base URL. Validate reports them for any
-// config; the Caddyfile adapter, with the line of the option named.
+// checkOptions finds the mistakes that Validate reports for any config,
+// and the Caddyfile adapter with the line of the option named: paths that
+// are not absolute, unknown transports, two endpoints on one path, an
+// unknown isolation and pool options of the other one, sizes beyond
+// max_processes, CORS credentials for any origin, and a public_base_url
+// that is no base URL.
 func (h *Handler) checkOptions() error {
+	for _, name := range []string{"streamable_path", "sse_path", "message_path", "ws_path", "health_path"} {
+		path := map[string]string{
+			"streamable_path": h.StreamablePath, "sse_path": h.SSEPath, "message_path": h.MessagePath,
+			"ws_path": h.WSPath, "health_path": h.HealthPath,
+		}[name]
+		if path != "" && !strings.HasPrefix(path, "/") {
+			return &optionError{name, fmt.Errorf("%s must start with /: %q", name, path)}
+		}
+	}
+	if _, err := parseTransports(h.Transports); err != nil {
+		return &optionError{"transports", err}
+	}
 	defaults := map[string]string{
 		"streamable_path": bridge.DefaultStreamablePath, "sse_path": bridge.DefaultSSEPath,
 		"message_path": bridge.DefaultMessagePath, "ws_path": bridge.DefaultWSPath, "health_path": bridge.DefaultHealthPath,
@@ -49,7 +63,25 @@ func (h *Handler) checkOptions() error {
 		}
 		owner[path] = name
 	}
+	if h.CORS != nil && h.CORS.AllowCredentials && slices.Contains(h.AllowedOrigins, "*") {
+		return &optionError{"cors", fmt.Errorf("cors allow_credentials cannot be combined with allowed_origins *: name the origins")}
+	}
 	if p := h.Pool; p != nil {
+		switch p.Isolation {
+		case "", bridge.IsolationSession, bridge.IsolationShared:
+		default:
+			return &optionError{"isolation", fmt.Errorf("pool: isolation must be session or shared, not %q", p.Isolation)}
+		}
+		maxProcesses := p.MaxProcesses
+		if maxProcesses == 0 {
+			maxProcesses = bridge.DefaultMaxProcesses
+		}
+		if p.MinIdle != nil && maxProcesses > 0 && *p.MinIdle > maxProcesses {
+			return &optionError{"min_idle", fmt.Errorf("pool: min_idle (%d) exceeds max_processes (%d)", *p.MinIdle, maxProcesses)}
+		}
+		if maxProcesses > 0 && p.MinProcesses > maxProcesses {
+			return &optionError{"min_processes", fmt.Errorf("pool: min_processes (%d) exceeds max_processes (%d)", p.MinProcesses, maxProcesses)}
+		}
 		shared := p.Isolation == bridge.IsolationShared
 		for _, o := range []struct {
 			name      string
