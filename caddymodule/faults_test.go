@@ -2,9 +2,13 @@ package caddymodule
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -259,3 +263,162 @@ var nonReadingClient = &http.Client{Transport: &http.Transport{
 		return err
 	}}).DialContext,
 }}
+
+// TestHTTP1ReloadsHangNoCall: 10 go-sdk sessions over plain HTTP/1.1 keep
+// calling a tool that asks them for sampling (each answer takes 200ms),
+// while 10 plain clients keep posting to a plain Caddy `respond` site of
+// the same server, across 5 reloads. A reload closes idle keep-alive
+// connections, and a POST that crosses that close fails with EOF or a
+// reset: net/http's race, for the plain site as for the bridge. What the
+// bridge must add to it is no hang: with request_timeout, a call whose
+// sampling answer was lost with its POST fails in time instead of waiting
+// on the child forever. The test logs both failure rates (the README
+// reports them).
+func TestHTTP1ReloadsHangNoCall(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	bridgeSite := opBridge(exe, "pool {\n\t\t\trequest_timeout 5s\n\t\t}")
+	plainSite := func(i int) string { return fmt.Sprintf("respond \"plain %d\"", i) }
+	c := opStart(t, []string{exe}, bridgeSite, plainSite(0))
+
+	type tally struct{ calls, failed, hung atomic.Int32 }
+	var bridgeCalls, plainCalls tally
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var sessions []*mcptest.Client
+	for range 10 {
+		cl := mcptest.ConnectSlowSampler(t, &mcp.StreamableClientTransport{Endpoint: c.base(0) + "/mcp"}, opVersion, 200*time.Millisecond)
+		defer cl.Close()
+		sessions = append(sessions, cl)
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+				_, err := cl.CallTool(ctx, &mcp.CallToolParams{Name: "test_sampling", Arguments: map[string]any{"prompt": "hi"}})
+				hung := ctx.Err() != nil
+				cancel()
+				bridgeCalls.calls.Add(1)
+				switch {
+				case hung:
+					bridgeCalls.hung.Add(1)
+					t.Errorf("a call hung until its client gave up: %v", err)
+				case err != nil:
+					bridgeCalls.failed.Add(1)
+					t.Logf("a bridge call failed: %v", err)
+				}
+			}
+		})
+		plain := &http.Client{Transport: &http.Transport{}}
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				resp, err := plain.Post(c.base(1), "text/plain", strings.NewReader("hello"))
+				plainCalls.calls.Add(1)
+				if err != nil {
+					plainCalls.failed.Add(1)
+					t.Logf("a plain POST failed: %v", err)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	for i := 1; i <= 5; i++ {
+		time.Sleep(time.Second)
+		c.Reload(t, c.caddyfile(bridgeSite, plainSite(i)))
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	alive := 0
+	for _, cl := range sessions {
+		if _, err := cl.CallTool(t.Context(), &mcp.CallToolParams{Name: "test_simple_text"}); err == nil {
+			alive++
+		}
+	}
+	t.Logf("over HTTP/1.1 across 5 reloads: bridge %d calls, %d failed, %d hung; plain Caddy site %d POSTs, %d failed; %d of 10 sessions alive after",
+		bridgeCalls.calls.Load(), bridgeCalls.failed.Load(), bridgeCalls.hung.Load(), plainCalls.calls.Load(), plainCalls.failed.Load(), alive)
+}
+
+// TestCrashLoopIsContained: in front of a command that exits as soon as it
+// starts, four go-sdk clients that keep trying to connect for 3 seconds
+// get 503 with Retry-After once a few children have died young, and Caddy
+// forks a handful of children, not one per attempt; /health says why.
+func TestCrashLoopIsContained(t *testing.T) {
+	c := opStart(t, nil, opBridge(`sh -c "exit 3"`))
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var attempts atomic.Int32
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				client := mcp.NewClient(&mcp.Implementation{Name: "crash-loop-test", Version: "1"}, nil)
+				if s, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: c.base(0) + "/mcp"}, &mcp.ClientSessionOptions{ProtocolVersion: opVersion}); err == nil {
+					s.Close()
+					t.Error("a client connected to a command that exits at once")
+				}
+				attempts.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	fams, _ := opScrape(t, c)
+	spawns := opMetric(fams, "caddy_mcp_bridge_child_spawns_total", nil)
+	t.Logf("%d connection attempts, %v children started", attempts.Load(), spawns)
+	if spawns > 20 {
+		t.Errorf("%v children started for %d attempts in 3s: the crash loop is not contained", spawns, attempts.Load())
+	}
+	resp, body := opPost(t, c.base(0)+"/mcp", "", "", opInit)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "keeps exiting as soon as it starts") {
+		t.Errorf("initialize during the crash loop: %d, Retry-After %q, %s; want 503 with Retry-After saying why", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	if status, h, _ := opGetHealth(t, c.base(0)); status != http.StatusServiceUnavailable || !strings.Contains(h.LastError, "keeps exiting") {
+		t.Errorf("health during the crash loop: %d %+v", status, h)
+	}
+}
+
+// TestCancelledCallClearsInFlight: a go-sdk client that gives up a call
+// sends notifications/cancelled; the child gets it (with its own id for
+// the request, in shared mode) and the admin API's in_flight returns to
+// 0, in either isolation.
+func TestCancelledCallClearsInFlight(t *testing.T) {
+	child := mcptest.Build(t, "github.com/mcpbridge/caddy-mcp-bridge/bridge/testdata/muxchild")
+	for _, isolation := range []string{"session", "shared"} {
+		t.Run(isolation, func(t *testing.T) {
+			c := opStart(t, []string{child}, opBridge(child, "pool {\n\t\t\tisolation "+isolation+"\n\t\t}"))
+			cl := opConnect(t, c.base(0)+"/mcp", "")
+			inFlight := func() int {
+				n := 0
+				for _, s := range opPoolOf(t, c, child).Sessions {
+					n += s.InFlight
+				}
+				return n
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() {
+				_, err := cl.CallTool(ctx, &mcp.CallToolParams{Name: "slow", Arguments: map[string]any{"ms": 60000}})
+				done <- err
+			}()
+			mcptest.WaitFor(t, 10*time.Second, "the slow call in flight", func() bool { return inFlight() == 1 })
+			cancel()
+			if err := <-done; err == nil {
+				t.Fatal("the cancelled call succeeded")
+			}
+			mcptest.WaitFor(t, 10*time.Second, "no request in flight after the cancellation", func() bool { return inFlight() == 0 })
+			mcptest.WaitFor(t, 10*time.Second, "the child to see the cancellation", func() bool {
+				stats := cl.CallText(t, "stats", nil)
+				return strings.Contains(stats, `"cancelled":[`) && !strings.Contains(stats, `"cancelled":[]`)
+			})
+		})
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -282,11 +283,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.backendKey = cfg.Key()
 	cfg.Observer = poolObserver{pool: h.backendKey[:12]}
-	running := false // pools of a configuration this one would replace
-	backends.Range(func(any, any) bool {
-		running = true
-		return false
-	})
 	val, loaded, err := backends.LoadOrNew(h.backendKey, func() (caddy.Destructor, error) {
 		return backendHandle{bridge.NewBackend(cfg, h.logger.With(zap.String("pool", h.backendKey[:12])))}, nil
 	})
@@ -297,8 +293,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// A reload to a new pool whose server cannot start or initialize
 	// fails here, and the running configuration, its pools and sessions
 	// stay (Caddy cleans this handler up). caddy validate, and the first
-	// load, have no running pools and start nothing.
-	if running && !loaded {
+	// load, have no running configuration and start nothing.
+	if configServing.Load() && !loaded {
 		if err := h.backend.CheckServer(ctx); err != nil {
 			return fmt.Errorf("command %q cannot serve: %v (the running configuration stays)", strings.Join(cfg.Process.Argv, " "), err)
 		}
@@ -470,6 +466,11 @@ func (h *Handler) Validate() error {
 	return h.checkOptions()
 }
 
+// configServing is set once a configuration has started in this process:
+// every later load is a reload, which must not replace it with one whose
+// server cannot serve.
+var configServing atomic.Bool
+
 // Handle reacts to Caddy's lifecycle events. "started" warms the pool.
 // "stopping" comes on reload and on exit: on a reload that keeps the pool,
 // this instance's GET streams close after StreamCloseDelay (Caddy would
@@ -479,6 +480,7 @@ func (h *Handler) Validate() error {
 func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 	switch e.Name() {
 	case "started":
+		configServing.Store(true)
 		h.backend.Start()
 	case "stopping":
 		if caddy.Exiting() {

@@ -229,7 +229,9 @@ func rlOriginStatus(t *testing.T, endpoint, origin string) int {
 func TestReloadUnderLoad(t *testing.T) {
 	exe := mcptest.Build(t, opTestChildPackage)
 	command := exe + " -delay 1s"
-	c := opStart(t, []string{exe}, opBridge(command, "allowed_origins https://a.example"))
+	// 50 sessions need more children than the default cap.
+	uncapped := "pool {\n\t\t\tmax_processes off\n\t\t}"
+	c := opStart(t, []string{exe}, opBridge(command, "allowed_origins https://a.example", uncapped))
 	endpoint := c.base(0) + "/mcp"
 	if code := rlOriginStatus(t, endpoint, "https://b.example"); code != http.StatusForbidden {
 		t.Fatalf("origin b before the reload: %d, want 403", code)
@@ -245,7 +247,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	poolBefore := opPoolOf(t, c, command)
 
 	reloadStart := time.Now()
-	c.Reload(t, c.caddyfile(opBridge(command, "allowed_origins https://a.example https://b.example")))
+	c.Reload(t, c.caddyfile(opBridge(command, "allowed_origins https://a.example https://b.example", uncapped)))
 	reloadTook := time.Since(reloadStart)
 	calls := wait()
 	rlCheckCalls(t, "calls in flight during the reload", calls)

@@ -240,7 +240,8 @@ func TestReloadSpelledOutDefaultsKeepSessions(t *testing.T) {
 		"stop_timeout 2s",
 		"term_timeout 3s",
 		"replay_buffer 256 4MiB",
-		"pool {\n\t\t\tisolation session\n\t\t\tmin_idle 1\n\t\t\tacquire_timeout 10s\n\t\t\tsession_idle_timeout 30m\n\t\t}",
+		"max_undelivered 4MiB",
+		"pool {\n\t\t\tisolation session\n\t\t\tmin_idle 1\n\t\t\tmax_processes 32\n\t\t\tacquire_timeout 10s\n\t\t\tsession_idle_timeout 5m\n\t\t\thealth_check 15s\n\t\t\thealth_check_timeout 10s\n\t\t}",
 	)))
 	if after := opPoolOf(t, c, exe).ConfigHash; after != before {
 		t.Errorf("pool %s became %s for a config that only spells out the defaults", before, after)

@@ -139,9 +139,21 @@ func (c *Client) WaitProgress(n int) []*mcp.ProgressNotificationParams {
 // elicitation requests and records progress.
 func Connect(t testing.TB, transport mcp.Transport, version string) *Client {
 	t.Helper()
+	return ConnectSlowSampler(t, transport, version, 0)
+}
+
+// ConnectSlowSampler is Connect with a client that takes samplingDelay to
+// answer each sampling request, as one that asks a model would.
+func ConnectSlowSampler(t testing.TB, transport mcp.Transport, version string, samplingDelay time.Duration) *Client {
+	t.Helper()
 	c := &Client{}
 	client := mcp.NewClient(&mcp.Implementation{Name: "mcpbridge-test", Version: "1.0.0"}, &mcp.ClientOptions{
-		CreateMessageHandler: func(_ context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+		CreateMessageHandler: func(ctx context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+			select {
+			case <-time.After(samplingDelay):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 			prompt := ""
 			if tc, ok := req.Params.Messages[0].Content.(*mcp.TextContent); ok {
 				prompt = tc.Text
