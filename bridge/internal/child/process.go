@@ -1,11 +1,9 @@
 package child
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"slices"
@@ -298,18 +296,6 @@ func (p *Process) wait() {
 	p.group.release()
 	p.stdin.abort() // what is left to write has no reader
 	close(p.done)
-}
-
-func (p *Process) logStderr(r io.ReadCloser) {
-	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	for sc.Scan() {
-		p.logger.Info("child stderr", zap.String("line", sc.Text()))
-	}
-	// A line over 64 KiB stops the scanner; keep draining so the child never
-	// blocks on a full stderr pipe.
-	_, _ = io.Copy(io.Discard, r)
 }
 
 // signal applies f to the child's group, unless the leader has exited: then
