@@ -23,6 +23,25 @@ type apiKey struct {
 	name string // what logs and sessions know the key by
 }
 
+// knownKeys holds the hash of every API key this process has accepted,
+// so that no child inherits one from Caddy's environment, whichever
+// config read it and however.
+var knownKeys sync.Map // [sha256.Size]byte → struct{}
+
+// rememberKey records key among the known ones and returns its hash.
+func rememberKey(key string) [sha256.Size]byte {
+	sum := sha256.Sum256([]byte(key))
+	knownKeys.Store(sum, struct{}{})
+	return sum
+}
+
+// isKnownKey reports whether value is an API key the bridge accepts or
+// has accepted: a child must not inherit it.
+func isKnownKey(_, value string) bool {
+	_, known := knownKeys.Load(sha256.Sum256([]byte(value)))
+	return known
+}
+
 // keyName names a key configured inline by a short hash of it: stable when
 // the config is reordered, and no use to anyone who reads logs.
 func keyName(key string) string {
@@ -85,7 +104,7 @@ func (k *keyFile) set(entries []keyFileEntry) {
 	keys := make([]apiKey, len(entries))
 	for i, e := range entries {
 		// One name for all of the file's keys: sessions survive a rotation.
-		keys[i] = apiKey{hash: sha256.Sum256([]byte(e.key)), name: "file:" + k.path}
+		keys[i] = apiKey{hash: rememberKey(e.key), name: "file:" + k.path}
 	}
 	k.keys.Store(&keys)
 }

@@ -27,6 +27,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	mcp_bridge [<matcher>] {
 //		command <program> [<args...>]
 //		env <key> <value>
+//		env_inherit <name...>|*
 //		dir <path>
 //		pool {
 //			isolation session|shared
@@ -73,14 +74,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 //
 // command takes the rest of its line; quoting works as in a shell, but no
-// shell runs it. env, allowed_origins and api_key are repeatable; every
-// other option is given once. Pool options of the other isolation
-// (min_idle is session's; sessions_per_process,
-// min_processes and process_idle_timeout shared's) and two endpoints on
-// one path are errors that name their line. env values may use
-// placeholders such as {env.API_TOKEN}, and so may api_key. A bare cors
-// line turns CORS answers on with defaults. Sizes take units (16MiB);
-// durations take Caddy's duration syntax (30s, 30m, 1d).
+// shell runs it. env, env_inherit, allowed_origins and api_key are
+// repeatable; every other option is given once. Pool options of the other
+// isolation (min_idle is session's; sessions_per_process, min_processes
+// and process_idle_timeout shared's) and two endpoints on one path are
+// errors that name their line. env values may use placeholders such as
+// {env.API_TOKEN}, and so may api_key. A bare cors line turns CORS answers
+// on with defaults. Sizes take units (16MiB); durations take Caddy's
+// duration syntax (30s, 30m, 1d).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
@@ -88,7 +89,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	var lines optionLines
 	for d.NextBlock(0) {
-		if err := lines.note(d, "env", "allowed_origins", "api_key"); err != nil {
+		if err := lines.note(d, "env", "env_inherit", "allowed_origins", "api_key"); err != nil {
 			return err
 		}
 		switch d.Val() {
@@ -107,6 +108,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Env = make(map[string]string)
 			}
 			h.Env[key] = val
+		case "env_inherit":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return d.ArgErr()
+			}
+			h.EnvInherit = append(h.EnvInherit, names...)
 		case "dir":
 			if !d.AllArgs(&h.Dir) {
 				return d.ArgErr()

@@ -4,7 +4,6 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -40,9 +39,17 @@ type Handler struct {
 	// {env.HOME} are replaced when the config loads.
 	Command string `json:"command,omitempty"`
 
-	// Env holds environment variables set for the child, on top of Caddy's
-	// own environment. Values may use placeholders such as {env.API_TOKEN}.
+	// Env holds environment variables set for the child, on top of what
+	// it inherits. Values may use placeholders such as {env.API_TOKEN}.
 	Env map[string]string `json:"env,omitempty"`
+
+	// EnvInherit names variables of Caddy's environment that the child
+	// inherits besides a short safe list (on Unix HOME, LANG, LOGNAME,
+	// PATH, SHELL, TERM, TMPDIR and USER; Windows has its own), which is
+	// all it inherits by default; "*" passes all of Caddy's environment.
+	// Whatever it says, a variable whose value is an API key of the bridge,
+	// however the config read it ({env.X} or {$X}), is never passed.
+	EnvInherit []string `json:"env_inherit,omitempty"`
 
 	// Dir is the working directory of the child. Default: Caddy's own.
 	Dir string `json:"dir,omitempty"`
@@ -351,7 +358,7 @@ func (h *Handler) loadKeys() error {
 		if key == "" {
 			return fmt.Errorf("api_key %q is empty once placeholders are replaced", raw)
 		}
-		h.keys = append(h.keys, apiKey{hash: sha256.Sum256([]byte(key)), name: keyName(key)})
+		h.keys = append(h.keys, apiKey{hash: rememberKey(key), name: keyName(key)})
 	}
 	if h.APIKeyFile == "" {
 		return nil
@@ -396,7 +403,9 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 		Process: bridge.ProcessConfig{
 			Argv:              argv,
 			Env:               env,
+			Inherit:           h.EnvInherit,
 			UnsetEnv:          h.secretEnv(),
+			Withhold:          isKnownKey,
 			Dir:               repl.ReplaceAll(h.Dir, ""),
 			MaxMessageSize:    h.MaxMessageSize,
 			StdinCloseTimeout: time.Duration(h.StopTimeout),

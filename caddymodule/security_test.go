@@ -1217,3 +1217,53 @@ func TestSecurityKeyRotation(t *testing.T) {
 		}
 	})
 }
+
+// TestSecurityChildEnvironment: a child inherits only the safe list of
+// Caddy's environment (here: not a cloud token) unless env_inherit names
+// more, and never a variable that holds one of the bridge's API keys,
+// however the Caddyfile read it ({$X} is replaced before the bridge sees
+// the config), not even with env_inherit *.
+func TestSecurityChildEnvironment(t *testing.T) {
+	const key = "k-environment-5e0c7a"
+	t.Setenv("MCPBRIDGE_TEST_SEC_KEY", key)
+	t.Setenv("MCPBRIDGE_TEST_CLOUD_TOKEN", "cloud-secret-31d9")
+	envchild := mcptest.Build(t, "github.com/mcpbridge/caddy-mcp-bridge/caddymodule/testdata/envchild")
+	_, bases := secCaddy(t,
+		secSite{command: envchild, block: "api_key {$MCPBRIDGE_TEST_SEC_KEY}"},
+		secSite{command: envchild, block: "api_key {$MCPBRIDGE_TEST_SEC_KEY}\n\t\tenv_inherit *"},
+		secSite{command: envchild, block: "api_key {env.MCPBRIDGE_TEST_SEC_KEY}\n\t\tenv_inherit MCPBRIDGE_TEST_CLOUD_TOKEN"},
+	)
+	for i, want := range []struct{ cloud bool }{{false}, {true}, {true}} {
+		auth := []string{"Authorization", "Bearer " + key}
+		resp, body := secDo(t, http.MethodPost, bases[i]+"/mcp", secInit, auth...)
+		sid := resp.Header.Get("Mcp-Session-Id")
+		if resp.StatusCode != http.StatusOK || sid == "" {
+			t.Fatalf("site %d: initialize: %d %s", i, resp.StatusCode, body)
+		}
+		session := append([]string{"Mcp-Session-Id", sid}, auth...)
+		secDo(t, http.MethodPost, bases[i]+"/mcp", secInitialized, session...)
+		resp, body = secDo(t, http.MethodPost, bases[i]+"/mcp", `{"jsonrpc":"2.0","id":7,"method":"env","params":{}}`, session...)
+		data := secSSEData(body)
+		if resp.StatusCode != http.StatusOK || len(data) == 0 {
+			t.Fatalf("site %d: env: %d %s", i, resp.StatusCode, body)
+		}
+		var report struct {
+			Result struct {
+				Env []string `json:"env"`
+			} `json:"result"`
+		}
+		if err := json.Unmarshal(data[len(data)-1], &report); err != nil {
+			t.Fatal(err)
+		}
+		env := strings.Join(report.Result.Env, "\n")
+		if strings.Contains(env, key) {
+			t.Errorf("site %d: the child's environment holds the API key", i)
+		}
+		if got := strings.Contains(env, "MCPBRIDGE_TEST_CLOUD_TOKEN=cloud-secret-31d9"); got != want.cloud {
+			t.Errorf("site %d: the child inherits the cloud token: %v, want %v", i, got, want.cloud)
+		}
+		if !strings.Contains(env, "PATH="+os.Getenv("PATH")) {
+			t.Errorf("site %d: the child does not inherit PATH", i)
+		}
+	}
+}

@@ -20,11 +20,19 @@ import (
 type Config struct {
 	// Argv is the program and its arguments. No shell is involved.
 	Argv []string
-	// Env holds extra KEY=value entries added to the bridge's environment.
+	// Env holds KEY=value entries the child gets, on top of what it
+	// inherits.
 	Env []string
+	// Inherit names variables of the bridge's environment that the child
+	// gets besides DefaultInheritedEnv; InheritAll passes them all.
+	Inherit []string
 	// UnsetEnv names variables of the bridge's environment that the child
-	// must not inherit, such as those holding API keys.
+	// never inherits, such as those holding API keys.
 	UnsetEnv []string
+	// Withhold, when set, refuses variables of the bridge's environment
+	// whatever Inherit says, such as those whose value is an API key. It
+	// is not part of what the configuration means.
+	Withhold func(name, value string) bool `json:"-"`
 	// Dir is the working directory; empty means the bridge's own.
 	Dir string
 	// MaxMessageSize caps one line of the child's stdout.
@@ -93,7 +101,7 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 		cfg.MaxMessageSize = jsonrpc.DefaultMaxMessageSize
 	}
 	cmd := exec.Command(cfg.Argv[0], cfg.Argv[1:]...)
-	cmd.Env = append(inheritedEnv(cfg.UnsetEnv), withoutVar(cfg.Env, watchdogEnv)...)
+	cmd.Env = childEnv(cfg)
 	cmd.Dir = cfg.Dir
 	if err := prepareCmd(cmd); err != nil {
 		return nil, err
@@ -133,15 +141,6 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 	go p.logStderr(stderrR)
 	go p.wait()
 	return p, nil
-}
-
-// inheritedEnv is the bridge's environment without the variables named and
-// without the watchdog's marker.
-func inheritedEnv(unset []string) []string {
-	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		name, _, _ := strings.Cut(kv, "=")
-		return name == watchdogEnv || slices.Contains(unset, name)
-	})
 }
 
 // withoutVar is env without the entries for name; env itself is unchanged.

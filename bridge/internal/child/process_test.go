@@ -81,27 +81,38 @@ func TestStartProcessEnvAndDir(t *testing.T) {
 	exe := mcptest.TestChild(t)
 	t.Setenv("MCPBRIDGE_TEST_INHERITED", "from the bridge")
 	t.Setenv("MCPBRIDGE_TEST_OVERRIDDEN", "from the bridge")
+	t.Setenv("MCPBRIDGE_TEST_SECRET", "an API key")
+	withholdKey := func(_, value string) bool { return value == "an API key" }
 	own, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmp := t.TempDir()
 	for _, tc := range []struct {
-		name    string
-		env     []string
-		dir     string
-		wantEnv []string // entries that must appear, each exactly once per name
-		wantCwd string
+		name     string
+		cfg      Config
+		wantEnv  []string // entries that must appear, each exactly once per name
+		withheld []string // names that must not appear
+		wantCwd  string
 	}{
-		{"the bridge's environment is inherited", nil, "", []string{"MCPBRIDGE_TEST_INHERITED=from the bridge"}, own},
-		{"entries are added verbatim", []string{"MCPBRIDGE_TEST_A=1", "MCPBRIDGE_TEST_B=with space=and $HOME"}, "",
-			[]string{"MCPBRIDGE_TEST_A=1", "MCPBRIDGE_TEST_B=with space=and $HOME", "MCPBRIDGE_TEST_INHERITED=from the bridge"}, own},
-		{"an entry overrides the bridge's variable", []string{"MCPBRIDGE_TEST_OVERRIDDEN=configured"}, "",
-			[]string{"MCPBRIDGE_TEST_OVERRIDDEN=configured"}, own},
-		{"dir is the working directory", nil, tmp, nil, tmp},
+		{"only the safe list is inherited", Config{},
+			[]string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}, []string{"MCPBRIDGE_TEST_INHERITED", "MCPBRIDGE_TEST_SECRET"}, own},
+		{"inherit passes a variable by name", Config{Inherit: []string{"MCPBRIDGE_TEST_INHERITED"}},
+			[]string{"MCPBRIDGE_TEST_INHERITED=from the bridge"}, []string{"MCPBRIDGE_TEST_SECRET"}, own},
+		{"inherit * passes everything but what is withheld", Config{Inherit: []string{InheritAll}, Withhold: withholdKey},
+			[]string{"MCPBRIDGE_TEST_INHERITED=from the bridge"}, []string{"MCPBRIDGE_TEST_SECRET"}, own},
+		{"unset names are never passed", Config{Inherit: []string{InheritAll}, UnsetEnv: []string{"MCPBRIDGE_TEST_INHERITED"}},
+			nil, []string{"MCPBRIDGE_TEST_INHERITED"}, own},
+		{"entries are added verbatim", Config{Env: []string{"MCPBRIDGE_TEST_A=1", "MCPBRIDGE_TEST_B=with space=and $HOME"}},
+			[]string{"MCPBRIDGE_TEST_A=1", "MCPBRIDGE_TEST_B=with space=and $HOME"}, nil, own},
+		{"an entry overrides the bridge's variable", Config{Inherit: []string{InheritAll}, Env: []string{"MCPBRIDGE_TEST_OVERRIDDEN=configured"}},
+			[]string{"MCPBRIDGE_TEST_OVERRIDDEN=configured"}, nil, own},
+		{"dir is the working directory", Config{Dir: tmp}, nil, nil, tmp},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := startChild(t, Config{Argv: []string{exe, "-print-env"}, Env: tc.env, Dir: tc.dir})
+			cfg := tc.cfg
+			cfg.Argv = []string{exe, "-print-env"}
+			c := startChild(t, cfg)
 			defer c.Stop()
 			var got struct {
 				Env []string `json:"env"`
@@ -120,6 +131,13 @@ func TestStartProcessEnvAndDir(t *testing.T) {
 				}
 				if len(entries) != 1 || entries[0] != want {
 					t.Errorf("child's environment has %q for %s, want exactly %q", entries, name, want)
+				}
+			}
+			for _, name := range tc.withheld {
+				for _, e := range got.Env {
+					if strings.HasPrefix(e, name+"=") {
+						t.Errorf("child's environment has %q", e)
+					}
 				}
 			}
 			wantCwd, _ := filepath.EvalSymlinks(tc.wantCwd)
