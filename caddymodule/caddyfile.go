@@ -44,6 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //		max_message_size <size>
 //		max_undelivered <size>
+//		allowed_hosts <host...>
 //		allowed_origins <origin...>
 //		transports streamable|sse|ws...
 //		streamable_path <path>
@@ -74,14 +75,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 //
 // command takes the rest of its line; quoting works as in a shell, but no
-// shell runs it. env, env_inherit, allowed_origins and api_key are
-// repeatable; every other option is given once. Pool options of the other
-// isolation (min_idle is session's; sessions_per_process, min_processes
-// and process_idle_timeout shared's) and two endpoints on one path are
-// errors that name their line. env values may use placeholders such as
-// {env.API_TOKEN}, and so may api_key. A bare cors line turns CORS answers
-// on with defaults. Sizes take units (16MiB); durations take Caddy's
-// duration syntax (30s, 30m, 1d).
+// shell runs it. env, env_inherit, allowed_hosts, allowed_origins and
+// api_key are repeatable; every other option is given once. Pool options
+// of the other isolation (min_idle is session's; sessions_per_process,
+// min_processes and process_idle_timeout shared's) and two endpoints on
+// one path are errors that name their line. env values may use
+// placeholders such as {env.API_TOKEN}, and so may api_key. A bare cors
+// line turns CORS answers on with defaults. Sizes take units (16MiB);
+// durations take Caddy's duration syntax (30s, 30m, 1d).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
@@ -89,7 +90,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	var lines optionLines
 	for d.NextBlock(0) {
-		if err := lines.note(d, "env", "env_inherit", "allowed_origins", "api_key"); err != nil {
+		if err := lines.note(d, "env", "env_inherit", "allowed_hosts", "allowed_origins", "api_key"); err != nil {
 			return err
 		}
 		switch d.Val() {
@@ -136,6 +137,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := sizeArg(d, &h.MaxUndelivered); err != nil {
 				return err
 			}
+		case "allowed_hosts":
+			hosts := d.RemainingArgs()
+			if len(hosts) == 0 {
+				return d.ArgErr()
+			}
+			h.AllowedHosts = append(h.AllowedHosts, hosts...)
 		case "allowed_origins":
 			origins := d.RemainingArgs()
 			if len(origins) == 0 {

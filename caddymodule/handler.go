@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,13 @@ type Handler struct {
 	// Env holds environment variables set for the child, on top of what
 	// it inherits. Values may use placeholders such as {env.API_TOKEN}.
 	Env map[string]string `json:"env,omitempty"`
+
+	// AllowedHosts names the hosts, besides IP addresses, localhost and the
+	// names of the server's sites, that requests may be addressed to (their
+	// Host header): a name (mcp.example.com), a pattern (*.example.com) or
+	// "*" for any. Requests for any other host get 403: the DNS-rebinding
+	// defence for a site such as ":8080", which names no host.
+	AllowedHosts []string `json:"allowed_hosts,omitempty"`
 
 	// EnvInherit names variables of Caddy's environment that the child
 	// inherits besides a short safe list (on Unix HOME, LANG, LOGNAME,
@@ -521,13 +529,21 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP serves the MCP endpoints and passes other paths on. The health
-// report is public; for the rest, in order: the Origin check (403), CORS preflights (answered before any key is
-// asked for, as browsers send none), the API key (401), then the bridge,
-// which never sees the client's credentials.
+// ServeHTTP serves the MCP endpoints and passes other paths on. First the
+// Host check (403), which the health report passes too; the health report
+// is public; for the rest, in order: the Origin check (403), CORS
+// preflights (answered before any key is asked for, as browsers send
+// none), the API key (401), then the bridge, which never sees the client's
+// credentials.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if !h.server.Handles(r) {
 		return next.ServeHTTP(w, r)
+	}
+	if !h.hostAllowed(r) {
+		h.logger.Info("refused a request for a host this site does not serve", zap.String("host", r.Host))
+		bridge.WriteError(w, http.StatusForbidden, bridge.CodeInvalidRequest,
+			"host not allowed: this site does not serve "+strconv.Quote(r.Host)+" (allowed_hosts adds names)")
+		return nil
 	}
 	if h.server.IsHealthCheck(r) {
 		h.server.ServeHTTP(w, r)

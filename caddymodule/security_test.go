@@ -1267,3 +1267,61 @@ func TestSecurityChildEnvironment(t *testing.T) {
 		}
 	}
 }
+
+// TestSecurityHostCheck: DNS rebinding. A page of evil.example whose name
+// resolves to this machine sends "Host: evil.example" (and, for a GET, no
+// Origin): a site addressed as ":port" refuses it with 403, the health
+// report and a legacy SSE stream included, and starts no child for it;
+// IP addresses, localhost and allowed_hosts names pass, and so does a name
+// the server has a site for.
+func TestSecurityHostCheck(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	c := opStart(t, []string{exe}, opBridge(exe, "pool {\n\t\t\tmin_idle 0\n\t\t}"), opBridge(exe, "allowed_hosts *.trusted.example"))
+	get := func(base, path, host string) int {
+		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		req.Host = host
+		req.Header.Set("Accept", "text/event-stream")
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		resp, err := opRaw.Do(req.WithContext(ctx))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close() // a stream that opened ends here
+		return resp.StatusCode
+	}
+	port := strings.TrimPrefix(c.base(0), "http://127.0.0.1")
+	for _, tc := range []struct {
+		site       int
+		host, path string
+		want       int
+	}{
+		{0, "evil.example", "/health", http.StatusForbidden},
+		{0, "evil.example" + port, "/sse", http.StatusForbidden},
+		{0, "evil.example", "/mcp", http.StatusForbidden},
+		{0, "127.0.0.1" + port, "/health", http.StatusOK},
+		{0, "localhost" + port, "/health", http.StatusOK},
+		{0, "[::1]" + port, "/health", http.StatusOK},
+		{1, "mcp.trusted.example", "/health", http.StatusOK},
+		{1, "evil.example", "/health", http.StatusForbidden},
+	} {
+		if got := get(c.base(tc.site), tc.path, tc.host); got != tc.want {
+			t.Errorf("GET %s on site %d with Host %s: %d, want %d", tc.path, tc.site, tc.host, got, tc.want)
+		}
+	}
+	if n := len(opPoolOf(t, c, exe).Sessions); n != 0 {
+		t.Errorf("%d sessions opened for a host the site does not serve", n)
+	}
+
+	// A site addressed by name serves that name without allowed_hosts.
+	named := mcptest.FreePort(t)
+	c.Reload(t, c.caddyfile(opBridge(exe))+fmt.Sprintf("\nhttp://mcp.named.example:%d {\n\tbind 127.0.0.1\n\t%s\n}\n", named, opBridge(exe)))
+	base := fmt.Sprintf("http://127.0.0.1:%d", named)
+	mcptest.WaitFor(t, 10*time.Second, "the named site", func() bool {
+		_, err := opRaw.Get(base)
+		return err == nil
+	})
+	if got := get(base, "/health", "mcp.named.example"); got != http.StatusOK {
+		t.Errorf("GET /health of a site addressed by name, with its name: %d, want 200", got)
+	}
+}

@@ -1,0 +1,62 @@
+package caddymodule
+
+import (
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// hostAllowed is the DNS-rebinding defence the MCP transports ask local
+// servers for: a page of evil.example whose name the attacker made resolve
+// to this machine reaches the bridge with "Host: evil.example", which this
+// refuses. Allowed are: IP addresses and localhost names (a rebinding
+// attack needs a name of its own), the names in allowed_hosts, and any
+// name a site of this server is addressed by (Caddy routes requests by
+// their Host; a site like ":8080" names none, so only allowed_hosts add
+// names to it).
+func (h *Handler) hostAllowed(r *http.Request) bool {
+	host := r.Host
+	if name, _, err := net.SplitHostPort(host); err == nil {
+		host = name
+	}
+	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	switch {
+	case host == "":
+		return false
+	case net.ParseIP(host) != nil, host == "localhost", strings.HasSuffix(host, ".localhost"):
+		return true
+	case slices.ContainsFunc(h.AllowedHosts, func(allowed string) bool { return hostMatches(strings.ToLower(allowed), host) }):
+		return true
+	}
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return srv != nil && servesHost(srv.Routes, r)
+}
+
+// hostMatches matches a name against an allowed_hosts entry: a name, a
+// pattern such as *.example.com, or * for any.
+func hostMatches(allowed, host string) bool {
+	if suffix, wildcard := strings.CutPrefix(allowed, "*"); wildcard {
+		return strings.HasSuffix(host, suffix)
+	}
+	return allowed == host
+}
+
+// servesHost reports whether a route of the server matches the request's
+// Host with a host matcher: the server has a site by that name.
+func servesHost(routes caddyhttp.RouteList, r *http.Request) bool {
+	for _, route := range routes {
+		for _, set := range route.MatcherSets {
+			for _, m := range set {
+				if mh, ok := m.(*caddyhttp.MatchHost); ok { // modules are loaded as pointers
+					if match, err := mh.MatchWithError(r); err == nil && match {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
+}
