@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"strings"
@@ -67,10 +68,12 @@ func newSessionID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// newSessionTag returns the random tag of a session's event ids, so that
-// an id from another session never names a stream of this one.
+// newSessionTag returns the random tag of a session's event ids: an id
+// from another session never names a stream of this one, and since a
+// legacy SSE session is resumed by its event id alone (with the key that
+// opened it), the tag is as hard to guess as a session id: 128 bits.
 func newSessionTag() string {
-	var b [4]byte
+	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
@@ -506,7 +509,7 @@ func (b *Backend) resumeLegacy(lastEventID, principal string) (*session, int) {
 	b.mu.RLock()
 	var found *session
 	for _, s := range b.sessions {
-		if s.Transport == "sse" && s.tag == tag && s.Principal == principal {
+		if s.Transport == "sse" && subtle.ConstantTimeCompare([]byte(s.tag), []byte(tag)) == 1 && s.Principal == principal {
 			found = s
 			break
 		}

@@ -1325,3 +1325,54 @@ func TestSecurityHostCheck(t *testing.T) {
 		t.Errorf("GET /health of a site addressed by name, with its name: %d, want 200", got)
 	}
 }
+
+// TestSecurityLegacyResumption: a closed legacy SSE session is resumed by
+// its Last-Event-ID alone, so the id carries 128 random bits, and works
+// only with the key that opened the session: a guess of the old 32-bit
+// form, or the right id with another key, gets 404.
+func TestSecurityLegacyResumption(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	c := opStart(t, []string{exe}, opBridge(exe, "api_key k-one-8c1d k-two-52af"))
+	base := c.base(0)
+	open := func(key, lastID string) (*http.Response, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(t.Context())
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/sse", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		if lastID != "" {
+			req.Header.Set("Last-Event-ID", lastID)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		return resp, cancel
+	}
+	resp, cancel := open("k-one-8c1d", "")
+	events := mcptest.NewSSEReader(resp.Body)
+	endpoint := events.MustNext(t).Data
+	if r, body := secDo(t, http.MethodPost, base+endpoint, secInit, "Authorization", "Bearer k-one-8c1d"); r.StatusCode != http.StatusAccepted {
+		t.Fatalf("initialize: %d %s", r.StatusCode, body)
+	}
+	lastID := events.MustNext(t).ID
+	cancel() // the stream breaks; the session waits resume_grace
+	tag, _, _ := strings.Cut(lastID, "_")
+	if len(tag) < 32 {
+		t.Errorf("event id %q: its session tag has %d hex digits, want 32 (128 bits)", lastID, len(tag))
+	}
+	for _, tc := range []struct {
+		name, key, id string
+		want          int
+	}{
+		{"a guess of the old 32-bit form", "k-one-8c1d", tag[:8] + "_1_0", http.StatusNotFound},
+		{"the right id with another key", "k-two-52af", lastID, http.StatusNotFound},
+		{"the right id with the session's key", "k-one-8c1d", lastID, http.StatusOK},
+	} {
+		resp, cancel := open(tc.key, tc.id)
+		resp.Body.Close()
+		cancel()
+		if resp.StatusCode != tc.want {
+			t.Errorf("resuming with %s: %d, want %d", tc.name, resp.StatusCode, tc.want)
+		}
+	}
+}
