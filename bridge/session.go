@@ -55,6 +55,7 @@ type session struct {
 	streams         map[int]*stream        // every stream a client may resume, by number
 	tag             string                 // names the session in its event ids
 	grace           *time.Timer            // a legacy SSE session without its stream: when it ends
+	ids             childIDs               // ids of the bridge's for an isolated child's requests
 	lastActive      time.Time
 	nextStream      int
 	ended           bool
@@ -232,10 +233,15 @@ func (s *session) forgetSentLocked(id string) {
 // send forwards a client message to the child.
 func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 	now := time.Now()
+	var rewrite []jsonrpc.Splice
+	shared := s.isShared()
 	s.mu.Lock()
 	s.lastActive = now
 	switch env.Kind() {
 	case jsonrpc.KindRequest:
+		if !shared && needsChildID(env.ID) {
+			rewrite = append(rewrite, jsonrpc.Splice{Old: env.ID, New: s.ids.assign(env.ID)})
+		}
 		req := sentRequest{method: metricMethod(env.MethodName()), at: now}
 		if d := s.backend.cfg.Pool.RequestTimeout; d > 0 {
 			id := bytes.Clone(env.ID)
@@ -248,7 +254,12 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 		// session's life and keeps the session from idling out. A POST
 		// stream left with nothing to wait for ends.
 		if env.MethodName() == "notifications/cancelled" {
-			id := string(jsonrpc.Member(env.Params, "requestId"))
+			requestID := jsonrpc.Member(env.Params, "requestId")
+			id := string(requestID)
+			if childID := s.ids.forChild(requestID); childID != nil {
+				rewrite = append(rewrite, jsonrpc.Splice{Old: requestID, New: childID})
+				s.ids.forget(requestID)
+			}
 			if owner, ok := s.pending[id]; ok {
 				delete(s.pending, id)
 				s.forgetSentLocked(id)
@@ -264,6 +275,9 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 	s.backend.obs.MessageBytes("in", len(msg))
 	if ce := s.logger.Check(zap.DebugLevel, "message from client"); ce != nil {
 		ce.Write(zap.ByteString("message", msg[:min(len(msg), debugMessageBytes)]))
+	}
+	if rewrite != nil {
+		msg = jsonrpc.ApplySplices(msg, rewrite...)
 	}
 	return s.up.Send(msg, env)
 }
@@ -301,6 +315,15 @@ func (s *session) fromChild(msg []byte) {
 	env, err := jsonrpc.ParseEnvelope(msg)
 	if err != nil {
 		return // json.Valid passed, so only a non-object gets here
+	}
+	if env.Kind() == jsonrpc.KindResponse && bytes.HasPrefix(env.ID, childIDPrefix) && !s.isShared() {
+		s.mu.Lock()
+		clientID, ok := s.ids.restore(env.ID)
+		s.mu.Unlock()
+		if ok {
+			msg = jsonrpc.ApplySplices(msg, jsonrpc.Splice{Old: env.ID, New: clientID})
+			env, _ = jsonrpc.ParseEnvelope(msg)
+		}
 	}
 	s.backend.obs.MessageBytes("out", len(msg))
 	if ce := s.logger.Check(zap.DebugLevel, "message to client"); ce != nil {
@@ -406,12 +429,17 @@ func (s *session) soleRequestStreamLocked() *stream {
 func (s *session) requestTimedOut(id []byte, after time.Duration) {
 	s.mu.Lock()
 	_, pending := s.pending[string(id)]
+	childID := s.ids.forChild(id)
+	s.ids.forget(id)
 	s.mu.Unlock()
 	if !pending {
 		return
 	}
 	s.logger.Warn("request timed out; cancelling it at the child", zap.ByteString("id", id), zap.Duration("request_timeout", after))
 	s.fromChild(requestTimeoutError(id, after))
+	if childID != nil {
+		id = childID
+	}
 	cancel := []byte(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":` + string(id) + `,"reason":"request_timeout"}}`)
 	if env, err := jsonrpc.ParseEnvelope(cancel); err == nil {
 		_ = s.up.Send(cancel, &env)

@@ -1376,3 +1376,31 @@ func TestSecurityLegacyResumption(t *testing.T) {
 		}
 	}
 }
+
+// TestSecurityRequestIDs: a client's request ids reach it back byte for
+// byte, even those a child cannot echo (the go-sdk's everything-server
+// turns a huge integer or a lone surrogate into something else, and the
+// client would wait forever); ids that are not JSON-RPC request ids get
+// -32600. In either isolation.
+func TestSecurityRequestIDs(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	for _, isolation := range []string{"session", "shared"} {
+		t.Run(isolation, func(t *testing.T) {
+			c := opStart(t, []string{exe}, opBridge(exe, "pool {\n\t\t\tisolation "+isolation+"\n\t\t}"))
+			endpoint := c.base(0) + "/mcp"
+			sid := rlRawSession(t, endpoint)
+			for _, id := range []string{`123456789012345678901234567890`, `"\ud800"`, `1e400`, `"mcpbridge-id-1"`, `7`, `"plain"`} {
+				resp, body := opPost(t, endpoint, sid, "", `{"jsonrpc":"2.0","id":`+id+`,"method":"tools/list"}`)
+				if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"id":`+id+`,"result"`) {
+					t.Errorf("tools/list with id %s: %d %.300s; want its answer with the id byte for byte", id, resp.StatusCode, body)
+				}
+			}
+			for _, id := range []string{`1.5`, `null`} {
+				resp, body := opPost(t, endpoint, sid, "", `{"jsonrpc":"2.0","id":`+id+`,"method":"tools/list"}`)
+				if resp.StatusCode != http.StatusBadRequest || opErrorCode(body) != -32600 {
+					t.Errorf("tools/list with id %s: %d %s; want 400 with -32600", id, resp.StatusCode, body)
+				}
+			}
+		})
+	}
+}

@@ -90,7 +90,7 @@ func (e *Envelope) Kind() Kind {
 		if e.ID == nil {
 			return KindNotification
 		}
-		if !ValidID(e.ID) || string(e.ID) == "null" {
+		if !requestID(e.ID) {
 			return KindInvalid
 		}
 		return KindRequest
@@ -118,6 +118,28 @@ func (e *Envelope) MethodName() string {
 		return ""
 	}
 	return s
+}
+
+// requestID reports whether a request's raw id is one MCP allows: a string
+// or a number without a fraction (not null).
+func requestID(id []byte) bool {
+	if !ValidID(id) || string(id) == "null" {
+		return false
+	}
+	return id[0] == '"' || bytes.IndexByte(id, '.') < 0
+}
+
+// EchoableID reports whether every child can be trusted to echo a request
+// id byte for byte: a string without escapes (a lone surrogate, say, comes
+// back replaced), or an integer that a float64 holds exactly (a Node
+// server's does not hold a larger one). The bridge gives the child an id
+// of its own for any other.
+func EchoableID(id []byte) bool {
+	if id[0] == '"' {
+		return bytes.IndexByte(id, '\\') < 0
+	}
+	digits := bytes.TrimPrefix(id, []byte("-"))
+	return len(digits) <= 15 && bytes.IndexAny(digits, "eE") < 0
 }
 
 func ValidID(id []byte) bool {

@@ -65,6 +65,7 @@ func TestParseEnvelope(t *testing.T) {
 		{"invalid: jsonrpc 1.0", `{"jsonrpc":"1.0","id":1,"method":"ping"}`, KindInvalid, `1`, "ping"},
 		{"invalid: jsonrpc as a number", `{"jsonrpc":2.0,"id":1,"method":"ping"}`, KindInvalid, `1`, "ping"},
 		{"invalid: request with id null", `{"jsonrpc":"2.0","id":null,"method":"ping"}`, KindInvalid, `null`, "ping"},
+		{"invalid: request with a fraction id", `{"jsonrpc":"2.0","id":1.5,"method":"ping"}`, KindInvalid, `1.5`, "ping"},
 		{"invalid: id is an object", `{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}`, KindInvalid, `{"a":1}`, "ping"},
 		{"invalid: id is an array", `{"jsonrpc":"2.0","id":[1],"result":{}}`, KindInvalid, `[1]`, ""},
 		{"invalid: id is a boolean", `{"jsonrpc":"2.0","id":true,"method":"ping"}`, KindInvalid, `true`, "ping"},
@@ -324,5 +325,19 @@ func BenchmarkParseEnvelope(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestEchoableID: the ids any child echoes byte for byte, and those the
+// bridge replaces before an isolated child sees them.
+func TestEchoableID(t *testing.T) {
+	for id, want := range map[string]bool{
+		`7`: true, `-42`: true, `999999999999999`: true, `"abc"`: true, `""`: true, `"é"`: true,
+		`9999999999999999`: false, `123456789012345678901234567890`: false, `1e3`: false, `-1E400`: false,
+		`"\ud800"`: false, `"a\"b"`: false,
+	} {
+		if got := EchoableID([]byte(id)); got != want {
+			t.Errorf("EchoableID(%s) = %v, want %v", id, got, want)
+		}
 	}
 }
