@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 
@@ -80,6 +81,22 @@ func (b *Backend) Health() Health {
 	return h
 }
 
+type healthDetailsKey struct{}
+
+// WithoutHealthDetails returns a context whose health report says only
+// whether the bridge works: not its counts, nor its errors (which can name
+// paths). The report is public: a handler in front decides who sees the
+// details.
+func WithoutHealthDetails(ctx context.Context) context.Context {
+	return context.WithValue(ctx, healthDetailsKey{}, false)
+}
+
+// healthSummary is the report without details.
+type healthSummary struct {
+	Status     string   `json:"status"`
+	Transports []string `json:"transports"`
+}
+
 // serveHealth answers the health path: 200 when children can be started,
 // else 503.
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
@@ -97,7 +114,12 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 			h.Transports = append(h.Transports, t.name)
 		}
 	}
-	body, _ := json.Marshal(h)
+	var body []byte
+	if details, ok := r.Context().Value(healthDetailsKey{}).(bool); ok && !details {
+		body, _ = json.Marshal(healthSummary{Status: h.Status, Transports: h.Transports})
+	} else {
+		body, _ = json.Marshal(h)
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	if h.Status != "ok" {

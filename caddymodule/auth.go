@@ -91,6 +91,8 @@ func (k *keyFile) load(logger *zap.Logger) error {
 	}
 	if created {
 		logger.Info("generated a new API key; show it with `caddy mcp-bridge key show`", zap.String("file", k.path))
+	} else {
+		warnIfReadable(k.path, logger)
 	}
 	k.set(entries)
 	if info, err := os.Stat(k.path); err == nil {

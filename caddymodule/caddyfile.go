@@ -52,6 +52,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		message_path <path>
 //		ws_path <path>
 //		health_path <path>
+//		health_details key|on|off
 //		public_base_url <url>
 //		keepalive <duration>|off
 //		stop_timeout <duration>
@@ -136,6 +137,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_undelivered":
 			if err := sizeArg(d, &h.MaxUndelivered); err != nil {
 				return err
+			}
+		case "health_details":
+			if !d.AllArgs(&h.HealthDetails) {
+				return d.ArgErr()
 			}
 		case "allowed_hosts":
 			hosts := d.RemainingArgs()

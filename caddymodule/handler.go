@@ -44,6 +44,14 @@ type Handler struct {
 	// it inherits. Values may use placeholders such as {env.API_TOKEN}.
 	Env map[string]string `json:"env,omitempty"`
 
+	// HealthDetails says who sees the health report's counts and errors
+	// (children, sessions, tools, crashes, the last error, which can name
+	// paths): "key" (the default) shows them to requests with a valid API
+	// key and to requests on a loopback address (from this machine, where
+	// the admin API shows more), "on" to every request, "off" to none.
+	// Everyone else gets only the status and the transports.
+	HealthDetails string `json:"health_details,omitempty"`
+
 	// AllowedHosts names the hosts, besides IP addresses, localhost and the
 	// names of the server's sites, that requests may be addressed to (their
 	// Host header): a name (mcp.example.com), a pattern (*.example.com) or
@@ -201,6 +209,7 @@ type Handler struct {
 	backend    *bridge.Backend
 	server     *bridge.Server
 	logger     *zap.Logger
+	ctx        caddy.Context
 }
 
 // PoolConfig sizes the pool of child processes.
@@ -287,6 +296,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision too. The warm spares start on Caddy's "started" event.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.ctx = ctx
 	cfg, err := h.backendConfig()
 	if err != nil {
 		return err
@@ -499,6 +509,7 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 	case "started":
 		configServing.Store(true)
 		h.backend.Start()
+		h.warnIfOpen()
 	case "stopping":
 		if caddy.Exiting() {
 			// Every pool drains at once; Caddy waits for them in the exit
@@ -546,6 +557,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	if h.server.IsHealthCheck(r) {
+		if !h.showHealthDetails(r) {
+			r = r.WithContext(bridge.WithoutHealthDetails(r.Context()))
+		}
 		h.server.ServeHTTP(w, r)
 		return nil
 	}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -59,4 +60,61 @@ func servesHost(routes caddyhttp.RouteList, r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// listenAddresses are the addresses of the servers whose routes hold h:
+// where its site listens.
+func (h *Handler) listenAddresses(app *caddyhttp.App) []string {
+	var addrs []string
+	for _, srv := range app.Servers {
+		if holds(srv.Routes, h) {
+			addrs = append(addrs, srv.Listen...)
+		}
+	}
+	return addrs
+}
+
+// holds reports whether routes, or routes nested in them, run h.
+func holds(routes caddyhttp.RouteList, h *Handler) bool {
+	for _, route := range routes {
+		for _, handler := range route.Handlers {
+			switch handler := handler.(type) {
+			case *Handler:
+				if handler == h {
+					return true
+				}
+			case *caddyhttp.Subroute:
+				if holds(handler.Routes, h) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// loopbackOnly reports whether every address listens on loopback only.
+func loopbackOnly(addrs []string) bool {
+	for _, addr := range addrs {
+		na, err := caddy.ParseNetworkAddress(addr)
+		if err != nil || !na.IsUnixNetwork() && !isLoopbackHost(na.Host) {
+			return false
+		}
+	}
+	return len(addrs) > 0
+}
+
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// fromLoopback reports whether the request came in on a loopback address:
+// from this machine.
+func fromLoopback(r *http.Request) bool {
+	addr, _ := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr)
+	return addr != nil && addr.IP.IsLoopback()
 }

@@ -63,6 +63,11 @@ func (h *Handler) checkOptions() error {
 		}
 		owner[path] = name
 	}
+	switch h.HealthDetails {
+	case "", healthDetailsKey, healthDetailsOn, healthDetailsOff:
+	default:
+		return &optionError{"health_details", fmt.Errorf("health_details must be key, on or off, not %q", h.HealthDetails)}
+	}
 	if h.CORS != nil && h.CORS.AllowCredentials && slices.Contains(h.AllowedOrigins, "*") {
 		return &optionError{"cors", fmt.Errorf("cors allow_credentials cannot be combined with allowed_origins *: name the origins")}
 	}

@@ -1404,3 +1404,81 @@ func TestSecurityRequestIDs(t *testing.T) {
 		})
 	}
 }
+
+// TestSecurityExposure: what a site tells strangers, and what Caddy's log
+// tells the operator. On an address that is not loopback, a request
+// without a key sees only the health report's status; one with the key,
+// or one from this machine, sees the details; health_details off hides
+// them from everyone. A site without a key that listens beyond loopback,
+// and a key file others can read, are errors in the log at start.
+func TestSecurityExposure(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	ip := nonLoopbackIP(t)
+	keyFile := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(keyFile, []byte("k-exposure-31aa\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	admin := fmt.Sprintf("127.0.0.1:%d", mcptest.FreePort(t))
+	keyed, open, quiet := mcptest.FreePort(t), mcptest.FreePort(t), mcptest.FreePort(t)
+	cfg := fmt.Sprintf("{\n\tadmin %s\n}\n", admin) +
+		fmt.Sprintf("http://:%d {\n\tbind %s 127.0.0.1\n\t%s\n}\n", keyed, ip, opBridge(exe, "api_key_file "+keyFile)) +
+		fmt.Sprintf("http://:%d {\n\tbind %s\n\t%s\n}\n", open, ip, opBridge(exe)) +
+		fmt.Sprintf("http://:%d {\n\tbind 127.0.0.1\n\t%s\n}\n", quiet, opBridge(exe, "health_details off"))
+	t.Cleanup(func() { mcptest.WaitNoProcesses(t, exe, 10*time.Second) }) // after Caddy stops
+	c := mcptest.StartCaddy(t, t.TempDir(), cfg, admin, fmt.Sprintf("%s:%d", ip, keyed), fmt.Sprintf("%s:%d", ip, open), fmt.Sprintf("127.0.0.1:%d", quiet))
+
+	health := func(base, key string) map[string]any {
+		req, _ := http.NewRequest(http.MethodGet, base+"/health", nil)
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		resp, err := opRaw.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var h map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	for _, tc := range []struct {
+		name, base, key string
+		details         bool
+	}{
+		{"a stranger, no key", fmt.Sprintf("http://%s:%d", ip, keyed), "", false},
+		{"a stranger with the key", fmt.Sprintf("http://%s:%d", ip, keyed), "k-exposure-31aa", true},
+		{"this machine, no key", fmt.Sprintf("http://127.0.0.1:%d", keyed), "", true},
+		{"a stranger on a site without keys", fmt.Sprintf("http://%s:%d", ip, open), "", false},
+		{"this machine, health_details off", fmt.Sprintf("http://127.0.0.1:%d", quiet), "", false},
+	} {
+		h := health(tc.base, tc.key)
+		_, hasSessions := h["sessions"]
+		if hasSessions != tc.details || h["status"] != "ok" {
+			t.Errorf("%s: health report %v, want details %v", tc.name, h, tc.details)
+		}
+	}
+	mcptest.WaitFor(t, 10*time.Second, "the warnings in Caddy's log", func() bool {
+		out := c.Output()
+		return strings.Contains(out, "no API key and listens beyond loopback") && strings.Contains(out, "can be read by other users")
+	})
+	if n := strings.Count(c.Output(), "no API key and listens beyond loopback"); n != 1 {
+		t.Errorf("the warning about an open site came %d times, want once (for the one site)", n)
+	}
+}
+
+// nonLoopbackIP is an IPv4 address of this machine that is not loopback.
+func nonLoopbackIP(t *testing.T) string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+	}
+	t.Fatal("this machine has no IPv4 address but loopback: the test needs one")
+	return ""
+}
