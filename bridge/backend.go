@@ -26,7 +26,7 @@ type Backend struct {
 
 	mu           sync.RWMutex
 	sessions     map[string]*session
-	perPrincipal map[string]int // open sessions by principal
+	perPrincipal map[principal]int // open sessions by principal
 
 	draining  atomic.Bool
 	startOnce sync.Once
@@ -62,7 +62,7 @@ func NewBackend(cfg BackendConfig, logger *zap.Logger) *Backend {
 		stateless:    placement.NewShared(sup, supervisor.RoleStateless, cfg.Pool.placementConfig(), logger),
 		obs:          cfg.Observer,
 		sessions:     make(map[string]*session),
-		perPrincipal: make(map[string]int),
+		perPrincipal: make(map[principal]int),
 		stop:         make(chan struct{}),
 	}
 	b.prober = newProber(b.startProbeChild, logger)
@@ -182,7 +182,7 @@ type sessionOptions struct {
 	// message from the child goes to the session's one stream.
 	Single bool
 	// Principal is who opens the session (see WithPrincipal).
-	Principal string
+	Principal principal
 	// MaxPerPrincipal caps the principal's open sessions; zero means no cap.
 	MaxPerPrincipal int
 }
@@ -236,35 +236,35 @@ func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *sessi
 	if ended {
 		return nil, errors.New("the MCP server process exited")
 	}
-	s.logger.Info("session opened", zap.String("transport", opts.Transport), zap.String("principal", opts.Principal))
+	s.logger.Info("session opened", zap.String("transport", opts.Transport), zap.String("principal", opts.Principal.Key), zap.String("site", opts.Principal.Site))
 	return s, nil
 }
 
 // reserve counts a session for principal, unless it is at max already.
-func (b *Backend) reserve(principal string, max int) bool {
+func (b *Backend) reserve(p principal, max int) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if max > 0 && b.perPrincipal[principal] >= max {
+	if max > 0 && b.perPrincipal[p] >= max {
 		return false
 	}
-	b.perPrincipal[principal]++
+	b.perPrincipal[p]++
 	return true
 }
 
-func (b *Backend) release(principal string) {
+func (b *Backend) release(p principal) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.perPrincipal[principal]--; b.perPrincipal[principal] <= 0 {
-		delete(b.perPrincipal, principal)
+	if b.perPrincipal[p]--; b.perPrincipal[p] <= 0 {
+		delete(b.perPrincipal, p)
 	}
 }
 
 // findSession looks a session up by id, for its principal: a session is
 // invisible to anyone else.
-func (b *Backend) findSession(id, principal string) *session {
+func (b *Backend) findSession(id string, p principal) *session {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	if s := b.sessions[id]; s != nil && s.Principal == principal {
+	if s := b.sessions[id]; s != nil && s.Principal == p {
 		return s
 	}
 	return nil

@@ -392,7 +392,7 @@ func (s *muxSession) del(t *testing.T) {
 // pidOf is the pid of the child the session is on.
 func pidOf(t *testing.T, b *Backend, s *muxSession) int {
 	t.Helper()
-	sess := b.findSession(s.id, "")
+	sess := b.findSession(s.id, principal{})
 	if sess == nil {
 		t.Fatalf("no session %s", s.id)
 	}
@@ -464,7 +464,7 @@ func TestMuxCrossTalk(t *testing.T) {
 				t.Errorf("session %d: initialize answered with id %s", i, init.ID)
 			}
 			all[i] = s
-			sess := backend.findSession(s.id, "")
+			sess := backend.findSession(s.id, principal{})
 			if sess == nil {
 				t.Errorf("session %d: not in the backend", i)
 				return

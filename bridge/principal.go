@@ -7,21 +7,36 @@ import (
 )
 
 // A principal is who a request comes from, as the layer in front of the
-// bridge authenticated it (an API key's name, never the key). A session
-// belongs to the principal that opened it: another principal presenting
-// its id is told it does not exist.
+// bridge authenticated it (an API key's name, never the key), on which
+// site (several sites may share a backend). A session belongs to the
+// principal that opened it: another principal, or the same key on another
+// site, presenting its id is told it does not exist.
+type principal struct {
+	Site string
+	Key  string
+}
 
 type principalKey struct{}
+
+type siteKey struct{}
 
 // WithPrincipal returns a context that names the request's principal.
 func WithPrincipal(ctx context.Context, name string) context.Context {
 	return context.WithValue(ctx, principalKey{}, name)
 }
 
-// principalFrom returns the principal named in ctx, or "".
-func principalFrom(ctx context.Context) string {
+// WithSite returns a context that names the site the request came to,
+// such as the addresses it listens on: sessions and per-key limits are
+// the site's own.
+func WithSite(ctx context.Context, site string) context.Context {
+	return context.WithValue(ctx, siteKey{}, site)
+}
+
+// principalFrom returns the principal named in ctx.
+func principalFrom(ctx context.Context) principal {
 	name, _ := ctx.Value(principalKey{}).(string)
-	return name
+	site, _ := ctx.Value(siteKey{}).(string)
+	return principal{Site: site, Key: name}
 }
 
 type endpointQueryKey struct{}

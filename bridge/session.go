@@ -33,7 +33,7 @@ var errSessionEnded = errors.New("session ended")
 type session struct {
 	ID        string
 	Transport string
-	Principal string
+	Principal principal
 	// single marks transports with one stream for everything (legacy SSE,
 	// WebSocket): all the child's messages go to the standalone stream.
 	single  bool
@@ -532,12 +532,12 @@ func (s *session) awaitResume(grace time.Duration) {
 
 // resumeLegacy finds the legacy SSE session, waiting for its client, that
 // a Last-Event-ID names, and the event's position in its stream.
-func (b *Backend) resumeLegacy(lastEventID, principal string) (*session, int) {
+func (b *Backend) resumeLegacy(lastEventID string, p principal) (*session, int) {
 	tag, _, _ := strings.Cut(lastEventID, "_")
 	b.mu.RLock()
 	var found *session
 	for _, s := range b.sessions {
-		if s.Transport == "sse" && subtle.ConstantTimeCompare([]byte(s.tag), []byte(tag)) == 1 && s.Principal == principal {
+		if s.Transport == "sse" && subtle.ConstantTimeCompare([]byte(s.tag), []byte(tag)) == 1 && s.Principal == p {
 			found = s
 			break
 		}

@@ -126,7 +126,7 @@ func TestSlowClientShared(t *testing.T) {
 	}
 	var during []time.Duration
 	deadline := time.Now().Add(30 * time.Second)
-	for backend.findSession(slow.id, "") != nil {
+	for backend.findSession(slow.id, principal{}) != nil {
 		if time.Now().After(deadline) {
 			t.Fatal("the slow session was never ended")
 		}

@@ -43,14 +43,16 @@ type ChildStatus struct {
 type SessionStatus struct {
 	// ID is the first 8 characters of the session id: enough to name it,
 	// not enough to use it.
-	ID              string  `json:"id"`
-	Transport       string  `json:"transport"`
-	ProtocolVersion string  `json:"protocol_version,omitempty"`
-	Key             string  `json:"key,omitempty"`
-	PID             int     `json:"pid"`
-	AgeSeconds      float64 `json:"age_seconds"`
-	IdleSeconds     float64 `json:"idle_seconds"`
-	InFlight        int     `json:"in_flight"`
+	ID              string `json:"id"`
+	Transport       string `json:"transport"`
+	ProtocolVersion string `json:"protocol_version,omitempty"`
+	Key             string `json:"key,omitempty"`
+	// Site is the site the session was opened on.
+	Site        string  `json:"site,omitempty"`
+	PID         int     `json:"pid"`
+	AgeSeconds  float64 `json:"age_seconds"`
+	IdleSeconds float64 `json:"idle_seconds"`
+	InFlight    int     `json:"in_flight"`
 	// UndeliveredBytes is what the session holds for its client that the
 	// client has not read yet, within max_undelivered.
 	UndeliveredBytes int64 `json:"undelivered_bytes"`
@@ -77,7 +79,8 @@ func (b *Backend) Status() Status {
 			ID:               s.ID[:8],
 			Transport:        s.Transport,
 			ProtocolVersion:  s.protocolVersion,
-			Key:              s.Principal,
+			Key:              s.Principal.Key,
+			Site:             s.Principal.Site,
 			PID:              s.up.Pid(),
 			AgeSeconds:       now.Sub(s.created).Seconds(),
 			IdleSeconds:      now.Sub(s.lastActive).Seconds(),

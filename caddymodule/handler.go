@@ -590,7 +590,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r = r.WithContext(ctx)
 	}
 	stripCredentials(r)
-	h.server.ServeHTTP(w, r)
+	h.server.ServeHTTP(w, r.WithContext(bridge.WithSite(r.Context(), siteOf(r))))
 	return nil
 }
 

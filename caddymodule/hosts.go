@@ -118,3 +118,16 @@ func fromLoopback(r *http.Request) bool {
 	addr, _ := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr)
 	return addr != nil && addr.IP.IsLoopback()
 }
+
+// siteOf names the site a request came to by the addresses its server
+// listens on: two sites with the same child configuration share a pool
+// (which is how sessions survive a reload), but not their sessions, nor
+// their per-key session counts. An HTTPS site and its HTTP twin listen on
+// different ports.
+func siteOf(r *http.Request) string {
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil {
+		return ""
+	}
+	return strings.Join(srv.Listen, ",")
+}

@@ -1482,3 +1482,38 @@ func nonLoopbackIP(t *testing.T) string {
 	t.Fatal("this machine has no IPv4 address but loopback: the test needs one")
 	return ""
 }
+
+// TestSecuritySitesKeepTheirSessions: two sites with the same child
+// configuration (and so one pool), on two ports as an HTTPS site and its
+// plain HTTP twin would be: a session opened on one is unknown on the
+// other (404), with the same key, and each site counts its own sessions
+// for max_sessions_per_key.
+func TestSecuritySitesKeepTheirSessions(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	site := opBridge(exe, "api_key k-sites-77b0", "max_sessions_per_key 1")
+	c := opStart(t, []string{exe}, site, site)
+	a, b := c.base(0)+"/mcp", c.base(1)+"/mcp"
+	auth := []string{"Authorization", "Bearer k-sites-77b0"}
+	resp, body := secDo(t, http.MethodPost, a, secInit, auth...)
+	sid := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != http.StatusOK || sid == "" {
+		t.Fatalf("initialize on site a: %d %s", resp.StatusCode, body)
+	}
+	defer secDelete(c.base(0), sid, auth...)
+	if r, _ := opAdmin(t, c); len(r.Pools) != 1 {
+		t.Fatalf("%d pools for two sites with one child configuration, want 1 (shared, as a reload needs)", len(r.Pools))
+	}
+	session := append([]string{"Mcp-Session-Id", sid, "MCP-Protocol-Version", opVersion}, auth...)
+	if resp, body := secDo(t, http.MethodPost, b, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, session...); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("site a's session on site b: %d %.200s, want 404", resp.StatusCode, body)
+	}
+	resp, body = secDo(t, http.MethodPost, b, secInit, auth...)
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("a first session on site b, with one on site a: %d %.200s; want 200 (each site counts its own)", resp.StatusCode, body)
+	} else {
+		defer secDelete(c.base(1), resp.Header.Get("Mcp-Session-Id"), auth...)
+	}
+	if resp, body := secDo(t, http.MethodPost, a, secInit, auth...); resp.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("a second session on site a: %d %.200s, want 429", resp.StatusCode, body)
+	}
+}
