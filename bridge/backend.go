@@ -215,7 +215,7 @@ func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *sessi
 		lastActive:     time.Now(),
 		done:           make(chan struct{}),
 	}
-	_, err = b.placement.Acquire(ctx, placement.Request{Deliver: s.fromChild, Oversize: s.onOversize, Exited: s.onChildExit, Bind: func(l placement.Lease) {
+	_, err = b.placement.Acquire(ctx, placement.Request{Group: b.childGroup(opts.Principal), Deliver: s.fromChild, Oversize: s.onOversize, Exited: s.onChildExit, Bind: func(l placement.Lease) {
 		s.up = l
 		s.logger = b.logger.With(zap.String("session", s.ID[:8]), zap.Int("pid", l.Pid()))
 	}})
@@ -238,6 +238,15 @@ func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *sessi
 	}
 	s.logger.Info("session opened", zap.String("transport", opts.Transport), zap.String("principal", opts.Principal.Key), zap.String("site", opts.Principal.Site))
 	return s, nil
+}
+
+// childGroup is who may share a shared child with p's clients: p alone,
+// unless the pool shares children across keys.
+func (b *Backend) childGroup(p principal) string {
+	if b.cfg.Pool.ShareAcrossKeys {
+		return ""
+	}
+	return p.Site + "\x00" + p.Key
 }
 
 // reserve counts a session for principal, unless it is at max already.

@@ -90,6 +90,13 @@ type PoolConfig struct {
 	// ProcessIdleTimeout stops a shared child beyond MinProcesses, or one
 	// serving stateless requests, that has carried nothing for this long.
 	ProcessIdleTimeout time.Duration
+	// ShareAcrossKeys lets a shared child carry the sessions (and
+	// stateless requests) of every principal, not of one API key on one
+	// site only. Then what a server says to all its sessions reaches every
+	// key's: list changes, resource updates to subscribers, log messages
+	// at the level any session asked for, and whatever state the server
+	// keeps between calls.
+	ShareAcrossKeys bool
 	// RequestTimeout, when set, answers a request (a session's, or a
 	// stateless one) that the child has not answered for this long with a
 	// JSON-RPC error, and cancels it at the child; zero means no limit.

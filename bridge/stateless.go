@@ -140,6 +140,7 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 	for {
 		st := newStream(0, ReplayBuffer{}, &undelivered{limit: int64(s.backend.cfg.MaxUndelivered)}) // nothing to replay: not resumable
 		member, err := s.backend.stateless.Acquire(r.Context(), placement.Request{
+			Group: s.backend.childGroup(principalFrom(r.Context())),
 			Deliver: func(m []byte) {
 				other, err := jsonrpc.ParseEnvelope(m)
 				last := err == nil && other.Kind() == jsonrpc.KindResponse && string(other.ID) == string(env.ID)

@@ -41,6 +41,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			health_check <interval>|off
 //			health_check_timeout <duration>
 //			request_timeout <duration>
+//			share_across_keys
 //		}
 //		max_message_size <size>
 //		max_undelivered <size>
@@ -353,6 +354,11 @@ func (p *PoolConfig) unmarshalCaddyfile(d *caddyfile.Dispenser, lines *optionLin
 			if err := durationArg(d, &p.RequestTimeout); err != nil {
 				return err
 			}
+		case "share_across_keys":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			p.ShareAcrossKeys = true
 		default:
 			return d.Errf("unrecognized pool option %q", d.Val())
 		}

@@ -253,6 +253,15 @@ type PoolConfig struct {
 	// default because some clients never end their sessions. Default: 5m.
 	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
 
+	// ShareAcrossKeys lets a shared child (isolation shared, and the
+	// children of stateless requests) carry the clients of every API key,
+	// not of one key on one site only, as it does by default. Then what the
+	// server says to all its sessions reaches every key's: list changes,
+	// resource updates to subscribers, log messages at the level any
+	// session asked for, and whatever state the server keeps between
+	// calls. Default: off.
+	ShareAcrossKeys bool `json:"share_across_keys,omitempty"`
+
 	// RequestTimeout, when set, answers a request (of a session, or
 	// stateless) that the child has not answered for this long with a
 	// JSON-RPC error, and sends the child notifications/cancelled for it.
@@ -447,6 +456,7 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 			MinProcesses:       p.MinProcesses,
 			ProcessIdleTimeout: time.Duration(p.ProcessIdleTimeout),
 			RequestTimeout:     time.Duration(p.RequestTimeout),
+			ShareAcrossKeys:    p.ShareAcrossKeys,
 		}
 		cfg.SessionIdleTimeout = time.Duration(p.SessionIdleTimeout)
 	}

@@ -1517,3 +1517,26 @@ func TestSecuritySitesKeepTheirSessions(t *testing.T) {
 		t.Errorf("a second session on site a: %d %.200s, want 429", resp.StatusCode, body)
 	}
 }
+
+// TestSecuritySharedChildPerKey: in shared isolation, sessions of two keys
+// never share a child (a child's log messages, list changes and state
+// would cross between them), while sessions of one key do; with
+// share_across_keys they all do.
+func TestSecuritySharedChildPerKey(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	c := opStart(t, []string{exe},
+		opBridge(exe, "api_key k-shared-a1 k-shared-b2", "pool {\n\t\t\tisolation shared\n\t\t}"),
+		opBridge(exe, "api_key k-shared-a1 k-shared-b2", "env SITE 2", "pool {\n\t\t\tisolation shared\n\t\t\tshare_across_keys\n\t\t}"))
+	for site, want := range []string{"a key's own", "one for all"} {
+		endpoint := c.base(site) + "/mcp"
+		a1, a2, b := opConnect(t, endpoint, "k-shared-a1"), opConnect(t, endpoint, "k-shared-a1"), opConnect(t, endpoint, "k-shared-b2")
+		pa1, pa2, pb := opSessionPID(t, c, a1.ID()), opSessionPID(t, c, a2.ID()), opSessionPID(t, c, b.ID())
+		if pa1 != pa2 {
+			t.Errorf("site %d: two sessions of one key on children %d and %d, want one shared child", site, pa1, pa2)
+		}
+		if shared := pa1 == pb; shared != (site == 1) {
+			t.Errorf("site %d: sessions of two keys on children %d and %d, want %s", site, pa1, pb, want)
+		}
+		b.CallText(t, "test_simple_text", nil)
+	}
+}

@@ -45,6 +45,11 @@ type Mux struct {
 	retired     bool // stopped on purpose (idle, shutdown): not a crash
 	lastUsed    time.Time
 	onRelease   func() // a session left: the pool has room again
+	// group is whose sessions the child carries, once it carried one:
+	// only that group's from then on, for the child keeps what sessions
+	// leave in it, and its notifications cannot all be told apart.
+	group   string
+	claimed bool
 }
 
 type muxInitState uint8
@@ -126,16 +131,18 @@ func New(child Child, logger *zap.Logger, onExit func(*Mux), onRelease func()) *
 	return m
 }
 
-// Attach adds a session, unless the child is gone. deliver gets the
-// child's messages for it, with the session's own ids; onExit runs if the
-// child exits; bind gets the member before either can run.
-func (m *Mux) Attach(deliver func([]byte), onExit func(), bind func(*Member)) *Member {
+// Attach adds a session of group, unless the child is gone or carries
+// another group's. deliver gets the child's messages for it, with the
+// session's own ids; onExit runs if the child exits; bind gets the member
+// before either can run.
+func (m *Mux) Attach(group string, deliver func([]byte), onExit func(), bind func(*Member)) *Member {
 	mem := &Member{mux: m, deliver: deliver, onExit: onExit, level: -1, statelessLevel: -1, subs: make(map[string]bool)}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.exited || m.retired {
+	if m.exited || m.retired || m.claimed && m.group != group {
 		return nil
 	}
+	m.group, m.claimed = group, true
 	bind(mem)
 	m.members[mem] = struct{}{}
 	m.lastUsed = time.Now()
@@ -143,11 +150,11 @@ func (m *Mux) Attach(deliver func([]byte), onExit func(), bind func(*Member)) *M
 }
 
 // Load is the number of sessions on the child, and whether it can take
-// more at all.
-func (m *Mux) Load() (int, bool) {
+// more of group's at all.
+func (m *Mux) Load(group string) (int, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return len(m.members), !m.exited && !m.retired
+	return len(m.members), !m.exited && !m.retired && (!m.claimed || m.group == group)
 }
 
 // Retire marks the child as stopped on purpose and stops it.

@@ -46,6 +46,9 @@ type Request struct {
 	// Bind gets the lease before any message is delivered, so that the
 	// callbacks above can use it.
 	Bind func(Lease)
+	// Group is whose client this is. A shared child carries the clients
+	// of one group only, the first it carried.
+	Group string
 }
 
 // Lease is one client's way to its child.

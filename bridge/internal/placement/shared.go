@@ -87,12 +87,12 @@ func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 		var best *mux.Mux
 		bestLoad := p.cfg.SessionsPerProcess
 		for _, m := range p.muxes {
-			if load, open := m.Load(); open && load < bestLoad {
+			if load, open := m.Load(req.Group); open && load < bestLoad {
 				best, bestLoad = m, load
 			}
 		}
 		if best != nil {
-			if mem := best.Attach(req.Deliver, req.Exited, bind); mem != nil {
+			if mem := best.Attach(req.Group, req.Deliver, req.Exited, bind); mem != nil {
 				p.mu.Unlock()
 				return mem, nil
 			}
@@ -116,7 +116,7 @@ func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 			// Attach at once: another waiter could reclaim a child that
 			// carries nobody yet.
 			if m != nil {
-				if mem := m.Attach(req.Deliver, req.Exited, bind); mem != nil {
+				if mem := m.Attach(req.Group, req.Deliver, req.Exited, bind); mem != nil {
 					p.mu.Unlock()
 					return mem, nil
 				}
@@ -208,7 +208,7 @@ func (p *Shared) Load() (idle, busy int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, m := range p.muxes {
-		if load, _ := m.Load(); load > 0 {
+		if load, _ := m.Load(""); load > 0 {
 			busy++
 		} else {
 			idle++
