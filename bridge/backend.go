@@ -279,6 +279,30 @@ func (b *Backend) findSession(id string, p principal) *session {
 	return nil
 }
 
+// EndSessions ends every session of site whose credential revoked
+// reports revoked, with ReasonRevoked: their streams and WebSockets close
+// and their next request gets 404. It returns how many it ended.
+func (b *Backend) EndSessions(site string, revoked func(credential string) bool) int {
+	b.mu.RLock()
+	var doomed []*session
+	for _, s := range b.sessions {
+		if s.Principal.Site != site {
+			continue
+		}
+		s.mu.Lock()
+		c := s.credential
+		s.mu.Unlock()
+		if c != "" && revoked(c) {
+			doomed = append(doomed, s)
+		}
+	}
+	b.mu.RUnlock()
+	for _, s := range doomed {
+		s.end(ReasonRevoked)
+	}
+	return len(doomed)
+}
+
 // sessionCount is the number of open sessions.
 func (b *Backend) sessionCount() int {
 	b.mu.RLock()

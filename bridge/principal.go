@@ -20,6 +20,21 @@ type principalKey struct{}
 
 type siteKey struct{}
 
+type credentialKey struct{}
+
+// WithCredential returns a context that names the very credential the
+// request presented (a key's fingerprint, say), among those the principal
+// may use: a session remembers the last it was used with, so that
+// EndSessions can end those whose credential was revoked.
+func WithCredential(ctx context.Context, credential string) context.Context {
+	return context.WithValue(ctx, credentialKey{}, credential)
+}
+
+func credentialFrom(ctx context.Context) string {
+	c, _ := ctx.Value(credentialKey{}).(string)
+	return c
+}
+
 // WithPrincipal returns a context that names the request's principal.
 func WithPrincipal(ctx context.Context, name string) context.Context {
 	return context.WithValue(ctx, principalKey{}, name)

@@ -209,6 +209,7 @@ func (s *Server) newSession(w http.ResponseWriter, r *http.Request, transport st
 		writeAcquireError(w, err)
 		return nil
 	}
+	sess.useCredential(r.Context())
 	return sess
 }
 

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
@@ -56,6 +57,8 @@ type session struct {
 	tag             string                 // names the session in its event ids
 	grace           *time.Timer            // a legacy SSE session without its stream: when it ends
 	ids             childIDs               // ids of the bridge's for an isolated child's requests
+	credential      string                 // the credential the session was last used with
+	endReason       string
 	lastActive      time.Time
 	nextStream      int
 	ended           bool
@@ -90,6 +93,25 @@ func (s *session) setProtocolVersion(v string) {
 	s.mu.Lock()
 	s.protocolVersion = v
 	s.mu.Unlock()
+}
+
+// ReasonRevoked ends the sessions of a credential that was revoked.
+const ReasonRevoked = "its API key was revoked"
+
+// useCredential records the credential a request of the session came with.
+func (s *session) useCredential(ctx context.Context) {
+	if c := credentialFrom(ctx); c != "" {
+		s.mu.Lock()
+		s.credential = c
+		s.mu.Unlock()
+	}
+}
+
+// endedFor says why the session ended, once it has.
+func (s *session) endedFor() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.endReason
 }
 
 // Done is closed when the session has ended.
@@ -497,6 +519,7 @@ func (s *session) end(reason string) {
 		return
 	}
 	s.ended = true
+	s.endReason = reason
 	for id := range s.sent {
 		s.forgetSentLocked(id)
 	}

@@ -77,6 +77,7 @@ func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found")
 		return
 	}
+	sess.useCredential(r.Context())
 	body, ok := s.readBody(w, r)
 	if !ok {
 		return

@@ -73,6 +73,7 @@ func (s *Server) lookupSession(w http.ResponseWriter, r *http.Request) *session 
 		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found")
 		return nil
 	}
+	sess.useCredential(r.Context())
 	return sess
 }
 

@@ -52,7 +52,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		s.wsRead(ctx, conn, sess)
 	}()
-	s.wsWrite(ctx, conn, st, gen, cursor)
+	s.wsWrite(ctx, conn, sess, st, gen, cursor)
 }
 
 // wsRead forwards the client's frames to the child until the connection
@@ -89,7 +89,7 @@ func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *session
 
 // wsWrite sends the stream's messages as text frames and pings the client
 // every keepalive interval, until the session or the connection ends.
-func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, st *stream, gen, cursor int) {
+func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, sess *session, st *stream, gen, cursor int) {
 	p := pump{
 		st: st, gen: gen, cursor: cursor,
 		sink:      &wsSink{ctx: ctx, conn: conn, keepalive: s.cfg.Keepalive},
@@ -98,6 +98,10 @@ func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, st *stream, 
 	}
 	switch p.run() {
 	case pumpClosed:
+		if sess.endedFor() == ReasonRevoked {
+			conn.Close(websocket.StatusPolicyViolation, "session ended: "+ReasonRevoked)
+			return
+		}
 		conn.Close(websocket.StatusGoingAway, "session ended")
 	case pumpFailed:
 		s.logger.Debug("WebSocket write or ping failed; client gone")

@@ -19,9 +19,17 @@ import (
 // apiKey is one accepted key, kept as its hash: comparisons then take the
 // same time whatever the length of the key presented.
 type apiKey struct {
-	hash [sha256.Size]byte
-	name string // what logs and sessions know the key by
+	hash  [sha256.Size]byte
+	name  string    // what logs and sessions know the key by
+	until time.Time // when it stops being accepted; zero: never
 }
+
+// credential names the key exactly (sessions record the one they last
+// used, so that a revoked key's sessions end), without revealing it.
+func (k apiKey) credential() string { return hex.EncodeToString(k.hash[:8]) }
+
+// live reports whether the key is accepted at now.
+func (k apiKey) live(now time.Time) bool { return k.until.IsZero() || now.Before(k.until) }
 
 // knownKeys holds the hash of every API key this process has accepted,
 // so that no child inherits one from Caddy's environment, whichever
@@ -53,20 +61,35 @@ func keyName(key string) string {
 // key itself (empty when there is none, to tell a wrong key from a missing
 // one). It checks every key, so that the time taken does not tell which
 // matched. fromQuery says that the key came in the URL.
-func (h *Handler) authenticate(r *http.Request) (name, key string, fromQuery, ok bool) {
+func (h *Handler) authenticate(r *http.Request) (match apiKey, key string, fromQuery, ok bool) {
 	key, fromQuery = presentedKey(r, h.APIKeyQuery)
 	if key == "" {
-		return "", "", false, false
+		return apiKey{}, "", false, false
 	}
 	sum := sha256.Sum256([]byte(key))
+	now := time.Now()
 	for _, keys := range [][]apiKey{h.keys, h.keyFile.current(h.logger)} {
 		for i := range keys {
-			if subtle.ConstantTimeCompare(sum[:], keys[i].hash[:]) == 1 {
-				name, ok = keys[i].name, true
+			if subtle.ConstantTimeCompare(sum[:], keys[i].hash[:]) == 1 && keys[i].live(now) {
+				match, ok = keys[i], true
 			}
 		}
 	}
-	return name, key, fromQuery, ok
+	return match, key, fromQuery, ok
+}
+
+// liveCredentials are the credentials of the keys accepted now.
+func (h *Handler) liveCredentials() map[string]bool {
+	live := make(map[string]bool)
+	now := time.Now()
+	for _, keys := range [][]apiKey{h.keys, h.keyFile.current(h.logger)} {
+		for _, k := range keys {
+			if k.live(now) {
+				live[k.credential()] = true
+			}
+		}
+	}
+	return live
 }
 
 // keyFile holds the keys of an api_key_file, and reads the file again when
@@ -106,7 +129,7 @@ func (k *keyFile) set(entries []keyFileEntry) {
 	keys := make([]apiKey, len(entries))
 	for i, e := range entries {
 		// One name for all of the file's keys: sessions survive a rotation.
-		keys[i] = apiKey{hash: rememberKey(e.key), name: "file:" + k.path}
+		keys[i] = apiKey{hash: rememberKey(e.key), name: "file:" + k.path, until: e.until}
 	}
 	k.keys.Store(&keys)
 }

@@ -46,7 +46,11 @@ func (h *Handler) warnIfOpen() {
 	if err != nil {
 		return
 	}
-	if addrs := h.listenAddresses(app.(*caddyhttp.App)); !loopbackOnly(addrs) {
+	var addrs []string
+	for _, srv := range h.servers(app.(*caddyhttp.App)) {
+		addrs = append(addrs, srv.Listen...)
+	}
+	if !loopbackOnly(addrs) {
 		h.logger.Error("this MCP bridge has no API key and listens beyond loopback: anyone who can reach it can run its tools; add api_key_file, or bind 127.0.0.1",
 			zap.Strings("listen", addrs), zap.Strings("command", []string{h.Command}))
 	}

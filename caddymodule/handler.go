@@ -210,6 +210,9 @@ type Handler struct {
 	server     *bridge.Server
 	logger     *zap.Logger
 	ctx        caddy.Context
+
+	revocations     chan struct{} // closed to stop watchRevocations
+	revocationsDone chan struct{} // closed when it has stopped
 }
 
 // PoolConfig sizes the pool of child processes.
@@ -520,6 +523,7 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 		configServing.Store(true)
 		h.backend.Start()
 		h.warnIfOpen()
+		h.watchRevocations()
 	case "stopping":
 		if caddy.Exiting() {
 			// Every pool drains at once; Caddy waits for them in the exit
@@ -543,6 +547,7 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 // Cleanup releases this instance's hold on the shared pool; the last
 // holder's release drains and stops it.
 func (h *Handler) Cleanup() error {
+	h.stopRevocations()
 	if h.backendKey != "" {
 		_, err := backends.Delete(h.backendKey)
 		return err
@@ -586,12 +591,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.CORS.allowOrigin(w, r)
 	}
 	if len(h.keys) > 0 || h.keyFile != nil {
-		name, key, fromQuery, ok := h.authenticate(r)
+		match, key, fromQuery, ok := h.authenticate(r)
 		if !ok {
 			h.unauthorized(w, r, key != "")
 			return nil
 		}
-		ctx := bridge.WithPrincipal(r.Context(), name)
+		ctx := bridge.WithCredential(bridge.WithPrincipal(r.Context(), match.name), match.credential())
 		if fromQuery {
 			// A client that can only put its key in URLs needs it in the
 			// legacy SSE endpoint event too.

@@ -62,16 +62,15 @@ func servesHost(routes caddyhttp.RouteList, r *http.Request) bool {
 	return false
 }
 
-// listenAddresses are the addresses of the servers whose routes hold h:
-// where its site listens.
-func (h *Handler) listenAddresses(app *caddyhttp.App) []string {
-	var addrs []string
+// servers are the servers whose routes hold h: its sites.
+func (h *Handler) servers(app *caddyhttp.App) []*caddyhttp.Server {
+	var servers []*caddyhttp.Server
 	for _, srv := range app.Servers {
 		if holds(srv.Routes, h) {
-			addrs = append(addrs, srv.Listen...)
+			servers = append(servers, srv)
 		}
 	}
-	return addrs
+	return servers
 }
 
 // holds reports whether routes, or routes nested in them, run h.
@@ -129,5 +128,7 @@ func siteOf(r *http.Request) string {
 	if srv == nil {
 		return ""
 	}
-	return strings.Join(srv.Listen, ",")
+	return siteName(srv)
 }
+
+func siteName(srv *caddyhttp.Server) string { return strings.Join(srv.Listen, ",") }

@@ -1540,3 +1540,90 @@ func TestSecuritySharedChildPerKey(t *testing.T) {
 		b.CallText(t, "test_simple_text", nil)
 	}
 }
+
+// TestSecurityRevocation: once a key is no longer accepted, what was
+// opened with it ends within about a second: a WebSocket closes with 1008
+// and says why, a legacy SSE stream ends, and a Streamable HTTP session
+// gets 404; sessions of other keys go on. Both ways a key goes: a reload
+// that removes it, and the end of its overlap after a key file rotation.
+func TestSecurityRevocation(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	keyFile := filepath.Join(t.TempDir(), "keys")
+	until := time.Now().Add(6 * time.Second).UTC().Format(time.RFC3339)
+	if err := os.WriteFile(keyFile, []byte("k-file-new-4d21\nk-file-old-0b93 until="+until+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	inline := opBridge(exe, "api_key k-stay-6f10 k-gone-93ce")
+	fromFile := opBridge(exe, "api_key_file "+keyFile, "env SITE file")
+	c := opStart(t, []string{exe}, inline, fromFile)
+
+	type opened struct {
+		ws       *websocket.Conn
+		sse      *mcptest.SSEReader
+		endpoint string
+		sid      string
+	}
+	open := func(base, key string) opened {
+		auth := []string{"Authorization", "Bearer " + key}
+		ctx, cancel := context.WithCancel(t.Context())
+		t.Cleanup(cancel)
+		ws, _, err := websocket.Dial(ctx, secWSURL(base), &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + key}}, Subprotocols: []string{"mcp"}})
+		if err != nil {
+			t.Fatalf("WebSocket with %s: %v", key, err)
+		}
+		if err := ws.Write(ctx, websocket.MessageText, []byte(secInit)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := ws.Read(ctx); err != nil {
+			t.Fatal(err)
+		}
+		endpoint, sse := secSSEEndpoint(t, base, "/sse", auth...)
+		resp, body := secDo(t, http.MethodPost, base+"/mcp", secInit, auth...)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("initialize with %s: %d %s", key, resp.StatusCode, body)
+		}
+		return opened{ws: ws, sse: sse, endpoint: endpoint, sid: resp.Header.Get("Mcp-Session-Id")}
+	}
+	// ended checks that all of o ended, and how.
+	ended := func(what, base, key string, o opened) {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		for {
+			_, _, err := o.ws.Read(ctx)
+			if err == nil {
+				continue
+			}
+			if status := websocket.CloseStatus(err); status != websocket.StatusPolicyViolation {
+				t.Errorf("%s: the WebSocket ended with %v, want 1008 saying the key was revoked", what, err)
+			} else if !strings.Contains(err.Error(), "revoked") {
+				t.Errorf("%s: close reason %v does not say the key was revoked", what, err)
+			}
+			break
+		}
+		for {
+			if _, err := o.sse.Next(); err != nil {
+				break // the stream ended
+			}
+		}
+		session := []string{"Mcp-Session-Id", o.sid, "MCP-Protocol-Version", opVersion, "Authorization", "Bearer " + key}
+		if resp, body := secDo(t, http.MethodPost, base+"/mcp", `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, session...); resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("%s: the Streamable HTTP session answered %d %.200s, want it gone", what, resp.StatusCode, body)
+		}
+	}
+	alive := func(what, base, key string, o opened) {
+		session := []string{"Mcp-Session-Id", o.sid, "MCP-Protocol-Version", opVersion, "Authorization", "Bearer " + key}
+		if resp, body := secDo(t, http.MethodPost, base+"/mcp", secInitialized, session...); resp.StatusCode != http.StatusAccepted {
+			t.Errorf("%s: a session of a key still accepted answered %d %.200s", what, resp.StatusCode, body)
+		}
+	}
+
+	fileOld, fileNew := open(c.base(1), "k-file-old-0b93"), open(c.base(1), "k-file-new-4d21")
+	stay, gone := open(c.base(0), "k-stay-6f10"), open(c.base(0), "k-gone-93ce")
+
+	c.Reload(t, c.caddyfile(opBridge(exe, "api_key k-stay-6f10"), fromFile))
+	ended("a key removed by a reload", c.base(0), "k-gone-93ce", gone)
+	alive("after a reload that removed another key", c.base(0), "k-stay-6f10", stay)
+
+	ended("a key whose overlap ended", c.base(1), "k-file-old-0b93", fileOld) // within 6s and a bit
+	alive("after another key's overlap ended", c.base(1), "k-file-new-4d21", fileNew)
+}
