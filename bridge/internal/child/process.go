@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
@@ -78,6 +79,11 @@ type Process struct {
 	lines  *jsonrpc.LineReader
 	early  [][]byte // read by Ping before Attach, for the session
 	stdin  *input
+
+	// When the child's stdout ended, and when the bridge first asked it
+	// to stop (unix nanos; 0: not yet), to tell an exit on its own from
+	// one the bridge caused, whichever is reaped first.
+	eofAt, stopAt atomic.Int64
 
 	attachOnce sync.Once
 	done       chan struct{} // closed once the process has exited
@@ -176,6 +182,15 @@ func (p *Process) ExitErr() error {
 	}
 }
 
+// ExitedOnItsOwn reports whether the child ended before the bridge asked
+// it to (its stdout ended first, or it was never asked): a crash, not a
+// stop.
+func (p *Process) ExitedOnItsOwn() bool {
+	stop := p.stopAt.Load()
+	eof := p.eofAt.Load()
+	return stop == 0 || eof != 0 && eof <= stop
+}
+
 // Exited reports whether the child has exited.
 func (p *Process) Exited() bool {
 	select {
@@ -213,6 +228,7 @@ func (p *Process) readStdout(onMessage func([]byte), onOversize func([]byte), on
 			onOversize(lr.OversizePrefix())
 			continue
 		case err != nil:
+			p.eofAt.CompareAndSwap(0, time.Now().UnixNano())
 			return
 		}
 		if !jsonrpc.Valid(line) {
@@ -246,6 +262,9 @@ func (p *Process) Ping(timeout time.Duration) error {
 		case errors.Is(err, jsonrpc.ErrMessageTooLarge):
 			continue
 		case err != nil:
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				p.eofAt.CompareAndSwap(0, time.Now().UnixNano())
+			}
 			return fmt.Errorf("no answer to ping: %w", err)
 		}
 		if !jsonrpc.Valid(line) {
@@ -313,6 +332,7 @@ func (p *Process) signal(f func(*group) error) error {
 // group to terminate (SIGTERM; CTRL_BREAK on Windows) and waits, then kills
 // the group. It returns once the child is gone.
 func (p *Process) Stop() {
+	p.stopAt.CompareAndSwap(0, time.Now().UnixNano())
 	p.stdin.close()
 	if p.waitFor(p.cfg.StdinCloseTimeout) {
 		return
@@ -334,6 +354,7 @@ func (p *Process) Stop() {
 // Kill ends the child and its process group at once (SIGKILL; on Windows
 // the job is terminated).
 func (p *Process) Kill() {
+	p.stopAt.CompareAndSwap(0, time.Now().UnixNano())
 	_ = p.signal((*group).kill)
 	<-p.done
 }

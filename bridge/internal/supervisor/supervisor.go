@@ -95,12 +95,12 @@ func breakerBackoff(crashes int) time.Duration {
 	return min(time.Second<<min(crashes-breakerThreshold, 5), 30*time.Second)
 }
 
-// Child is a child process the supervisor owns. Stop and Kill through it,
-// not through the process, so that an exit is told apart from a crash.
+// Child is a child process the supervisor owns. Its exit is a crash when
+// it ended before the bridge asked it to (see Process.ExitedOnItsOwn), or
+// when the liveness check killed it.
 type Child struct {
 	*child.Process
 	role       atomic.Int32
-	stopped    atomic.Bool
 	restarts   int
 	live       liveness
 	pingPrefix []byte
@@ -117,13 +117,6 @@ func (c *Child) SetRole(r Role) { c.role.Store(int32(r)) }
 // replaced after it exited on its own.
 func (c *Child) Restarts() int { return c.restarts }
 
-// Stop ends the child gracefully (stdin closed, then SIGTERM, then SIGKILL)
-// and returns once it is gone.
-func (c *Child) Stop() {
-	c.stopped.Store(true)
-	c.Process.Stop()
-}
-
 // ExitError says how the child ended, once it has: its exit status, or
 // a plain "exited" when it exited cleanly.
 func (c *Child) ExitError() error {
@@ -134,12 +127,6 @@ func (c *Child) ExitError() error {
 		return err
 	}
 	return errors.New("MCP server exited")
-}
-
-// Kill ends the child and its process group at once.
-func (c *Child) Kill() {
-	c.stopped.Store(true)
-	c.Process.Kill()
 }
 
 // Supervisor owns the children of one backend.
@@ -360,7 +347,7 @@ func (s *Supervisor) hasRoomLocked() bool {
 func (s *Supervisor) watch(c *Child) {
 	defer s.owned.Done()
 	<-c.Done()
-	crashed := !c.stopped.Load()
+	crashed := c.ExitedOnItsOwn() || c.live.hung.Load() != nil
 	s.mu.Lock()
 	delete(s.children, c)
 	if crashed {
