@@ -422,3 +422,58 @@ func TestCancelledCallClearsInFlight(t *testing.T) {
 		})
 	}
 }
+
+// TestHostileChildren: a child that misbehaves on purpose, in either
+// isolation, while two sessions have requests in flight on it: it floods
+// server-to-client requests without reading its stdin (the bridge can
+// route none of them, and its refusals fill the child's stdin), floods
+// notifications, stops reading its stdin, or exits in the middle of a
+// message. The pool of another site keeps working meanwhile, `caddy stop`
+// returns within drain_timeout and the stop timeouts, and no child is
+// left (opStart checks).
+func TestHostileChildren(t *testing.T) {
+	child := mcptest.TestChild(t)
+	for _, hostile := range []struct{ name, flags string }{
+		{"floods requests", "-flood-on hostile -flood requests"},
+		{"floods notifications", "-flood-on hostile -flood notifications"},
+		{"stops reading", "-deaf-on hostile"},
+		{"exits mid-message", "-half-line-on hostile"},
+	} {
+		for _, isolation := range []string{"session", "shared"} {
+			t.Run(hostile.name+"/"+isolation, func(t *testing.T) {
+				c := opStart(t, []string{child},
+					opBridge(child+" "+hostile.flags, "drain_timeout 2s", "stop_timeout 500ms", "term_timeout 500ms",
+						"pool {\n\t\t\tisolation "+isolation+"\n\t\t\thealth_check 500ms\n\t\t\thealth_check_timeout 1s\n\t\t}"),
+					opBridge(child))
+				endpoint := c.base(0) + "/mcp"
+				a, b := rlRawSession(t, endpoint), rlRawSession(t, endpoint)
+				var wg sync.WaitGroup
+				for sid, method := range map[string]string{a: "hostile", b: "echo"} {
+					wg.Go(func() {
+						req, _ := http.NewRequest(http.MethodPost, endpoint, strings.NewReader(`{"jsonrpc":"2.0","id":9,"method":"`+method+`"}`))
+						req.Header.Set("Content-Type", "application/json")
+						req.Header.Set("Accept", "application/json, text/event-stream")
+						req.Header.Set("Mcp-Session-Id", sid)
+						req.Header.Set("MCP-Protocol-Version", opVersion)
+						ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+						defer cancel()
+						if resp, err := opRaw.Do(req.WithContext(ctx)); err == nil {
+							io.Copy(io.Discard, resp.Body) // whatever comes, until the deadline
+							resp.Body.Close()
+						}
+					})
+				}
+				healthy := opConnect(t, c.base(1)+"/mcp", "")
+				for range 5 {
+					healthy.CallText(t, "echo", nil)
+					time.Sleep(200 * time.Millisecond)
+				}
+				wg.Wait()
+				healthy.CallText(t, "echo", nil)
+				if took := c.Stop(t); took > 2*time.Second+time.Second+5*time.Second {
+					t.Errorf("caddy stop took %v with a hostile child, want drain_timeout and the stop timeouts at most", took)
+				}
+			})
+		}
+	}
+}

@@ -31,6 +31,9 @@ var (
 	garbage         = flag.Bool("garbage", false, "write non-JSON lines to stdout before each answer, and lines to stderr")
 	dieOn           = flag.String("die-on", "", "exit(3) without answering when a request with this method arrives")
 	deafOn          = flag.String("deaf-on", "", "stop reading stdin for good, without answering, when a request with this method arrives")
+	floodOn         = flag.String("flood-on", "", "when a request with this method arrives, stop reading stdin and write -flood messages to stdout for good")
+	flood           = flag.String("flood", "requests", `what -flood-on writes: "requests" (sampling/createMessage) or "notifications" (notifications/message)`)
+	halfLineOn      = flag.String("half-line-on", "", "when a request with this method arrives, write half a message and exit(1)")
 	huge            = flag.Int("huge", 0, `answer method "huge", and tools/call of tool "huge", with a string of this many bytes`)
 	printEnv        = flag.Bool("print-env", false, `answer method "env" with {"env": os.Environ(), "cwd": working directory}`)
 	spawnGrandchild = flag.Bool("spawn-grandchild", false, `start a copy of itself with -ignore-term; answer method "grandchild" with {"pid": its pid}`)
@@ -84,6 +87,21 @@ func main() {
 			for { // SIGTERM still ends it
 				time.Sleep(time.Hour)
 			}
+		}
+		if msg.Method == *floodOn {
+			for i := 0; ; i++ { // SIGTERM still ends it
+				if *flood == "notifications" {
+					write(map[string]any{"jsonrpc": "2.0", "method": "notifications/message", "params": map[string]any{"level": "error", "data": strings.Repeat("n", 1000)}})
+				} else {
+					write(map[string]any{"jsonrpc": "2.0", "id": fmt.Sprintf("flood-%d", i), "method": "sampling/createMessage",
+						"params": map[string]any{"messages": []any{}, "maxTokens": 1}})
+				}
+			}
+		}
+		if msg.Method == *halfLineOn {
+			fmt.Fprint(out, `{"jsonrpc":"2.0","id":`)
+			out.Flush()
+			os.Exit(1)
 		}
 		if *muteAfter > 0 {
 			if answered == *muteAfter {
