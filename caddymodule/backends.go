@@ -1,6 +1,9 @@
 package caddymodule
 
 import (
+	"context"
+	"sync"
+
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
@@ -22,8 +25,41 @@ type backendHandle struct {
 // under its config lock, which must not wait for that. On process exit the
 // "stopping" event has already done it.
 func (b backendHandle) Destruct() error {
-	go b.Shutdown()
+	go func() {
+		b.Shutdown()
+		unfinished.Delete(b.Backend)
+	}()
 	return nil
+}
+
+// unfinished holds every backend until its Shutdown has returned, so that
+// the process's exit can wait for all of them, those in use and those
+// being retired (Caddy stops its apps, and so destructs the pools, before
+// the exit callbacks run).
+var unfinished sync.Map // *bridge.Backend → struct{}
+
+// newBackendHandle makes a backend and counts it among those the exit
+// waits for.
+func newBackendHandle(b *bridge.Backend) backendHandle {
+	unfinished.Store(b, struct{}{})
+	return backendHandle{b}
+}
+
+// registerExit registers shutdownAll with Caddy, once per process (a
+// module's own Context.OnExit is lost with the copy of the Context that
+// Provision gets).
+var registerExit sync.Once
+
+// shutdownAll drains and stops every pool at once, and returns when every
+// child is gone: Caddy exits only then, and a child's descendants that
+// left its process group are found and stopped too.
+func shutdownAll(context.Context) {
+	var wg sync.WaitGroup
+	unfinished.Range(func(b, _ any) bool {
+		wg.Go(b.(*bridge.Backend).Shutdown)
+		return true
+	})
+	wg.Wait()
 }
 
 // Interface guards

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -475,5 +476,42 @@ func TestHostileChildren(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestEscapedDaemonIsKilled: a child that starts a daemon (a session of
+// its own, its parent gone at once, as a double fork leaves it) does not
+// leave it running: it ends with the child's session (DELETE), and with
+// Caddy's stop.
+func TestEscapedDaemonIsKilled(t *testing.T) {
+	child := mcptest.TestChild(t)
+	c := opStart(t, []string{child}, opBridge(child+" -daemonize"))
+	endpoint := c.base(0) + "/mcp"
+	daemon := func(sid string) int {
+		_, body := opPost(t, endpoint, sid, "", `{"jsonrpc":"2.0","id":2,"method":"grandchild"}`)
+		var answer struct {
+			Result struct {
+				PID int `json:"pid"`
+			} `json:"result"`
+		}
+		data := secSSEData(body)
+		if len(data) == 0 || json.Unmarshal(data[len(data)-1], &answer) != nil || answer.Result.PID == 0 {
+			t.Fatalf("no daemon pid: %s", body)
+		}
+		pid := answer.Result.PID
+		if pgid, _ := syscall.Getpgid(pid); pgid == opSessionPID(t, c, sid) {
+			t.Fatalf("the daemon %d is in its child's process group: it did not escape", pid)
+		}
+		return pid
+	}
+	sid := rlRawSession(t, endpoint)
+	first := daemon(sid)
+	secDelete(c.base(0), sid)
+	mcptest.WaitFor(t, 10*time.Second, "the daemon of a deleted session to end", func() bool { return !mcptest.Running(child, first) })
+
+	second := daemon(rlRawSession(t, endpoint))
+	c.Stop(t)
+	if mcptest.Running(child, second) {
+		t.Errorf("the daemon %d outlived caddy stop", second)
 	}
 }

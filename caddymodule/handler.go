@@ -321,7 +321,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.backendKey = cfg.Key()
 	cfg.Observer = poolObserver{pool: h.backendKey[:12]}
 	val, loaded, err := backends.LoadOrNew(h.backendKey, func() (caddy.Destructor, error) {
-		return backendHandle{bridge.NewBackend(cfg, h.logger.With(zap.String("pool", h.backendKey[:12])))}, nil
+		return newBackendHandle(bridge.NewBackend(cfg, h.logger.With(zap.String("pool", h.backendKey[:12])))), nil
 	})
 	if err != nil {
 		return err
@@ -367,7 +367,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	// On process exit, Caddy returns only once the children are gone.
-	ctx.OnExit(func(context.Context) { h.backend.Shutdown() })
+	registerExit.Do(func() { caddy.OnExit(shutdownAll) })
 	eventsApp, err := ctx.App("events")
 	if err != nil {
 		return fmt.Errorf("loading events app: %v", err)

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -37,6 +38,8 @@ var (
 	huge            = flag.Int("huge", 0, `answer method "huge", and tools/call of tool "huge", with a string of this many bytes`)
 	printEnv        = flag.Bool("print-env", false, `answer method "env" with {"env": os.Environ(), "cwd": working directory}`)
 	spawnGrandchild = flag.Bool("spawn-grandchild", false, `start a copy of itself with -ignore-term; answer method "grandchild" with {"pid": its pid}`)
+	daemonize       = flag.Bool("daemonize", false, `start a daemon, a copy of itself with -ignore-term in a session of its own whose parent exits at once (as a double fork does); answer method "grandchild" with {"pid": its pid}`)
+	spawnDaemon     = flag.Bool("spawn-daemon", false, "(for -daemonize) start the daemon, print its pid and exit")
 	notify          = flag.Bool("notify", false, `before answering method "notify", send notifications/tools/list_changed`)
 	delay           = flag.Duration("delay", 0, "sleep this long before answering tools/call")
 	muteAfter       = flag.Int("mute-after", 0, "answer only the first n requests, then read on without answering")
@@ -56,6 +59,23 @@ func main() {
 		signal.Ignore(syscall.SIGTERM)
 	}
 	grandchildPid := 0
+	if *spawnDaemon {
+		exe, err := os.Executable()
+		check(err)
+		cmd := exec.Command(exe, "-ignore-term")
+		detach(cmd)
+		check(cmd.Start())
+		fmt.Println(cmd.Process.Pid)
+		os.Exit(0)
+	}
+	if *daemonize {
+		exe, err := os.Executable()
+		check(err)
+		out, err := exec.Command(exe, "-spawn-daemon").Output()
+		check(err)
+		grandchildPid, err = strconv.Atoi(strings.TrimSpace(string(out)))
+		check(err)
+	}
 	if *spawnGrandchild {
 		exe, err := os.Executable()
 		check(err)
@@ -136,7 +156,7 @@ func main() {
 			cwd, err := os.Getwd()
 			check(err)
 			result = map[string]any{"env": os.Environ(), "cwd": cwd}
-		case msg.Method == "grandchild" && *spawnGrandchild:
+		case msg.Method == "grandchild" && (*spawnGrandchild || *daemonize):
 			result = map[string]any{"pid": grandchildPid}
 		default:
 			if msg.Method == "notify" && *notify {

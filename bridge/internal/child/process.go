@@ -85,6 +85,8 @@ type Process struct {
 	// one the bridge caused, whichever is reaped first.
 	eofAt, stopAt atomic.Int64
 
+	marker string // the environment entry its descendants inherit; "" where unused
+
 	attachOnce sync.Once
 	done       chan struct{} // closed once the process has exited
 	waitErr    error
@@ -108,6 +110,10 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 	}
 	cmd := exec.Command(cfg.Argv[0], cfg.Argv[1:]...)
 	cmd.Env = childEnv(cfg)
+	marker := escapeeMarker(logger)
+	if marker != "" {
+		cmd.Env = append(cmd.Env, marker)
+	}
 	cmd.Dir = cfg.Dir
 	if err := prepareCmd(cmd); err != nil {
 		return nil, err
@@ -135,6 +141,7 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 	}
 	p := &Process{
 		cfg:     cfg,
+		marker:  marker,
 		cmd:     cmd,
 		logger:  logger.With(zap.Int("pid", cmd.Process.Pid)),
 		group:   newGroup(cmd, logger), // before wait can reap the leader
@@ -144,6 +151,7 @@ func Start(cfg Config, logger *zap.Logger) (*Process, error) {
 		done:    make(chan struct{}),
 		started: time.Now(),
 	}
+	ownChild(p.Pid(), true)
 	go p.logStderr(stderrR)
 	go p.wait()
 	return p, nil
@@ -311,7 +319,9 @@ func (p *Process) wait() {
 	_ = p.group.kill()
 	p.groupMu.Unlock()
 	p.waitErr = p.cmd.Wait()
+	ownChild(p.Pid(), false)
 	p.group.release()
+	killEscapees(p.marker, p.logger)
 	p.stdin.abort() // what is left to write has no reader
 	close(p.done)
 }
