@@ -14,6 +14,7 @@ type xcaddyManifest struct {
 	CaddyVersion string `json:"caddy_version"`
 	Plugins      []struct {
 		Module  string `json:"module"`
+		Version string `json:"version"`
 		Replace string `json:"replace"`
 	} `json:"plugins"`
 }
@@ -23,6 +24,9 @@ func (m xcaddyManifest) xcaddyCommand() string {
 	cmd := "xcaddy build " + m.CaddyVersion
 	for _, p := range m.Plugins {
 		cmd += " --with " + p.Module
+		if p.Version != "" {
+			cmd += "@" + p.Version
+		}
 		if p.Replace != "" {
 			cmd += "=" + p.Replace
 		}
