@@ -197,8 +197,8 @@ func writeErrorID(w http.ResponseWriter, status int, id []byte, code int, messag
 }
 
 // newSession opens a session for the request's principal, answering the
-// client itself when it cannot.
-func (s *Server) newSession(w http.ResponseWriter, r *http.Request, transport string, single bool) *session {
+// client itself (to the request id, if any) when it cannot.
+func (s *Server) newSession(w http.ResponseWriter, r *http.Request, id []byte, transport string, single bool) *session {
 	sess, err := s.backend.newSession(r.Context(), sessionOptions{
 		Transport:       transport,
 		Single:          single,
@@ -206,7 +206,7 @@ func (s *Server) newSession(w http.ResponseWriter, r *http.Request, transport st
 		MaxPerPrincipal: s.cfg.MaxSessionsPerPrincipal,
 	})
 	if err != nil {
-		writeAcquireError(w, err)
+		writeAcquireError(w, id, err)
 		return nil
 	}
 	sess.useCredential(r.Context())
@@ -214,24 +214,24 @@ func (s *Server) newSession(w http.ResponseWriter, r *http.Request, transport st
 }
 
 // writeAcquireError answers a session that could not get a child.
-func writeAcquireError(w http.ResponseWriter, err error) {
+func writeAcquireError(w http.ResponseWriter, id []byte, err error) {
 	var crashLoop *supervisor.CrashLoopError
 	switch {
 	case errors.As(err, &crashLoop):
 		w.Header().Set("Retry-After", strconv.Itoa(int(max(crashLoop.RetryAfter.Round(time.Second), time.Second).Seconds())))
-		WriteError(w, http.StatusServiceUnavailable, jsonrpc.CodeServerBusy, crashLoop.Error())
+		writeErrorID(w, http.StatusServiceUnavailable, id, jsonrpc.CodeServerBusy, crashLoop.Error())
 	case errors.Is(err, ErrTooManySessions):
 		w.Header().Set("Retry-After", "60")
-		WriteError(w, http.StatusTooManyRequests, jsonrpc.CodeServerBusy, "too many open sessions for this client; end one first")
+		writeErrorID(w, http.StatusTooManyRequests, id, jsonrpc.CodeServerBusy, "too many open sessions for this client; end one first")
 	case errors.Is(err, placement.ErrPoolExhausted):
 		w.Header().Set("Retry-After", "5")
-		WriteError(w, http.StatusServiceUnavailable, jsonrpc.CodeServerBusy, "all MCP server processes are busy; retry later")
+		writeErrorID(w, http.StatusServiceUnavailable, id, jsonrpc.CodeServerBusy, "all MCP server processes are busy; retry later")
 	case errors.Is(err, placement.ErrPoolClosed):
 		w.Header().Set("Retry-After", "1")
-		WriteError(w, http.StatusServiceUnavailable, jsonrpc.CodeServerBusy, "the MCP server is restarting; retry")
+		writeErrorID(w, http.StatusServiceUnavailable, id, jsonrpc.CodeServerBusy, "the MCP server is restarting; retry")
 	default:
 		w.Header().Set("Retry-After", "5")
-		WriteError(w, http.StatusServiceUnavailable, jsonrpc.CodeServerBusy, "the MCP server could not be started")
+		writeErrorID(w, http.StatusServiceUnavailable, id, jsonrpc.CodeServerBusy, "the MCP server could not be started: "+err.Error())
 	}
 }
 

@@ -31,7 +31,7 @@ func (s *Server) sseGet(w http.ResponseWriter, r *http.Request) {
 			WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found: it ended, or its resume grace ran out")
 			return
 		}
-	} else if sess = s.newSession(w, r, "sse", true); sess == nil {
+	} else if sess = s.newSession(w, r, nil, "sse", true); sess == nil {
 		return
 	}
 	st, err := sess.standaloneStream()

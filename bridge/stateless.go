@@ -164,7 +164,7 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 				member.Release()
 			}
 			if sw == nil {
-				writeAcquireError(w, err)
+				writeAcquireError(w, env.ID, err)
 			}
 			return
 		}

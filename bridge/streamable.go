@@ -124,7 +124,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 			WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "initialize must not be part of a batch")
 			return
 		}
-		if sess = s.newSession(w, r, "streamable", false); sess == nil {
+		if sess = s.newSession(w, r, ids[0], "streamable", false); sess == nil {
 			return
 		}
 	} else {

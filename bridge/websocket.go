@@ -22,7 +22,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	_ = rc.SetReadDeadline(time.Time{})
 	_ = rc.SetWriteDeadline(time.Time{})
 
-	sess := s.newSession(w, r, "ws", true)
+	sess := s.newSession(w, r, nil, "ws", true)
 	if sess == nil {
 		return
 	}

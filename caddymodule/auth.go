@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
+	"io/fs"
 	"net/http"
 	"os"
 	"strings"
@@ -101,28 +103,61 @@ type keyFile struct {
 	checked atomic.Int64 // unix nanoseconds of the last look at the file
 	mu      sync.Mutex
 	stamp   time.Time // modification time of what keys holds
+	pending string    // a new key for a file that does not exist yet
 }
 
 // keyFileCheckInterval is how often the file is looked at, at most.
 const keyFileCheckInterval = time.Second
 
-// load reads the file, creating it with a new key if it does not exist.
+// load reads the file. One that does not exist yet gets a new key, which
+// create writes once the config has started: caddy validate and caddy
+// adapt write no file.
 func (k *keyFile) load(logger *zap.Logger) error {
-	entries, created, err := loadOrCreateKeyFile(k.path, time.Now())
-	if err != nil {
+	entries, err := readKeyFile(k.path, time.Now())
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		k.pending = newAPIKey()
+		entries = []keyFileEntry{{key: k.pending}}
+	case err != nil:
 		return err
-	}
-	if created {
-		logger.Info("generated a new API key; show it with `caddy mcp-bridge key show`", zap.String("file", k.path))
-	} else {
+	default:
 		warnIfReadable(k.path, logger)
 	}
 	k.set(entries)
-	if info, err := os.Stat(k.path); err == nil {
-		k.stamp = info.ModTime()
-	}
+	k.stamp = keyFileStamp(k.path)
 	k.checked.Store(time.Now().UnixNano())
 	return nil
+}
+
+// create writes the new key that load made for a file that did not exist,
+// unless the file exists by now; then its keys apply from the next look.
+func (k *keyFile) create(logger *zap.Logger) {
+	if k == nil || k.pending == "" {
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, err := os.Stat(k.path); err == nil {
+		return
+	}
+	if err := writeKeyFile(k.path, []keyFileEntry{{key: k.pending}}); err != nil {
+		logger.Error("cannot write the API key file; the key in force is in memory only", zap.String("file", k.path), zap.Error(err))
+		return
+	}
+	k.stamp = keyFileStamp(k.path)
+	logger.Info("generated a new API key; show it with `caddy mcp-bridge key show` or `cat`", zap.String("file", k.path))
+}
+
+// keyFileStamp is when the key file, or its file of earlier keys, last
+// changed.
+func keyFileStamp(path string) time.Time {
+	var latest time.Time
+	for _, p := range []string{path, previousKeysPath(path)} {
+		if info, err := os.Stat(p); err == nil && info.ModTime().After(latest) {
+			latest = info.ModTime()
+		}
+	}
+	return latest
 }
 
 func (k *keyFile) set(entries []keyFileEntry) {
@@ -143,10 +178,10 @@ func (k *keyFile) current(logger *zap.Logger) []apiKey {
 	now := time.Now()
 	if last := k.checked.Load(); now.UnixNano()-last > int64(keyFileCheckInterval) && k.checked.CompareAndSwap(last, now.UnixNano()) {
 		k.mu.Lock()
-		if info, err := os.Stat(k.path); err == nil && !info.ModTime().Equal(k.stamp) {
+		if stamp := keyFileStamp(k.path); !stamp.IsZero() && !stamp.Equal(k.stamp) {
 			if entries, err := readKeyFile(k.path, now); err == nil {
 				k.set(entries)
-				k.stamp = info.ModTime()
+				k.stamp = stamp
 				logger.Info("API key file changed; its keys now apply", zap.String("file", k.path))
 			} else {
 				logger.Error("API key file changed but cannot be read; keeping its previous keys", zap.Error(err))

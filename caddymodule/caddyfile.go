@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
 )
 
 func init() {
@@ -91,6 +93,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	var lines optionLines
+	caddyfileDir := ""
 	for d.NextBlock(0) {
 		if err := lines.note(d, "env", "env_inherit", "allowed_hosts", "allowed_origins", "api_key"); err != nil {
 			return err
@@ -102,6 +105,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.Command = commandLine(args)
+			caddyfileDir = filepath.Dir(d.File())
 		case "env":
 			var key, val string
 			if !d.AllArgs(&key, &val) {
@@ -278,6 +282,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unrecognized mcp_bridge option %q", d.Val())
 		}
 	}
+	h.Command = commandBesideCaddyfile(h.Command, h.Dir, caddyfileDir)
 	return lines.errAt(h.checkOptions())
 }
 
@@ -442,6 +447,31 @@ func parseDuration(d *caddyfile.Dispenser, name, s string, dst *caddy.Duration) 
 // double quotes and backticks but not single quotes or backslashes: a token
 // it quoted stays one word, and the others go in as written, so that shell
 // quoting across them still works.
+// commandBesideCaddyfile makes a relative program path (bin/server: a
+// path, not a name to look up on the PATH) absolute against the
+// Caddyfile's directory, so that a Caddyfile works from wherever Caddy
+// runs, unless dir is set (the path is then relative to dir, where the
+// child starts). A command with placeholders is left as it is.
+func commandBesideCaddyfile(command, dir, caddyfileDir string) string {
+	argv, err := bridge.SplitCommand(command)
+	if err != nil || len(argv) == 0 || dir != "" || caddyfileDir == "" || strings.Contains(argv[0], "{") ||
+		filepath.IsAbs(argv[0]) || !strings.ContainsAny(argv[0], `/\`) || strings.HasPrefix(argv[0], "~") {
+		return command
+	}
+	abs, err := filepath.Abs(filepath.Join(caddyfileDir, argv[0]))
+	if err != nil {
+		return command
+	}
+	first, _, _ := strings.Cut(command, " ")
+	if first != argv[0] { // quoted: quote the new path too
+		return command
+	}
+	if strings.IndexFunc(abs, needsQuote) >= 0 {
+		abs = "'" + strings.ReplaceAll(abs, "'", `'\''`) + "'"
+	}
+	return abs + command[len(first):]
+}
+
 func commandLine(tokens []caddyfile.Token) string {
 	words := make([]string, len(tokens))
 	for i, tok := range tokens {

@@ -138,3 +138,22 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestRelativeCommandBesideCaddyfile: a relative program path is taken
+// against the Caddyfile's directory, unless dir is set; names on the PATH,
+// absolute paths and placeholders are left alone.
+func TestRelativeCommandBesideCaddyfile(t *testing.T) {
+	for _, tc := range []struct{ command, dir, want string }{
+		{"bin/server --flag", "", "/etc/caddy/bin/server --flag"},
+		{"./server", "", "/etc/caddy/server"},
+		{"bin/server", "/srv", "bin/server"},
+		{"npx -y pkg", "", "npx -y pkg"},
+		{"/opt/server", "", "/opt/server"},
+		{"{env.HOME}/server", "", "{env.HOME}/server"},
+		{"~/server", "", "~/server"},
+	} {
+		if got := commandBesideCaddyfile(tc.command, tc.dir, "/etc/caddy"); got != tc.want {
+			t.Errorf("%q with dir %q: %q, want %q", tc.command, tc.dir, got, tc.want)
+		}
+	}
+}

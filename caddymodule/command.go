@@ -28,8 +28,9 @@ Tools for the mcp_bridge module.
   caddy mcp-bridge check --url <url> [--api-key <key>]
       connects as an MCP client and lists the tools; exits 0 if that works.
   caddy mcp-bridge key show|rotate [--config <path>] [--file <path>] [--overlap <duration>]
-      prints or replaces the key of an api_key_file; run caddy reload after
-      a rotation.
+      prints or replaces the key of an api_key_file (the file holds the
+      current key alone: clients may read it with $(cat <file>)); a running
+      Caddy applies a rotation within about two seconds, with no reload.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.AddCommand(serveCommand(), statusCommand(), checkCommand(), keyCommand())
@@ -93,7 +94,7 @@ func keyCommand() *cobra.Command {
 // keyFilePath is --file, or the one api_key_file of the config.
 func keyFilePath(cmd *cobra.Command) (string, error) {
 	if file, _ := cmd.Flags().GetString("file"); file != "" {
-		return file, nil
+		return expandPath(file), nil
 	}
 	configFile, _ := cmd.Flags().GetString("config")
 	adapter, _ := cmd.Flags().GetString("adapter")
@@ -113,7 +114,7 @@ func keyFilePath(cmd *cobra.Command) (string, error) {
 	case 0:
 		return "", errors.New("the config names no api_key_file")
 	case 1:
-		return caddy.NewReplacer().ReplaceAll(files[0], ""), nil
+		return expandPath(caddy.NewReplacer().ReplaceAll(files[0], "")), nil
 	}
 	return "", fmt.Errorf("the config names %d api_key_files (%v): choose one with --file", len(files), files)
 }

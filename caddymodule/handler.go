@@ -393,7 +393,7 @@ func (h *Handler) loadKeys() error {
 	if h.APIKeyFile == "" {
 		return nil
 	}
-	h.keyFile = &keyFile{path: repl.ReplaceAll(h.APIKeyFile, "")}
+	h.keyFile = &keyFile{path: expandPath(repl.ReplaceAll(h.APIKeyFile, ""))}
 	return h.keyFile.load(h.logger)
 }
 
@@ -424,6 +424,9 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 	if err != nil {
 		return bridge.BackendConfig{}, err
 	}
+	if len(argv) > 0 {
+		argv[0] = expandPath(argv[0])
+	}
 	env := make([]string, 0, len(h.Env))
 	for k, v := range h.Env {
 		env = append(env, k+"="+repl.ReplaceAll(v, ""))
@@ -436,7 +439,7 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 			Inherit:           h.EnvInherit,
 			UnsetEnv:          h.secretEnv(),
 			Withhold:          isKnownKey,
-			Dir:               repl.ReplaceAll(h.Dir, ""),
+			Dir:               expandPath(repl.ReplaceAll(h.Dir, "")),
 			MaxMessageSize:    h.MaxMessageSize,
 			StdinCloseTimeout: time.Duration(h.StopTimeout),
 			TermTimeout:       time.Duration(h.TermTimeout),
@@ -521,6 +524,7 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 	switch e.Name() {
 	case "started":
 		configServing.Store(true)
+		h.keyFile.create(h.logger)
 		h.backend.Start()
 		h.warnIfOpen()
 		h.watchRevocations()

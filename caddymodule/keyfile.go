@@ -14,14 +14,19 @@ import (
 	"time"
 )
 
-// An API key file holds one key per line. The first is the current key;
-// the others are earlier keys still valid until the time in their
-// "until=" field, which `caddy mcp-bridge key rotate --overlap` writes.
-// Lines starting with # are comments.
+// An API key file holds the current key and nothing else, so that
+// clients can read it with $(cat file). Earlier keys, still valid until
+// the time in their "until=" field (`caddy mcp-bridge key rotate
+// --overlap` writes them), are in a sibling file, the key file's name with
+// ".previous" added, one a line. Lines starting with # are comments in
+// both (a key file of the earlier format, the current key first, then
+// earlier keys with their until= fields, is read the same way).
 //
-//	# written by caddy mcp-bridge key rotate
-//	k3JvbS1hLXN0cm9uZy1yYW5kb20ta2V5LTMyLWJ5dGVz
-//	b2xkLWtleS1zdGlsbC12YWxpZC1mb3ItYS1kYXk until=2026-11-26T09:00:00Z
+//	mcp-api-key:           k3JvbS1hLXN0cm9uZy1yYW5kb20ta2V5LTMyLWJ5dGVz
+//	mcp-api-key.previous:  b2xkLWtleS1zdGlsbC12YWxpZC1mb3ItYS1kYXk until=2026-11-26T09:00:00Z
+
+// previousKeysPath is where the earlier keys of the key file at path are.
+func previousKeysPath(path string) string { return path + ".previous" }
 
 // keyFileEntry is one key of a key file.
 type keyFileEntry struct {
@@ -36,8 +41,25 @@ func newAPIKey() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// readKeyFile returns the keys of a key file still valid at now.
+// readKeyFile returns the keys of a key file still valid at now, the
+// current one first.
 func readKeyFile(path string, now time.Time) ([]keyFileEntry, error) {
+	keys, err := readKeyLines(path, now)
+	if err != nil {
+		return nil, err
+	}
+	if len(keys) == 0 || !keys[0].until.IsZero() {
+		return nil, fmt.Errorf("%s holds no current key", path)
+	}
+	previous, err := readKeyLines(previousKeysPath(path), now)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	return append(keys, previous...), nil
+}
+
+// readKeyLines returns the keys of one file still valid at now.
+func readKeyLines(path string, now time.Time) ([]keyFileEntry, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -64,27 +86,34 @@ func readKeyFile(path string, now time.Time) ([]keyFileEntry, error) {
 			keys = append(keys, entry)
 		}
 	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("%s holds no valid key", path)
-	}
 	return keys, nil
 }
 
-// writeKeyFile writes keys to path with mode 0600, creating its directory
-// with mode 0700 if needed. It replaces the file atomically.
+// writeKeyFile writes the current key (the first) to path, and the others
+// to its sibling, each with mode 0600, creating the directory with mode
+// 0700 if needed. Each file is replaced atomically, the sibling first, so
+// that a reader that sees the new key sees the keys it keeps valid too.
 func writeKeyFile(path string, keys []keyFileEntry) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	var b strings.Builder
-	b.WriteString("# API keys of caddy-mcp-bridge: the first is current. Keep this file secret.\n")
-	for _, k := range keys {
-		b.WriteString(k.key)
-		if !k.until.IsZero() {
-			b.WriteString(" until=" + k.until.UTC().Format(time.RFC3339))
+	if len(keys) > 1 {
+		var b strings.Builder
+		b.WriteString("# Earlier API keys of caddy-mcp-bridge, valid until the time given. Keep this file secret.\n")
+		for _, k := range keys[1:] {
+			b.WriteString(k.key + " until=" + k.until.UTC().Format(time.RFC3339) + "\n")
 		}
-		b.WriteByte('\n')
+		if err := writeFileAtomic(previousKeysPath(path), b.String()); err != nil {
+			return err
+		}
+	} else if err := os.Remove(previousKeysPath(path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
+	return writeFileAtomic(path, keys[0].key+"\n")
+}
+
+// writeFileAtomic replaces path with a file of mode 0600 holding content.
+func writeFileAtomic(path, content string) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".keyfile-*")
 	if err != nil {
 		return err
@@ -94,7 +123,7 @@ func writeKeyFile(path string, keys []keyFileEntry) error {
 		tmp.Close()
 		return err
 	}
-	if _, err := tmp.WriteString(b.String()); err != nil {
+	if _, err := tmp.WriteString(content); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -104,22 +133,9 @@ func writeKeyFile(path string, keys []keyFileEntry) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// loadOrCreateKeyFile reads a key file, first writing one with a new key if
-// it does not exist. created reports that it did.
-func loadOrCreateKeyFile(path string, now time.Time) (keys []keyFileEntry, created bool, err error) {
-	keys, err = readKeyFile(path, now)
-	if !errors.Is(err, fs.ErrNotExist) {
-		return keys, false, err
-	}
-	keys = []keyFileEntry{{key: newAPIKey()}}
-	if err := writeKeyFile(path, keys); err != nil {
-		return nil, false, fmt.Errorf("creating API key file: %w", err)
-	}
-	return keys, true, nil
-}
-
-// rotateKeyFile puts a new key first; the current keys stay valid for
-// overlap (none when zero).
+// rotateKeyFile makes a new key the current one. The key it replaces stays
+// valid for overlap (not at all when zero); earlier keys stay valid for as
+// long as an earlier rotation promised.
 func rotateKeyFile(path string, overlap time.Duration, now time.Time) (string, error) {
 	old, err := readKeyFile(path, now)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -127,13 +143,27 @@ func rotateKeyFile(path string, overlap time.Duration, now time.Time) (string, e
 	}
 	key := newAPIKey()
 	keys := []keyFileEntry{{key: key}}
-	if overlap > 0 {
-		for _, k := range old {
-			if k.until.IsZero() || k.until.After(now.Add(overlap)) {
-				k.until = now.Add(overlap)
+	for i, k := range old {
+		if i == 0 || k.until.IsZero() { // the current key (or one of a file that promised no end)
+			if overlap <= 0 {
+				continue
 			}
-			keys = append(keys, k)
+			k.until = now.Add(overlap)
 		}
+		keys = append(keys, k)
 	}
 	return key, writeKeyFile(path, keys)
+}
+
+// expandPath expands a leading ~ (the user's home directory) in a path,
+// as a shell would: "~" and "~/…" (not "~user").
+func expandPath(path string) string {
+	if path != "~" && !strings.HasPrefix(path, "~/") && !strings.HasPrefix(path, `~\`) {
+		return path
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return path
+	}
+	return filepath.Join(home, path[1:])
 }
