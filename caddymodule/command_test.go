@@ -155,7 +155,7 @@ func TestCommandKey(t *testing.T) {
 			files: map[string]string{"keys/api.key": current + "\n"},
 			args:  []string{"rotate", "--file", "keys/api.key", "--overlap", "1h"},
 			check: func(t *testing.T, dir, stdout string) {
-				keys := cmdReadKeys(t, filepath.Join(dir, "keys", "api.key"))
+				keys := append(cmdReadKeys(t, filepath.Join(dir, "keys", "api.key")), cmdReadKeys(t, filepath.Join(dir, "keys", "api.key.previous"))...)
 				if len(keys) != 2 || keys[1][0] != current || len(keys[1]) != 2 {
 					t.Fatalf("key file after rotate --overlap: %q, want the new key, then the old one with until=", keys)
 				}
@@ -177,7 +177,7 @@ func TestCommandKey(t *testing.T) {
 				time.Now().Add(10*time.Minute).UTC().Format(time.RFC3339) + "\n"},
 			args: []string{"rotate", "--file", "api.key", "--overlap", "1h"},
 			check: func(t *testing.T, dir, stdout string) {
-				keys := cmdReadKeys(t, filepath.Join(dir, "api.key"))
+				keys := append(cmdReadKeys(t, filepath.Join(dir, "api.key")), cmdReadKeys(t, filepath.Join(dir, "api.key.previous"))...)
 				if len(keys) != 3 || keys[1][0] != current || keys[2][0] != "k-older" {
 					t.Fatalf("key file: %q", keys)
 				}

@@ -49,7 +49,7 @@ func readKeyFile(path string, now time.Time) ([]keyFileEntry, error) {
 		return nil, err
 	}
 	if len(keys) == 0 || !keys[0].until.IsZero() {
-		return nil, fmt.Errorf("%s holds no current key", path)
+		return nil, fmt.Errorf("%s holds no valid key", path)
 	}
 	previous, err := readKeyLines(previousKeysPath(path), now)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
