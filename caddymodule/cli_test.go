@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -151,7 +152,7 @@ func TestCLIServe(t *testing.T) {
 	endpoint := "http://" + listen + "/mcp"
 
 	t.Run("plain", func(t *testing.T) {
-		serve := cliStartServe(t, dir, listen, "--stdio", exe)
+		serve := cliStartServe(t, dir, listen, "--stdio", exe, "--no-auth")
 
 		out := cliMustRun(t, dir, "mcp-bridge", "check", "--url", endpoint)
 		if !strings.HasPrefix(out, "ok:") || !strings.Contains(out, "28 tools") {
@@ -310,4 +311,60 @@ func TestCLIServeRequiresStdio(t *testing.T) {
 	if !strings.Contains(out, "--stdio is required") {
 		t.Errorf("serve without --stdio printed:\n%s", out)
 	}
+}
+
+// TestCLIServeDefaults: `serve --stdio <command>` and nothing else (the
+// port from $MCP_BRIDGE_PORT) listens on 127.0.0.1 only, creates a key
+// file in the user's config directory, prints the endpoint and how to send
+// the key, and refuses a request without it.
+func TestCLIServeDefaults(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	t.Cleanup(func() { mcptest.WaitNoProcesses(t, exe, 10*time.Second) })
+	dir := t.TempDir()
+	port := mcptest.FreePort(t)
+	if l, err := net.Listen("tcp", "127.0.0.1:2019"); err != nil {
+		t.Fatalf("127.0.0.1:2019 is in use: %v", err)
+	} else {
+		l.Close()
+	}
+	s := &cliServe{done: make(chan struct{})}
+	s.cmd = cliCommand(t, dir, "mcp-bridge", "serve", "--stdio", exe)
+	s.cmd.Env = append(s.cmd.Env, fmt.Sprintf("MCP_BRIDGE_PORT=%d", port))
+	s.cmd.Stdout, s.cmd.Stderr = s, s
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.cmd.Wait(); close(s.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-s.done:
+		default:
+			s.cmd.Process.Kill()
+			<-s.done
+		}
+		if t.Failed() {
+			t.Logf("serve output:\n%s", s.output())
+		}
+	})
+	local := fmt.Sprintf("127.0.0.1:%d", port)
+	mcptest.WaitListening(t, "caddy mcp-bridge serve", s.cmd, s.done, s.output, cliDefaultAdmin, local)
+
+	keyFile := filepath.Join(dir, "config", "caddy-mcp-bridge", "api-key")
+	for _, want := range []string{"MCP endpoint: http://" + local + "/mcp", "API_KEY=$(cat " + keyFile + ")", "Authorization: Bearer $API_KEY"} {
+		mcptest.WaitFor(t, 10*time.Second, "serve to print "+want, func() bool { return strings.Contains(s.output(), want) })
+	}
+	if conn, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", nonLoopbackIP(t), port), time.Second); err == nil {
+		conn.Close()
+		t.Error("serve with no flags accepts connections beyond loopback")
+	}
+	mcptest.WaitFor(t, 10*time.Second, "the key file", func() bool { _, err := os.Stat(keyFile); return err == nil })
+	key, _ := os.ReadFile(keyFile)
+	endpoint := "http://" + local + "/mcp"
+	if resp, _ := opPost(t, endpoint, "", "", opInit); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("initialize without the key: %d, want 401", resp.StatusCode)
+	}
+	if resp, body := opPost(t, endpoint, "", strings.TrimSpace(string(key)), opInit); resp.StatusCode != http.StatusOK {
+		t.Errorf("initialize with the key from the file: %d %s", resp.StatusCode, body)
+	}
+	s.stop(t, dir)
 }

@@ -19,15 +19,19 @@ func init() {
 		Long: `
 Tools for the mcp_bridge module.
 
-  caddy mcp-bridge serve --stdio "<command>" [--listen :8765] [--domain <name>]
-        [--api-key-file <path>] [--cors <origin>]... [--isolation session|shared]
-      puts a stdio MCP server on the network in one command, with automatic
-      HTTPS when --domain is given.
+  caddy mcp-bridge serve --stdio "<command>" [--host 127.0.0.1] [--port 8765]
+        [--domain <name>] [--api-key-file <path> | --no-auth] [--cors <origin>]...
+        [--isolation session|shared]
+      puts a stdio MCP server on the network in one command: on this machine
+      only and with an API key unless told otherwise, with automatic HTTPS
+      when --domain is given.
   caddy mcp-bridge status [--address <admin>]
       shows the pools, children and sessions of a running Caddy.
   caddy mcp-bridge check --url <url> [--api-key <key>]
       connects as an MCP client and lists the tools; exits 0 if that works.
   caddy mcp-bridge key show|rotate [--config <path>] [--file <path>] [--overlap <duration>]
+      (without --config or --file: the api_key_file of ./Caddyfile, or the
+      key file of caddy mcp-bridge serve)
       prints or replaces the key of an api_key_file (the file holds the
       current key alone: clients may read it with $(cat <file>)); a running
       Caddy applies a rotation within about two seconds, with no reload.
@@ -91,7 +95,8 @@ func keyCommand() *cobra.Command {
 	return key
 }
 
-// keyFilePath is --file, or the one api_key_file of the config.
+// keyFilePath is --file, or the one api_key_file of the config, or, with
+// no config at hand, the key file that serve uses by default, if it exists.
 func keyFilePath(cmd *cobra.Command) (string, error) {
 	if file, _ := cmd.Flags().GetString("file"); file != "" {
 		return expandPath(file), nil
@@ -103,7 +108,10 @@ func keyFilePath(cmd *cobra.Command) (string, error) {
 		return "", err
 	}
 	if cfg == nil {
-		return "", errors.New("no config found: give --config or --file")
+		if file := defaultKeyFile(); configFile == "" && fileExists(file) {
+			return file, nil
+		}
+		return "", errors.New("no config found (no ./Caddyfile), and no key file of caddy mcp-bridge serve: give --config or --file")
 	}
 	var tree any
 	if err := json.Unmarshal(cfg, &tree); err != nil {

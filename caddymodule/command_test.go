@@ -115,7 +115,7 @@ func TestCommandKey(t *testing.T) {
 		{
 			name:    "no config and no --file fails with a clear message",
 			args:    []string{"show"},
-			wantErr: "no config found: give --config or --file",
+			wantErr: "no config found (no ./Caddyfile), and no key file of caddy mcp-bridge serve: give --config or --file",
 		},
 		{
 			name:    "--config naming a missing file fails",
