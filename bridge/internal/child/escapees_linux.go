@@ -37,9 +37,7 @@ func escapeeMarker(logger *zap.Logger) string {
 	subreaper.Do(func() {
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 			logger.Warn("cannot become a child subreaper: a daemon a child starts may outlive it", zap.Error(err))
-			return
 		}
-		go reapEscapees()
 	})
 	var b [8]byte
 	_, _ = rand.Read(b[:])
@@ -49,10 +47,13 @@ func escapeeMarker(logger *zap.Logger) string {
 // escapees are the bridge's children seen carrying a marker: the only
 // processes the bridge reaps besides its own children, which are listed
 // in direct until os/exec has reaped them.
+// The scan runs while the bridge has children or knows escapees: its
+// goroutine ends when both are gone.
 var escapees = struct {
 	sync.Mutex
-	pids   map[int]bool
-	direct map[int]bool
+	pids     map[int]bool
+	direct   map[int]bool
+	scanning chan struct{} // closed to end the scan; nil when none runs
 }{pids: make(map[int]bool), direct: make(map[int]bool)}
 
 // ownChild lists or unlists a child the bridge started itself.
@@ -61,9 +62,22 @@ func ownChild(pid int, own bool) {
 	defer escapees.Unlock()
 	if own {
 		escapees.direct[pid] = true
-	} else {
-		delete(escapees.direct, pid)
-		delete(escapees.pids, pid)
+		if escapees.scanning == nil {
+			escapees.scanning = make(chan struct{})
+			go reapEscapees(escapees.scanning)
+		}
+		return
+	}
+	delete(escapees.direct, pid)
+	delete(escapees.pids, pid)
+	stopScanLocked()
+}
+
+// stopScanLocked ends the scan when it has nothing left to watch.
+func stopScanLocked() {
+	if escapees.scanning != nil && len(escapees.direct) == 0 && len(escapees.pids) == 0 {
+		close(escapees.scanning)
+		escapees.scanning = nil
 	}
 }
 
@@ -84,9 +98,17 @@ func killEscapees(marker string, logger *zap.Logger) {
 	})
 }
 
-// reapEscapees notes the escapees alive and reaps those that exited.
-func reapEscapees() {
-	for range time.Tick(5 * time.Second) {
+// reapEscapees notes the escapees alive and reaps those that exited,
+// every few seconds until stop is closed.
+func reapEscapees(stop chan struct{}) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
 		forEachOrphan(func(pid int, zombie bool, env []byte) {
 			escapees.Lock()
 			known := escapees.pids[pid]
@@ -106,6 +128,7 @@ func reap(pid int) {
 	_, _ = unix.Wait4(pid, &status, 0, nil)
 	escapees.Lock()
 	delete(escapees.pids, pid)
+	stopScanLocked()
 	escapees.Unlock()
 }
 
