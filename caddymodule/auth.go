@@ -3,11 +3,13 @@ package caddymodule
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"io/fs"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -202,6 +204,9 @@ func presentedKey(r *http.Request, allowQuery bool) (key string, fromQuery bool)
 	if key := r.Header.Get("X-API-Key"); key != "" {
 		return key, false
 	}
+	if key := subprotocolKey(r.Header); key != "" {
+		return key, false
+	}
 	if !allowQuery {
 		return "", false
 	}
@@ -215,12 +220,49 @@ func presentedKey(r *http.Request, allowQuery bool) (key string, fromQuery bool)
 	return key, key != ""
 }
 
+// bearerSubprotocol starts a WebSocket subprotocol that carries a key, as
+// Kubernetes has clients that cannot set headers (browsers, the
+// TypeScript SDK's WebSocket transport) send their bearer token: the rest
+// is the key in unpadded base64url. The server never selects it.
+const bearerSubprotocol = "base64url.bearer.authorization.k8s.io."
+
+// subprotocolKey is the key a WebSocket handshake offers as a subprotocol.
+func subprotocolKey(h http.Header) string {
+	for _, p := range subprotocols(h) {
+		if enc, ok := strings.CutPrefix(p, bearerSubprotocol); ok {
+			if key, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(enc, "=")); err == nil {
+				return string(key)
+			}
+		}
+	}
+	return ""
+}
+
+func subprotocols(h http.Header) []string {
+	var out []string
+	for _, v := range h.Values("Sec-WebSocket-Protocol") {
+		for p := range strings.SplitSeq(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
 // stripCredentials removes the client's credentials from the request, so
 // that nothing below the edge, and never the child, sees them.
 func stripCredentials(r *http.Request) {
 	r.Header.Del("Authorization")
 	r.Header.Del("X-API-Key")
 	r.Header.Del("Cookie")
+	if protocols := subprotocols(r.Header); len(protocols) > 0 {
+		kept := slices.DeleteFunc(protocols, func(p string) bool { return strings.HasPrefix(p, bearerSubprotocol) })
+		r.Header.Del("Sec-WebSocket-Protocol")
+		if len(kept) > 0 {
+			r.Header.Set("Sec-WebSocket-Protocol", strings.Join(kept, ", "))
+		}
+	}
 }
 
 // unauthorized answers a request without a valid key.

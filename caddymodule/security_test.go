@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1626,4 +1627,40 @@ func TestSecurityRevocation(t *testing.T) {
 
 	ended("a key whose overlap ended", c.base(1), "k-file-old-0b93", fileOld) // within 6s and a bit
 	alive("after another key's overlap ended", c.base(1), "k-file-new-4d21", fileNew)
+}
+
+// TestSecurityWebSocketKeyInSubprotocol: a WebSocket client that cannot
+// set headers (a browser, the TypeScript SDK's transport) offers its key as
+// a subprotocol, base64url.bearer.authorization.k8s.io.<key in base64url>,
+// as Kubernetes clients do; the bridge accepts it, never selects it (the
+// connection speaks "mcp"), and refuses a wrong one.
+func TestSecurityWebSocketKeyInSubprotocol(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	c := opStart(t, []string{exe}, opBridge(exe, "api_key k-ws-sub-41d7"))
+	dial := func(key string) (*websocket.Conn, *http.Response, error) {
+		protocols := []string{"mcp"}
+		if key != "" {
+			protocols = append(protocols, "base64url.bearer.authorization.k8s.io."+base64.RawURLEncoding.EncodeToString([]byte(key)))
+		}
+		return websocket.Dial(t.Context(), secWSURL(c.base(0)), &websocket.DialOptions{Subprotocols: protocols})
+	}
+	conn, _, err := dial("k-ws-sub-41d7")
+	if err != nil {
+		t.Fatalf("the key as a subprotocol: %v", err)
+	}
+	defer conn.CloseNow()
+	if p := conn.Subprotocol(); p != "mcp" {
+		t.Errorf("negotiated subprotocol %q, want mcp", p)
+	}
+	if err := conn.Write(t.Context(), websocket.MessageText, []byte(secInit)); err != nil {
+		t.Fatal(err)
+	}
+	if _, data, err := conn.Read(t.Context()); err != nil || !strings.Contains(string(data), `"result"`) {
+		t.Errorf("initialize over a WebSocket keyed by subprotocol: %v %s", err, data)
+	}
+	for _, key := range []string{"", "k-wrong"} {
+		if _, resp, err := dial(key); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("a WebSocket with key %q: %v, want 401", key, err)
+		}
+	}
 }
