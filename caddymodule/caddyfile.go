@@ -197,8 +197,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Keepalive = -1
 				continue
 			}
-			if err := parseDuration(d, "keepalive", s, &h.Keepalive); err != nil {
-				return err
+			if dur, err := caddy.ParseDuration(s); err != nil || dur <= 0 {
+				return d.Errf("keepalive: want a positive duration, or off to send none, got %q", s)
+			} else {
+				h.Keepalive = caddy.Duration(dur)
 			}
 		case "stop_timeout":
 			if err := durationArg(d, &h.StopTimeout); err != nil {

@@ -368,3 +368,26 @@ func TestCLIServeDefaults(t *testing.T) {
 	}
 	s.stop(t, dir)
 }
+
+// TestCLICheckSaysWhy: `check` against a server whose command cannot
+// start prints the bridge's reason, not just "Service Unavailable";
+// against a WebSocket URL or the /sse endpoint it says to use /mcp.
+func TestCLICheckSaysWhy(t *testing.T) {
+	unstartable := filepath.Join(t.TempDir(), "mcp-server")
+	if err := os.WriteFile(unstartable, []byte("#!/nonexistent/interpreter\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe := mcptest.EverythingServer(t)
+	c := opStart(t, []string{exe}, opBridge(unstartable, "pool {\n\t\t\tmin_idle 0\n\t\t}"), opBridge(exe))
+	dir := t.TempDir()
+	for _, tc := range []struct{ url, want string }{
+		{c.base(0) + "/mcp", "could not be started"},
+		{"ws" + strings.TrimPrefix(c.base(1), "http") + "/ws", "give it the http(s) URL of the /mcp endpoint"},
+		{c.base(1) + "/sse", "is " + c.base(1) + "/sse the /mcp endpoint?"},
+	} {
+		out, err, _ := cliRun(t, dir, "mcp-bridge", "check", "--url", tc.url, "--timeout", "10s")
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("check --url %s: %v, want a failure saying %q:\n%s", tc.url, err, tc.want, out)
+		}
+	}
+}

@@ -25,7 +25,7 @@ Tools for the mcp_bridge module.
       puts a stdio MCP server on the network in one command: on this machine
       only and with an API key unless told otherwise, with automatic HTTPS
       when --domain is given.
-  caddy mcp-bridge status [--address <admin>]
+  caddy mcp-bridge status [--address <admin>] [--config <path>]
       shows the pools, children and sessions of a running Caddy.
   caddy mcp-bridge check --url <url> [--api-key <key>]
       connects as an MCP client and lists the tools; exits 0 if that works.

@@ -1,15 +1,19 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spf13/cobra"
 )
@@ -20,10 +24,21 @@ func statusCommand() *cobra.Command {
 		Short: "Show the pools, children and sessions of a running Caddy",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			address, _ := cmd.Flags().GetString("address")
+			configFile, _ := cmd.Flags().GetString("config")
+			adapter, _ := cmd.Flags().GetString("adapter")
+			if configFile == "" && fileExists("Caddyfile") {
+				configFile = "Caddyfile" // as caddy reload finds it
+			}
+			address, err := caddycmd.DetermineAdminAPIAddress(address, nil, configFile, adapter)
+			if err != nil {
+				return err
+			}
 			return printStatus(cmd.OutOrStdout(), address)
 		},
 	}
-	cmd.Flags().String("address", "localhost:2019", "Caddy's admin endpoint")
+	cmd.Flags().String("address", "", "Caddy's admin endpoint (default: the config's, else localhost:2019)")
+	cmd.Flags().StringP("config", "c", "", "the config whose admin endpoint to ask (default ./Caddyfile)")
+	cmd.Flags().StringP("adapter", "a", "", "name of the config adapter")
 	return cmd
 }
 
@@ -133,25 +148,73 @@ func (c cancelOnClose) Close() error {
 	return c.ReadCloser.Close()
 }
 
-func check(ctx context.Context, out io.Writer, url, key string, timeout time.Duration) error {
+// refusals keeps the reason of the last error answer, from its JSON-RPC
+// error, so that check can say why rather than just "Service
+// Unavailable".
+type refusals struct {
+	next http.RoundTripper
+	mu   sync.Mutex
+	last string
+}
+
+func (f *refusals) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := f.next.RoundTrip(r)
+	if err != nil || resp.StatusCode < 400 {
+		return resp, err
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	var answer struct {
+		Error struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &answer) == nil && answer.Error.Message != "" {
+		f.mu.Lock()
+		f.last = fmt.Sprintf("%d %s", resp.StatusCode, answer.Error.Message)
+		f.mu.Unlock()
+	}
+	return resp, nil
+}
+
+func (f *refusals) reason() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last
+}
+
+func check(ctx context.Context, out io.Writer, endpoint, key string, timeout time.Duration) error {
 	if ctx == nil {
 		ctx = context.Background()
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("%s: check speaks Streamable HTTP; give it the http(s) URL of the /mcp endpoint, such as http://127.0.0.1:8765/mcp", endpoint)
+	}
+	hint := ""
+	if p := strings.TrimSuffix(u.Path, "/"); !strings.HasSuffix(p, "/mcp") {
+		hint = " (check speaks Streamable HTTP: is " + endpoint + " the /mcp endpoint? /sse and /ws are other transports)"
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	// The SDK makes several requests, some with contexts of its own: each
 	// gets the one deadline.
-	var transport http.RoundTripper = withDeadline{deadline: deadline, next: http.DefaultTransport}
+	refused := &refusals{next: withDeadline{deadline: deadline, next: http.DefaultTransport}}
+	var transport http.RoundTripper = refused
 	if key != "" {
 		transport = bearer{key: key, next: transport}
 	}
 	httpClient := &http.Client{Transport: transport}
 	client := mcp.NewClient(&mcp.Implementation{Name: "caddy-mcp-bridge-check", Version: "1"}, nil)
 	start := time.Now()
-	session, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: url, HTTPClient: httpClient, DisableStandaloneSSE: true}, nil)
+	session, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: httpClient, DisableStandaloneSSE: true}, nil)
 	if err != nil {
-		return fmt.Errorf("connecting to %s: %v", url, err)
+		if reason := refused.reason(); reason != "" {
+			return fmt.Errorf("connecting to %s: %v: the bridge answered %s%s", endpoint, err, reason, hint)
+		}
+		return fmt.Errorf("connecting to %s: %v%s", endpoint, err, hint)
 	}
 	defer session.Close()
 	tools, err := session.ListTools(ctx, nil)
