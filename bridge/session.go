@@ -357,6 +357,14 @@ func (s *session) fromChild(msg []byte) {
 	last := false
 	switch env.Kind() {
 	case jsonrpc.KindResponse:
+		if s.single && s.protocolVersion == "" {
+			// A single-stream session's initialize result names its
+			// version, for status (Streamable HTTP sessions learn it
+			// from the initialize response's own stream).
+			if v := jsonrpc.StringValue(jsonrpc.Member(env.Result, "protocolVersion")); v != "" && jsonrpc.Member(env.Result, "serverInfo") != nil {
+				s.protocolVersion = v
+			}
+		}
 		owner, ok := s.pending[string(env.ID)]
 		if !ok && !s.single {
 			s.mu.Unlock()

@@ -748,3 +748,31 @@ func TestMetricsPoolAtCap(t *testing.T) {
 	second := opConnect(t, endpoint, "")
 	second.CallText(t, "test_simple_text", nil)
 }
+
+// TestStatusProtocolOfEveryTransport: the admin API names the protocol
+// version of sessions of every transport, legacy SSE and WebSocket too.
+func TestStatusProtocolOfEveryTransport(t *testing.T) {
+	exe := mcptest.EverythingServer(t)
+	c := opStart(t, []string{exe}, opBridge(exe))
+	transports := map[string]bool{}
+	for name, connect := range clientsOfEveryTransport(t, c.base(0)) {
+		if name == "stateless" {
+			continue // no session
+		}
+		cl, err := connect()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		defer cl.Close()
+		cl.CallText(t, "test_simple_text", nil)
+	}
+	for _, s := range opPoolOf(t, c, exe).Sessions {
+		transports[s.Transport] = true
+		if s.ProtocolVersion == "" {
+			t.Errorf("a %s session's admin status lacks the protocol version: %+v", s.Transport, s)
+		}
+	}
+	if len(transports) != 3 {
+		t.Errorf("sessions of %v, want streamable, sse and ws", transports)
+	}
+}
