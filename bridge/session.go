@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/child"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
 	"go.uber.org/zap"
@@ -301,7 +302,17 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 	if rewrite != nil {
 		msg = jsonrpc.ApplySplices(msg, rewrite...)
 	}
-	return s.up.Send(msg, env)
+	err := s.up.Send(msg, env)
+	if errors.Is(err, child.ErrInputFull) && env.Kind() == jsonrpc.KindRequest {
+		// The child is alive but not reading: this request fails now (the
+		// health check kills a child that stays so).
+		s.mu.Lock()
+		s.ids.forget(env.ID)
+		s.mu.Unlock()
+		s.fromChild(jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeServerBusy, err.Error()+"; try again later"))
+		return nil
+	}
+	return err
 }
 
 // forward sends a client message of a single-stream transport (legacy SSE,

@@ -98,7 +98,7 @@ func TestChildThatStopsReadingIsKilled(t *testing.T) {
 	command := child + " -deaf-on tools/call"
 	c := opStart(t, []string{child},
 		opBridge(command, "pool {\n\t\t\thealth_check 500ms\n\t\t\thealth_check_timeout 2s\n\t\t}"),
-		opBridge(command, "pool {\n\t\t\thealth_check off\n\t\t}", "stop_timeout 500ms"))
+		opBridge(command, "pool {\n\t\t\thealth_check off\n\t\t}", "stop_timeout 500ms", "max_message_size 256KiB"))
 	big := map[string]any{"data": strings.Repeat("x", 200<<10)}
 
 	checked := mcptest.Connect(t, &mcp.StreamableClientTransport{Endpoint: c.base(0) + "/mcp"}, opVersion)
@@ -132,6 +132,13 @@ func TestChildThatStopsReadingIsKilled(t *testing.T) {
 	deafen(unchecked, ctx)
 	if _, err := unchecked.CallTool(ctx, &mcp.CallToolParams{Name: "big", Arguments: big}); err == nil {
 		t.Fatal("a call to a child that stopped reading succeeded")
+	}
+	// What waits for the child's stdin is bounded by max_message_size: a
+	// second large call fails at once, with a JSON-RPC error saying why.
+	full, cancelFull := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancelFull()
+	if _, err := unchecked.CallTool(full, &mcp.CallToolParams{Name: "big", Arguments: big}); err == nil || !strings.Contains(err.Error(), "not reading its input") {
+		t.Errorf("a second large call to a child that stopped reading: %v, want a JSON-RPC error saying it is not reading its input", err)
 	}
 	closed := make(chan error, 1)
 	go func() { closed <- unchecked.Close() }() // DELETE

@@ -13,6 +13,10 @@ import (
 // closed: it is stopping or has exited.
 var ErrInputClosed = errors.New("the MCP server's input is closed")
 
+// ErrInputFull is returned for a message to a child that has not read
+// what was queued for it before, up to max_message_size.
+var ErrInputFull = errors.New("the MCP server is not reading its input")
+
 // input is a child's stdin. One goroutine writes it from a queue bounded
 // in bytes, so that no caller ever blocks on a child that stops reading
 // (and so holds no lock across that I/O): the queue fills and Send fails,
@@ -54,7 +58,7 @@ func (in *input) send(msg []byte) error {
 	case in.pending > 0 && in.pending+len(msg) > in.limit:
 		pending := in.pending
 		in.mu.Unlock()
-		return fmt.Errorf("the MCP server is not reading its input (%d bytes wait for it)", pending)
+		return fmt.Errorf("%w (%d bytes wait for it)", ErrInputFull, pending)
 	}
 	in.queue = append(in.queue, msg)
 	in.pending += len(msg)

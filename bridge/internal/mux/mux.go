@@ -259,7 +259,23 @@ func (m *Mux) forwardRequest(mem *Member, msg []byte, env *jsonrpc.Envelope, ini
 	}
 	m.lastUsed = time.Now()
 	m.mu.Unlock()
-	return m.child.Send(out)
+	err := m.child.Send(out)
+	if err != nil {
+		// Not sent: not in flight either.
+		m.mu.Lock()
+		if _, ok := m.requests[id]; ok {
+			delete(m.requests, id)
+			delete(m.tokens, id)
+			mem.inflight--
+			if init {
+				m.initState = initNone
+				close(m.initDone)
+				m.initDone = make(chan struct{})
+			}
+		}
+		m.mu.Unlock()
+	}
+	return err
 }
 
 // sendOwn sends a request of the bridge's own; its answer is dropped.
