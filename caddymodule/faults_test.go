@@ -1,12 +1,14 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,6 +56,13 @@ func TestHungChildIsKilled(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer syscall.Kill(pid, syscall.SIGCONT)
+			// The signal takes effect asynchronously: wait until the child is
+			// stopped, so that the call below cannot beat it.
+			mcptest.WaitFor(t, 5*time.Second, "the child to be stopped", func() bool {
+				stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+				fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+				return len(fields) > 0 && fields[0] == "T"
+			})
 
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
