@@ -380,6 +380,11 @@ func TestCLICheckSaysWhy(t *testing.T) {
 	exe := mcptest.EverythingServer(t)
 	c := opStart(t, []string{exe}, opBridge(unstartable, "pool {\n\t\t\tmin_idle 0\n\t\t}"), opBridge(exe))
 	dir := t.TempDir()
+	// The client's own request id, and the reason, in the 503.
+	resp, body := opPost(t, c.base(0)+"/mcp", "", "", opInit)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), `"id":1,`) || !strings.Contains(string(body), "could not be started: ") {
+		t.Errorf("initialize with id 1 to a server that cannot start: %d %s; want 503 answering id 1 with the reason", resp.StatusCode, body)
+	}
 	for _, tc := range []struct{ url, want string }{
 		{c.base(0) + "/mcp", "could not be started"},
 		{"ws" + strings.TrimPrefix(c.base(1), "http") + "/ws", "give it the http(s) URL of the /mcp endpoint"},

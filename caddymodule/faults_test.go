@@ -455,6 +455,8 @@ func TestHostileChildren(t *testing.T) {
 		{"floods notifications", "-flood-on hostile -flood notifications"},
 		{"stops reading", "-deaf-on hostile"},
 		{"exits mid-message", "-half-line-on hostile"},
+		{"falls silent", "-silent-on hostile"},
+		{"floods stderr", "-stderr-flood-on hostile"},
 	} {
 		for _, isolation := range []string{"session", "shared"} {
 			t.Run(hostile.name+"/"+isolation, func(t *testing.T) {
@@ -487,6 +489,9 @@ func TestHostileChildren(t *testing.T) {
 				}
 				wg.Wait()
 				healthy.CallText(t, "echo", nil)
+				if n := strings.Count(c.Output(), `"msg":"child stderr"`); n > 200 {
+					t.Errorf("%d lines of a child's stderr reached Caddy's log, want a burst of 100 and 10 a second", n)
+				}
 				if took := c.Stop(t); took > 2*time.Second+time.Second+5*time.Second {
 					t.Errorf("caddy stop took %v with a hostile child, want drain_timeout and the stop timeouts at most", took)
 				}

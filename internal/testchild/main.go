@@ -35,6 +35,8 @@ var (
 	floodOn         = flag.String("flood-on", "", "when a request with this method arrives, stop reading stdin and write -flood messages to stdout for good")
 	flood           = flag.String("flood", "requests", `what -flood-on writes: "requests" (sampling/createMessage) or "notifications" (notifications/message)`)
 	halfLineOn      = flag.String("half-line-on", "", "when a request with this method arrives, write half a message and exit(1)")
+	stderrFloodOn   = flag.String("stderr-flood-on", "", "when a request with this method arrives, write 200,000 lines to stderr, then answer")
+	silentOn        = flag.String("silent-on", "", "when a request with this method arrives, read on but answer nothing, pings included, for good")
 	huge            = flag.Int("huge", 0, `answer method "huge", and tools/call of tool "huge", with a string of this many bytes`)
 	printEnv        = flag.Bool("print-env", false, `answer method "env" with {"env": os.Environ(), "cwd": working directory}`)
 	spawnGrandchild = flag.Bool("spawn-grandchild", false, `start a copy of itself with -ignore-term; answer method "grandchild" with {"pid": its pid}`)
@@ -88,6 +90,7 @@ func main() {
 
 	in := bufio.NewReaderSize(os.Stdin, 64<<10)
 	answered := 0
+	silent := false
 	for {
 		line, err := readLine(in)
 		if err != nil {
@@ -117,6 +120,19 @@ func main() {
 						"params": map[string]any{"messages": []any{}, "maxTokens": 1}})
 				}
 			}
+		}
+		if msg.Method == *silentOn {
+			silent = true
+		}
+		if silent {
+			continue
+		}
+		if msg.Method == *stderrFloodOn {
+			w := bufio.NewWriter(os.Stderr)
+			for i := range 200000 {
+				fmt.Fprintf(w, "flood %d\n", i)
+			}
+			w.Flush()
 		}
 		if msg.Method == *halfLineOn {
 			fmt.Fprint(out, `{"jsonrpc":"2.0","id":`)
