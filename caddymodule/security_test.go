@@ -91,7 +91,10 @@ func secCaddy(t *testing.T, sites ...secSite) (*mcptest.Caddy, []string) {
 	return c, bases
 }
 
-var secClient = &http.Client{Timeout: 15 * time.Second}
+// secClient keeps no connection alive: some tests reload Caddy, which
+// closes idle connections, and a request sent on one as it closes fails
+// (see TestHTTP1ReloadsHangNoCall).
+var secClient = &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
 // secDo sends a request and reads the whole answer. kv are header pairs;
 // a POST gets the Content-Type and Accept MCP wants unless kv sets them.
