@@ -93,10 +93,18 @@ func (s *cliServe) output() string {
 	return s.out.String()
 }
 
-// cliStartServe runs `caddy mcp-bridge serve` with args and waits until
-// Caddy's admin endpoint (localhost:2019, which must be free first) and
-// listen accept connections. Cleanup kills it if a test left it running.
+// cliStartServe runs `caddy mcp-bridge serve --listen listen` with args
+// and waits until Caddy's admin endpoint (localhost:2019, which must be
+// free first) and listen accept connections. Cleanup kills it if a test
+// left it running.
 func cliStartServe(t *testing.T, dir, listen string, args ...string) *cliServe {
+	t.Helper()
+	return cliStartServeEnv(t, dir, listen, nil, append([]string{"--listen", listen}, args...)...)
+}
+
+// cliStartServeEnv runs `caddy mcp-bridge serve` with args and env added
+// to its environment, and waits for the admin endpoint and wait.
+func cliStartServeEnv(t *testing.T, dir, wait string, env []string, args ...string) *cliServe {
 	t.Helper()
 	if l, err := net.Listen("tcp", "127.0.0.1:2019"); err != nil {
 		t.Fatalf("`caddy mcp-bridge serve` keeps Caddy's admin endpoint on %s, but 127.0.0.1:2019 is in use "+
@@ -105,7 +113,8 @@ func cliStartServe(t *testing.T, dir, listen string, args ...string) *cliServe {
 		l.Close()
 	}
 	s := &cliServe{done: make(chan struct{})}
-	s.cmd = cliCommand(t, dir, append([]string{"mcp-bridge", "serve", "--listen", listen}, args...)...)
+	s.cmd = cliCommand(t, dir, append([]string{"mcp-bridge", "serve"}, args...)...)
+	s.cmd.Env = append(s.cmd.Env, env...)
 	s.cmd.Stdout, s.cmd.Stderr = s, s
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -122,7 +131,7 @@ func cliStartServe(t *testing.T, dir, listen string, args ...string) *cliServe {
 			t.Logf("caddy mcp-bridge serve output:\n%s", s.output())
 		}
 	})
-	mcptest.WaitListening(t, "caddy mcp-bridge serve", s.cmd, s.done, s.output, cliDefaultAdmin, listen)
+	mcptest.WaitListening(t, "caddy mcp-bridge serve", s.cmd, s.done, s.output, cliDefaultAdmin, wait)
 	return s
 }
 
@@ -322,32 +331,8 @@ func TestCLIServeDefaults(t *testing.T) {
 	t.Cleanup(func() { mcptest.WaitNoProcesses(t, exe, 10*time.Second) })
 	dir := t.TempDir()
 	port := mcptest.FreePort(t)
-	if l, err := net.Listen("tcp", "127.0.0.1:2019"); err != nil {
-		t.Fatalf("127.0.0.1:2019 is in use: %v", err)
-	} else {
-		l.Close()
-	}
-	s := &cliServe{done: make(chan struct{})}
-	s.cmd = cliCommand(t, dir, "mcp-bridge", "serve", "--stdio", exe)
-	s.cmd.Env = append(s.cmd.Env, fmt.Sprintf("MCP_BRIDGE_PORT=%d", port))
-	s.cmd.Stdout, s.cmd.Stderr = s, s
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { s.cmd.Wait(); close(s.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-s.done:
-		default:
-			s.cmd.Process.Kill()
-			<-s.done
-		}
-		if t.Failed() {
-			t.Logf("serve output:\n%s", s.output())
-		}
-	})
 	local := fmt.Sprintf("127.0.0.1:%d", port)
-	mcptest.WaitListening(t, "caddy mcp-bridge serve", s.cmd, s.done, s.output, cliDefaultAdmin, local)
+	s := cliStartServeEnv(t, dir, local, []string{fmt.Sprintf("MCP_BRIDGE_PORT=%d", port)}, "--stdio", exe)
 
 	keyFile := filepath.Join(dir, "config", "caddy-mcp-bridge", "api-key")
 	for _, want := range []string{"MCP endpoint: http://" + local + "/mcp", "API_KEY=$(cat " + keyFile + ")", "Authorization: Bearer $API_KEY"} {

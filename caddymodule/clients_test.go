@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -15,13 +14,8 @@ import (
 // under Node 22) against a bridge with a key, over Streamable HTTP and
 // legacy SSE, and without the key, which fails.
 func TestInspectorCLI(t *testing.T) {
-	node, cli := os.Getenv("MCPBRIDGE_NODE"), os.Getenv("MCPBRIDGE_INSPECTOR_CLI")
-	if node == "" || cli == "" {
-		if os.Getenv("MCPBRIDGE_REQUIRE_ALL") != "" {
-			t.Fatal("MCPBRIDGE_NODE and MCPBRIDGE_INSPECTOR_CLI must be set (scripts/test sets them)")
-		}
-		t.Skip("set MCPBRIDGE_NODE and MCPBRIDGE_INSPECTOR_CLI, or run scripts/test")
-	}
+	tools := toolsFrom(t, "MCPBRIDGE_NODE", "MCPBRIDGE_INSPECTOR_CLI")
+	node, cli := tools[0], tools[1]
 	exe := mcptest.EverythingServer(t)
 	const key = "k-inspector-6a0e"
 	c := opStart(t, []string{exe}, opBridge(exe, "api_key "+key))

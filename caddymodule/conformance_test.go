@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -23,13 +22,8 @@ var conformanceTotal = regexp.MustCompile(`(?m)^Total: (\d+) passed, (\d+) faile
 // server over stdio. scripts/test installs Node 22 and the suite and says
 // where they are.
 func TestConformance(t *testing.T) {
-	node, suite := os.Getenv("MCPBRIDGE_NODE"), os.Getenv("MCPBRIDGE_CONFORMANCE")
-	if node == "" || suite == "" {
-		if os.Getenv("MCPBRIDGE_REQUIRE_ALL") != "" {
-			t.Fatal("MCPBRIDGE_NODE and MCPBRIDGE_CONFORMANCE must be set (scripts/test sets them)")
-		}
-		t.Skip("set MCPBRIDGE_NODE and MCPBRIDGE_CONFORMANCE, or run scripts/test")
-	}
+	tools := toolsFrom(t, "MCPBRIDGE_NODE", "MCPBRIDGE_CONFORMANCE")
+	node, suite := tools[0], tools[1]
 	for name, pool := range map[string]string{
 		"isolation=session": "",
 		// Every scenario's session lands on the one shared child.

@@ -404,9 +404,10 @@ func TestCrashLoopIsContained(t *testing.T) {
 }
 
 // TestCancelledCallClearsInFlight: a go-sdk client that gives up a call
-// sends notifications/cancelled; the child gets it (with its own id for
-// the request, in shared mode) and the admin API's in_flight returns to
-// 0, in either isolation.
+// sends notifications/cancelled, which the server need not answer; the
+// child gets it (with its own id for the request, in shared mode), the
+// admin API's in_flight returns to 0 (a request left in flight would also
+// keep the session from ever idling out), in either isolation.
 func TestCancelledCallClearsInFlight(t *testing.T) {
 	child := mcptest.Build(t, "github.com/mcpbridge/caddy-mcp-bridge/bridge/testdata/muxchild")
 	for _, isolation := range []string{"session", "shared"} {

@@ -56,13 +56,8 @@ func tsURL(base, transport, path string) string {
 // scripts/test installs both and says where they are.
 func tsClientDir(t *testing.T) (node, dir string) {
 	t.Helper()
-	node, modules := os.Getenv("MCPBRIDGE_NODE"), os.Getenv("MCPBRIDGE_TS_SDK")
-	if node == "" || modules == "" {
-		if os.Getenv("MCPBRIDGE_REQUIRE_ALL") != "" {
-			t.Fatal("MCPBRIDGE_NODE and MCPBRIDGE_TS_SDK must be set (scripts/test sets them)")
-		}
-		t.Skip("set MCPBRIDGE_NODE and MCPBRIDGE_TS_SDK, or run scripts/test")
-	}
+	tools := toolsFrom(t, "MCPBRIDGE_NODE", "MCPBRIDGE_TS_SDK")
+	node, modules := tools[0], tools[1]
 	return node, tsScriptDir(t, modules, filepath.Join("testdata", "tsclient", "client.mjs"))
 }
 
