@@ -280,7 +280,7 @@ func (b *Backend) findSession(id string, p principal) *session {
 }
 
 // EndSessions ends every session of site whose credential revoked
-// reports revoked, with ReasonRevoked: their streams and WebSockets close
+// reports revoked, with reasonRevoked: their streams and WebSockets close
 // and their next request gets 404. It returns how many it ended.
 func (b *Backend) EndSessions(site string, revoked func(credential string) bool) int {
 	b.mu.RLock()
@@ -298,7 +298,7 @@ func (b *Backend) EndSessions(site string, revoked func(credential string) bool)
 	}
 	b.mu.RUnlock()
 	for _, s := range doomed {
-		s.end(ReasonRevoked)
+		s.end(reasonRevoked)
 	}
 	return len(doomed)
 }

@@ -88,11 +88,21 @@ func (p *prober) result() probeResult {
 func (p *prober) check(ctx context.Context) probeResult {
 	res := probeChild(ctx, p.start)
 	p.mu.Lock()
-	if !errors.Is(res.Err, placement.ErrPoolExhausted) {
-		p.last, p.stale = res, false
+	if p.keepLocked(res) {
+		p.stale = false
 	}
 	p.mu.Unlock()
 	return res
+}
+
+// keepLocked makes res the last result, unless the budget was full, which
+// tells nothing about the server; it reports whether it did.
+func (p *prober) keepLocked(res probeResult) bool {
+	if errors.Is(res.Err, placement.ErrPoolExhausted) {
+		return false
+	}
+	p.last = res
+	return true
 }
 
 // lastProbe returns the last probe without starting one.
@@ -129,9 +139,7 @@ func (p *prober) startLocked() {
 	go func() {
 		res := probeChild(p.ctx, p.start)
 		p.mu.Lock()
-		if !errors.Is(res.Err, placement.ErrPoolExhausted) {
-			p.last = res // a full budget tells nothing about the server
-		}
+		p.keepLocked(res)
 		p.running = nil
 		p.mu.Unlock()
 		close(done)

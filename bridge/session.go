@@ -96,8 +96,8 @@ func (s *session) setProtocolVersion(v string) {
 	s.mu.Unlock()
 }
 
-// ReasonRevoked ends the sessions of a credential that was revoked.
-const ReasonRevoked = "its API key was revoked"
+// reasonRevoked ends the sessions of a credential that was revoked.
+const reasonRevoked = "its API key was revoked"
 
 // useCredential records the credential a request of the session came with.
 func (s *session) useCredential(ctx context.Context) {

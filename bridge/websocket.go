@@ -98,8 +98,8 @@ func (s *Server) wsWrite(ctx context.Context, conn *websocket.Conn, sess *sessio
 	}
 	switch p.run() {
 	case pumpClosed:
-		if sess.endedFor() == ReasonRevoked {
-			conn.Close(websocket.StatusPolicyViolation, "session ended: "+ReasonRevoked)
+		if sess.endedFor() == reasonRevoked {
+			conn.Close(websocket.StatusPolicyViolation, "session ended: "+reasonRevoked)
 			return
 		}
 		conn.Close(websocket.StatusGoingAway, "session ended")

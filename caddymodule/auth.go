@@ -26,11 +26,18 @@ type apiKey struct {
 	hash  [sha256.Size]byte
 	name  string    // what logs and sessions know the key by
 	until time.Time // when it stops being accepted; zero: never
+	// credential names the key exactly (sessions record the one they last
+	// used, so that a revoked key's sessions end), without revealing it.
+	credential string
 }
 
-// credential names the key exactly (sessions record the one they last
-// used, so that a revoked key's sessions end), without revealing it.
-func (k apiKey) credential() string { return hex.EncodeToString(k.hash[:8]) }
+// acceptKey makes the apiKey of key, and records key among the known
+// ones, so that no child inherits it from Caddy's environment.
+func acceptKey(key, name string, until time.Time) apiKey {
+	sum := sha256.Sum256([]byte(key))
+	knownKeys.Store(sum, struct{}{})
+	return apiKey{hash: sum, name: name, until: until, credential: hex.EncodeToString(sum[:8])}
+}
 
 // live reports whether the key is accepted at now.
 func (k apiKey) live(now time.Time) bool { return k.until.IsZero() || now.Before(k.until) }
@@ -39,13 +46,6 @@ func (k apiKey) live(now time.Time) bool { return k.until.IsZero() || now.Before
 // so that no child inherits one from Caddy's environment, whichever
 // config read it and however.
 var knownKeys sync.Map // [sha256.Size]byte → struct{}
-
-// rememberKey records key among the known ones and returns its hash.
-func rememberKey(key string) [sha256.Size]byte {
-	sum := sha256.Sum256([]byte(key))
-	knownKeys.Store(sum, struct{}{})
-	return sum
-}
 
 // isKnownKey reports whether value is an API key the bridge accepts or
 // has accepted: a child must not inherit it.
@@ -89,7 +89,7 @@ func (h *Handler) liveCredentials() map[string]bool {
 	for _, keys := range [][]apiKey{h.keys, h.keyFile.current(h.logger)} {
 		for _, k := range keys {
 			if k.live(now) {
-				live[k.credential()] = true
+				live[k.credential] = true
 			}
 		}
 	}
@@ -166,7 +166,7 @@ func (k *keyFile) set(entries []keyFileEntry) {
 	keys := make([]apiKey, len(entries))
 	for i, e := range entries {
 		// One name for all of the file's keys: sessions survive a rotation.
-		keys[i] = apiKey{hash: rememberKey(e.key), name: "file:" + k.path, until: e.until}
+		keys[i] = acceptKey(e.key, "file:"+k.path, e.until)
 	}
 	k.keys.Store(&keys)
 }

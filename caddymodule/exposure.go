@@ -38,16 +38,12 @@ func (h *Handler) showHealthDetails(r *http.Request) bool {
 // warnIfOpen logs an error, once the config has started, for a site that
 // anyone on the network can use: no API key, on an address that is not
 // loopback only.
-func (h *Handler) warnIfOpen() {
+func (h *Handler) warnIfOpen(sites map[*caddyhttp.Server]string) {
 	if len(h.keys) > 0 || h.keyFile != nil {
 		return
 	}
-	app, err := h.ctx.App("http")
-	if err != nil {
-		return
-	}
 	var addrs []string
-	for _, srv := range h.servers(app.(*caddyhttp.App)) {
+	for srv := range sites {
 		addrs = append(addrs, srv.Listen...)
 	}
 	if !loopbackOnly(addrs) {

@@ -211,6 +211,10 @@ type Handler struct {
 	logger     *zap.Logger
 	ctx        caddy.Context
 
+	// sites names the servers the handler serves in (see siteOf), once
+	// the config has started.
+	// (A pointer: a Handler is copied as a value, as modules are.)
+	sites           *atomic.Pointer[map[*caddyhttp.Server]string]
 	revocations     chan struct{} // closed to stop watchRevocations
 	revocationsDone chan struct{} // closed when it has stopped
 }
@@ -309,6 +313,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.ctx = ctx
+	h.sites = new(atomic.Pointer[map[*caddyhttp.Server]string])
 	cfg, err := h.backendConfig()
 	if err != nil {
 		return err
@@ -388,7 +393,7 @@ func (h *Handler) loadKeys() error {
 		if key == "" {
 			return fmt.Errorf("api_key %q is empty once placeholders are replaced", raw)
 		}
-		h.keys = append(h.keys, apiKey{hash: rememberKey(key), name: keyName(key)})
+		h.keys = append(h.keys, acceptKey(key, keyName(key), time.Time{}))
 	}
 	if h.APIKeyFile == "" {
 		return nil
@@ -526,8 +531,9 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 		configServing.Store(true)
 		h.keyFile.create(h.logger)
 		h.backend.Start()
-		h.warnIfOpen()
-		h.watchRevocations()
+		sites := h.findSites()
+		h.warnIfOpen(sites)
+		h.watchRevocations(sites)
 	case "stopping":
 		if caddy.Exiting() {
 			// Every pool drains at once; Caddy waits for them in the exit
@@ -600,7 +606,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			h.unauthorized(w, r, key != "")
 			return nil
 		}
-		ctx := bridge.WithCredential(bridge.WithPrincipal(r.Context(), match.name), match.credential())
+		ctx := bridge.WithCredential(bridge.WithPrincipal(r.Context(), match.name), match.credential)
 		if fromQuery {
 			// A client that can only put its key in URLs needs it in the
 			// legacy SSE endpoint event too.
@@ -609,7 +615,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r = r.WithContext(ctx)
 	}
 	stripCredentials(r)
-	h.server.ServeHTTP(w, r.WithContext(bridge.WithSite(r.Context(), siteOf(r))))
+	h.server.ServeHTTP(w, r.WithContext(bridge.WithSite(r.Context(), h.siteOf(r))))
 	return nil
 }
 

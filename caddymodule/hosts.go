@@ -62,15 +62,19 @@ func servesHost(routes caddyhttp.RouteList, r *http.Request) bool {
 	return false
 }
 
-// servers are the servers whose routes hold h: its sites.
-func (h *Handler) servers(app *caddyhttp.App) []*caddyhttp.Server {
-	var servers []*caddyhttp.Server
-	for _, srv := range app.Servers {
-		if holds(srv.Routes, h) {
-			servers = append(servers, srv)
+// findSites finds, once the config has started, the servers whose routes
+// hold h, and names each as siteOf does; siteOf then looks them up.
+func (h *Handler) findSites() map[*caddyhttp.Server]string {
+	sites := make(map[*caddyhttp.Server]string)
+	if app, err := h.ctx.App("http"); err == nil {
+		for _, srv := range app.(*caddyhttp.App).Servers {
+			if holds(srv.Routes, h) {
+				sites[srv] = siteName(srv)
+			}
 		}
 	}
-	return servers
+	h.sites.Store(&sites)
+	return sites
 }
 
 // holds reports whether routes, or routes nested in them, run h.
@@ -123,12 +127,17 @@ func fromLoopback(r *http.Request) bool {
 // (which is how sessions survive a reload), but not their sessions, nor
 // their per-key session counts. An HTTPS site and its HTTP twin listen on
 // different ports.
-func siteOf(r *http.Request) string {
+func (h *Handler) siteOf(r *http.Request) string {
 	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	if srv == nil {
 		return ""
 	}
-	return siteName(srv)
+	if sites := h.sites.Load(); sites != nil {
+		if name, ok := (*sites)[srv]; ok {
+			return name
+		}
+	}
+	return siteName(srv) // before the config has started
 }
 
 func siteName(srv *caddyhttp.Server) string { return strings.Join(srv.Listen, ",") }

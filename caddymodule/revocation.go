@@ -25,17 +25,13 @@ var siteHandlers = struct {
 
 // watchRevocations starts ending the sessions of revoked keys on the
 // sites h serves, until Cleanup stops it.
-func (h *Handler) watchRevocations() {
+func (h *Handler) watchRevocations(servers map[*caddyhttp.Server]string) {
 	if h.revocations != nil || len(h.keys) == 0 && h.keyFile == nil {
 		return // already watching; or a site without keys, whose sessions have no credential
 	}
-	app, err := h.ctx.App("http")
-	if err != nil {
-		return
-	}
 	var sites []string
-	for _, srv := range h.servers(app.(*caddyhttp.App)) {
-		sites = append(sites, siteName(srv))
+	for _, site := range servers {
+		sites = append(sites, site)
 	}
 	siteHandlers.Lock()
 	for _, site := range sites {
