@@ -155,6 +155,22 @@ func (s *Server) IsHealthCheck(r *http.Request) bool {
 	return r.URL.Path == s.cfg.HealthPath
 }
 
+// ClientEndpoints returns the paths clients connect to, one per transport
+// served (Streamable HTTP, legacy SSE's stream, WebSocket, in that order);
+// the legacy SSE message path is the stream's, not a connection's own.
+func (s *Server) ClientEndpoints() []string {
+	var paths []string
+	for _, e := range []struct {
+		t    Transports
+		path string
+	}{{TransportStreamable, s.cfg.StreamablePath}, {TransportSSE, s.cfg.SSEPath}, {TransportWebSocket, s.cfg.WSPath}} {
+		if s.cfg.Transports&e.t != 0 {
+			paths = append(paths, e.path)
+		}
+	}
+	return paths
+}
+
 // Handles reports whether the request's path is one this Server serves.
 func (s *Server) Handles(r *http.Request) bool {
 	return s.route(r) != nil
@@ -209,7 +225,7 @@ func (s *Server) newSession(w http.ResponseWriter, r *http.Request, id []byte, t
 		writeAcquireError(w, id, err)
 		return nil
 	}
-	sess.useCredential(r.Context())
+	sess.useAuth(r.Context())
 	return sess
 }
 

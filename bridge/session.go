@@ -59,6 +59,7 @@ type session struct {
 	grace           *time.Timer            // a legacy SSE session without its stream: when it ends
 	ids             childIDs               // ids of the bridge's for an isolated child's requests
 	credential      string                 // the credential the session was last used with
+	gate            Gate                   // what its principal may do, as of its last request
 	endReason       string
 	lastActive      time.Time
 	nextStream      int
@@ -99,13 +100,16 @@ func (s *session) setProtocolVersion(v string) {
 // reasonRevoked ends the sessions of a credential that was revoked.
 const reasonRevoked = "its API key was revoked"
 
-// useCredential records the credential a request of the session came with.
-func (s *session) useCredential(ctx context.Context) {
-	if c := credentialFrom(ctx); c != "" {
-		s.mu.Lock()
+// useAuth records the credential a request of the session came with, and
+// the gate its principal passes through now (a reload may change it).
+func (s *session) useAuth(ctx context.Context) {
+	c, g := credentialFrom(ctx), gateFrom(ctx)
+	s.mu.Lock()
+	if c != "" {
 		s.credential = c
-		s.mu.Unlock()
 	}
+	s.gate = g
+	s.mu.Unlock()
 }
 
 // endedFor says why the session ended, once it has.
@@ -241,6 +245,7 @@ type sentRequest struct {
 	method string
 	at     time.Time
 	timer  *time.Timer
+	filter *listFilter // what the gate hides of its result, if anything
 }
 
 // forgetSentLocked drops a request from the ones in flight.
@@ -265,7 +270,7 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 		if !shared && needsChildID(env.ID) {
 			rewrite = append(rewrite, jsonrpc.Splice{Old: env.ID, New: s.ids.assign(env.ID)})
 		}
-		req := sentRequest{method: metricMethod(env.MethodName()), at: now}
+		req := sentRequest{method: metricMethod(env.MethodName()), at: now, filter: listFilterFor(s.gate, env.MethodName())}
 		if d := s.backend.cfg.Pool.RequestTimeout; d > 0 {
 			id := bytes.Clone(env.ID)
 			req.timer = time.AfterFunc(d, func() { s.requestTimedOut(id, d) })
@@ -317,11 +322,12 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 
 // forward sends a client message of a single-stream transport (legacy SSE,
 // WebSocket) to the child, remembering the id of a request so that it can
-// be failed if the child exits before answering. These transports carry
-// session protocols only: the stateless protocol's server/discover is
-// answered "method not found", so that a dual-era client falls back to
-// initialize, and the child never sees a stateless request first.
-func (s *session) forward(msg []byte, env *jsonrpc.Envelope) error {
+// be failed if the child exits before answering, or answers it with the
+// gate's refusal. These transports carry session protocols only: the
+// stateless protocol's server/discover is answered "method not found", so
+// that a dual-era client falls back to initialize, and the child never
+// sees a stateless request first.
+func (s *session) forward(msg []byte, env *jsonrpc.Envelope, refusal *Refusal) error {
 	if env.Kind() == jsonrpc.KindRequest {
 		if env.MethodName() == "server/discover" {
 			s.fromChild(jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeMethodNotFound, "server/discover is not served on this transport; send initialize"))
@@ -331,7 +337,27 @@ func (s *session) forward(msg []byte, env *jsonrpc.Envelope) error {
 		s.pending[string(env.ID)] = nil
 		s.mu.Unlock()
 	}
-	return s.send(msg, env)
+	return s.sendOrRefuse(msg, env, refusal)
+}
+
+// admit asks the session's gate about a client message, for a transport
+// whose messages come with no request of their own (WebSocket).
+func (s *session) admit(env *jsonrpc.Envelope) *Refusal {
+	s.mu.Lock()
+	g := s.gate
+	s.mu.Unlock()
+	return admitThrough(g, env)
+}
+
+// sendOrRefuse sends a client message to the child, or answers the
+// request, whose id is pending, with the gate's refusal.
+func (s *session) sendOrRefuse(msg []byte, env *jsonrpc.Envelope, refusal *Refusal) error {
+	if refusal == nil {
+		return s.send(msg, env)
+	}
+	s.touch()
+	s.fromChild(refusal.response(env.ID))
+	return nil
 }
 
 func (s *session) touch() {
@@ -365,6 +391,7 @@ func (s *session) fromChild(msg []byte) {
 	s.mu.Lock()
 	s.lastActive = time.Now()
 	var target *stream
+	var filter *listFilter
 	last := false
 	switch env.Kind() {
 	case jsonrpc.KindResponse:
@@ -384,6 +411,7 @@ func (s *session) fromChild(msg []byte) {
 		}
 		delete(s.pending, string(env.ID))
 		if req, ok := s.sent[string(env.ID)]; ok {
+			filter = req.filter
 			s.forgetSentLocked(string(env.ID))
 			outcome := "ok"
 			if env.Error != nil {
@@ -426,6 +454,9 @@ func (s *session) fromChild(msg []byte) {
 		target = s.standaloneLocked()
 	}
 	s.mu.Unlock()
+	if filter != nil {
+		msg = filter.apply(msg, &env)
+	}
 	switch err := target.push(msg, last, s.pushPolicy(target)); {
 	case errors.Is(err, errStreamFull):
 		s.logger.Warn("ending a session whose client reads too slowly for the shared server")

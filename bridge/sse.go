@@ -77,7 +77,7 @@ func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found")
 		return
 	}
-	sess.useCredential(r.Context())
+	sess.useAuth(r.Context())
 	body, ok := s.readBody(w, r)
 	if !ok {
 		return
@@ -87,6 +87,7 @@ func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	envs := make([]jsonrpc.Envelope, len(msgs))
+	refusals := make([]*Refusal, len(msgs))
 	for i, msg := range msgs {
 		env, err := jsonrpc.ParseEnvelope(msg)
 		if err != nil || env.Kind() == jsonrpc.KindInvalid {
@@ -94,9 +95,16 @@ func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		envs[i] = env
+		refusals[i] = admit(r.Context(), &envs[i])
+	}
+	// A request alone in its POST is refused with an HTTP status of its
+	// own (429 for a rate limit); others in-band, on the stream.
+	if ref := refusals[0]; ref != nil && len(msgs) == 1 && ref.Status != 0 {
+		ref.writeHTTP(w, envs[0].ID)
+		return
 	}
 	for i, msg := range msgs {
-		if sess.forward(msg, &envs[i]) != nil {
+		if sess.forward(msg, &envs[i], refusals[i]) != nil {
 			WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session ended")
 			return
 		}

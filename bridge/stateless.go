@@ -126,6 +126,10 @@ func (s *Server) serveStateless(w http.ResponseWriter, r *http.Request, version 
 		writeErrorID(w, http.StatusNotFound, env.ID, jsonrpc.CodeMethodNotFound, "method not found: "+env.MethodName())
 		return true
 	}
+	if refusal := admit(r.Context(), &env); refusal != nil {
+		refusal.writeHTTP(w, env.ID)
+		return true
+	}
 	s.forwardStateless(w, r, msgs[0], &env)
 	return true
 }
@@ -136,6 +140,7 @@ func (s *Server) serveStateless(w http.ResponseWriter, r *http.Request, version 
 // subscriptions/listen stream whose child dies is opened again on another.
 func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []byte, env *jsonrpc.Envelope) {
 	listen := env.MethodName() == "subscriptions/listen"
+	filter := listFilterFor(gateFrom(r.Context()), env.MethodName())
 	var sw *sseWriter
 	for {
 		st := newStream(0, ReplayBuffer{}, &undelivered{limit: int64(s.backend.cfg.MaxUndelivered)}) // nothing to replay: not resumable
@@ -144,6 +149,9 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 			Deliver: func(m []byte) {
 				other, err := jsonrpc.ParseEnvelope(m)
 				last := err == nil && other.Kind() == jsonrpc.KindResponse && string(other.ID) == string(env.ID)
+				if last && filter != nil {
+					m = filter.apply(m, &other)
+				}
 				// A shared child never waits for one slow client.
 				if st.push(m, last, pushFail) == errStreamFull {
 					s.logger.Debug("dropped a message for a stateless client that reads too slowly")

@@ -73,7 +73,7 @@ func (s *Server) lookupSession(w http.ResponseWriter, r *http.Request) *session 
 		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session not found")
 		return nil
 	}
-	sess.useCredential(r.Context())
+	sess.useAuth(r.Context())
 	return sess
 }
 
@@ -101,6 +101,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 	var ids, tokens [][]byte
 	initialize := false
 	envs := make([]jsonrpc.Envelope, len(msgs))
+	refusals := make([]*Refusal, len(msgs))
 	for i, msg := range msgs {
 		env, err := jsonrpc.ParseEnvelope(msg)
 		kind := env.Kind()
@@ -116,6 +117,16 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 			}
 			initialize = initialize || env.MethodName() == "initialize"
 		}
+	}
+	for i := range envs {
+		refusals[i] = admit(r.Context(), &envs[i])
+	}
+	// A request alone in its POST is refused with an HTTP status of its
+	// own (429 and Retry-After for a rate limit); so is an initialize,
+	// which then opens no session.
+	if ref := refusals[0]; ref != nil && len(msgs) == 1 && (ref.Status != 0 || initialize) {
+		ref.writeHTTP(w, envs[0].ID)
+		return
 	}
 
 	var sess *session
@@ -158,7 +169,7 @@ func (s *Server) streamablePost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for i, msg := range msgs {
-		if sess.send(msg, &envs[i]) != nil {
+		if sess.sendOrRefuse(msg, &envs[i], refusals[i]) != nil {
 			break // the child is gone; its exit fails the stream's requests
 		}
 	}

@@ -81,7 +81,7 @@ func (s *Server) wsRead(ctx context.Context, conn *websocket.Conn, sess *session
 			}
 			continue
 		}
-		if sess.forward(data, &env) != nil {
+		if sess.forward(data, &env, sess.admit(&env)) != nil {
 			return
 		}
 	}
