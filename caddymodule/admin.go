@@ -18,7 +18,7 @@ func init() {
 
 // adminAPI serves the bridge's status on Caddy's admin endpoint:
 //
-//	GET    /mcp_bridge/                 pools, their children and sessions
+//	GET    /mcp_bridge/                 pools, their children and sessions; principals under policies, with their use
 //	DELETE /mcp_bridge/sessions/<id>    ends a session (8+ characters of its id)
 type adminAPI struct{}
 
@@ -62,8 +62,15 @@ func (a adminAPI) list(w http.ResponseWriter) error {
 		return true
 	})
 	sort.Slice(pools, func(i, j int) bool { return pools[i].ConfigHash < pools[j].ConfigHash })
+	open := map[[2]string]int{}
+	for _, p := range pools {
+		for _, s := range p.Sessions {
+			open[[2]string{s.Site, s.Key}]++
+		}
+	}
+	principals := usageStatus(func(site, principal string) int { return open[[2]string{site, principal}] })
 	w.Header().Set("Content-Type", "application/json")
-	return json.NewEncoder(w).Encode(map[string]any{"pools": pools})
+	return json.NewEncoder(w).Encode(map[string]any{"pools": pools, "principals": principals})
 }
 
 func (a adminAPI) endSession(w http.ResponseWriter, id string) error {

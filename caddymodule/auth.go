@@ -6,15 +6,20 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
@@ -265,17 +270,173 @@ func stripCredentials(r *http.Request) {
 	}
 }
 
-// unauthorized answers a request without a valid key.
-func (h *Handler) unauthorized(w http.ResponseWriter, r *http.Request, presented bool) {
-	challenge := "Bearer"
-	if h.ResourceMetadata != "" {
-		challenge += ` resource_metadata="` + h.ResourceMetadata + `"`
-	}
-	w.Header().Set("WWW-Authenticate", challenge)
-	reason := "missing API key"
-	if presented {
-		reason = "wrong API key"
-	}
-	h.logger.Info("refused a request: "+reason, zap.String("remote_addr", r.RemoteAddr), zap.String("path", r.URL.Path))
-	bridge.WriteError(w, http.StatusUnauthorized, bridge.CodeUnauthorized, "unauthorized: "+reason)
+// A caller is who a request comes from, as authentication found: a
+// named API key, or an OAuth access token's subject and client.
+type caller struct {
+	// principal names the caller to the bridge, whose sessions belong to
+	// it, and to status and logs: "key:alice" for a named key, the hash
+	// name of an inline key, "file:<path>" for a key file's keys, and
+	// for OAuth the subject and client, quoted.
+	principal string
+	keyName   string // the key's name, for an API key
+	subject   string // the token's subject, for OAuth
+	client    string // the token's client, for OAuth
+	scopes    []string
+	// credential names the very key presented, so that its revocation
+	// ends the sessions that used it; empty for OAuth, whose tokens end
+	// by expiring.
+	credential string
+	fromQuery  bool   // the key came in the URL
+	key        string // the key itself, when it came in the URL
 }
+
+// An authFailure is why a request was refused before the bridge.
+type authFailure struct {
+	status      int    // 401, 403 or 503
+	errorCode   string // RFC 6750 error code: invalid_token, insufficient_scope; none for a missing credential
+	description string // for the client and the log
+}
+
+// requiresAuth reports whether requests need a key or a token.
+func (h *Handler) requiresAuth() bool {
+	return len(h.keys) > 0 || h.keyFile != nil || h.tokens != nil
+}
+
+// identify authenticates a request: an API key first, then, when OAuth is
+// configured, an access token.
+func (h *Handler) identify(r *http.Request) (caller, *authFailure) {
+	if h.keyFile != nil || len(h.keys) > 0 {
+		match, key, fromQuery, ok := h.authenticate(r)
+		if ok {
+			c := caller{principal: match.name, keyName: strings.TrimPrefix(match.name, "key:"), credential: match.credential, fromQuery: fromQuery}
+			if fromQuery {
+				c.key = key
+			}
+			return c, nil
+		}
+		if h.tokens == nil {
+			if key == "" {
+				return caller{}, &authFailure{status: http.StatusUnauthorized, description: "missing API key"}
+			}
+			return caller{}, &authFailure{status: http.StatusUnauthorized, errorCode: "invalid_token", description: "wrong API key"}
+		}
+	}
+	token, _ := presentedKey(r, false)
+	if token == "" {
+		return caller{}, &authFailure{status: http.StatusUnauthorized, description: "missing access token"}
+	}
+	info, err := h.tokens.validate(r.Context(), token)
+	switch {
+	case errors.Is(err, errAuthServer):
+		h.logger.Error("cannot validate an access token", zap.Error(err))
+		return caller{}, &authFailure{status: http.StatusServiceUnavailable, description: "the access token cannot be checked now: " + err.Error()}
+	case err != nil:
+		return caller{}, &authFailure{status: http.StatusUnauthorized, errorCode: "invalid_token", description: "invalid access token: " + err.Error()}
+	case !h.audienceAccepted(r, info.Audience):
+		return caller{}, &authFailure{status: http.StatusUnauthorized, errorCode: "invalid_token",
+			description: "the access token is for another resource (aud " + strconv.Quote(strings.Join(info.Audience, " ")) + ", this is " + h.resourceFor(r, h.endpointOf(r)) + ")"}
+	}
+	for _, need := range h.OAuth.Scopes {
+		if !slices.Contains(info.Scopes, need) {
+			return caller{}, &authFailure{status: http.StatusForbidden, errorCode: "insufficient_scope", description: "the access token lacks the scope " + strconv.Quote(need)}
+		}
+	}
+	return caller{
+		principal: "oauth:" + strconv.Quote(info.Subject) + " via " + strconv.Quote(info.Client),
+		subject:   info.Subject,
+		client:    info.Client,
+		scopes:    info.Scopes,
+	}, nil
+}
+
+// refuse answers a request that authentication refused.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, f *authFailure) {
+	switch {
+	case h.OAuth != nil && f.status != http.StatusServiceUnavailable:
+		w.Header().Set("WWW-Authenticate", h.challenge(r, f.errorCode, f.description))
+	case h.ResourceMetadata != "":
+		w.Header().Set("WWW-Authenticate", `Bearer resource_metadata="`+h.ResourceMetadata+`"`)
+	case f.status == http.StatusUnauthorized:
+		w.Header().Set("WWW-Authenticate", "Bearer")
+	}
+	if f.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "5")
+	}
+	h.logger.Info("refused a request: "+f.description, zap.String("remote_addr", r.RemoteAddr), zap.String("path", r.URL.Path))
+	code := bridge.CodeUnauthorized
+	if f.status == http.StatusServiceUnavailable {
+		code = bridge.CodeServerBusy
+	}
+	bridge.WriteError(w, f.status, code, strings.ToLower(http.StatusText(f.status))+": "+f.description)
+}
+
+// failureReason labels an authentication failure in metrics.
+func failureReason(f *authFailure) string {
+	switch {
+	case f.status == http.StatusServiceUnavailable:
+		return "auth_server_unavailable"
+	case f.errorCode != "":
+		return f.errorCode
+	}
+	return "missing_credential"
+}
+
+// provisionAuth sets up OAuth and the policies; a policy that gives its
+// principals an environment gets a pool of children of its own.
+func (h *Handler) provisionAuth(ctx caddy.Context, cfg bridge.BackendConfig, transports bridge.Transports) error {
+	repl := caddy.NewReplacer()
+	if h.OAuth != nil {
+		oc := *h.OAuth
+		for _, f := range []*string{&oc.Issuer, &oc.Audience, &oc.IntrospectionURL, &oc.ClientID, &oc.ClientSecret} {
+			*f = repl.ReplaceAll(*f, "")
+		}
+		h.OAuth = &oc
+		v, err := newTokenValidator(oc)
+		if err != nil {
+			return err
+		}
+		h.tokens = v
+	}
+	quotas := false
+	for _, pc := range h.Policies {
+		p := newPolicy(pc)
+		if len(pc.Env) > 0 {
+			own := cfg
+			own.Process.Env = mergeEnv(cfg.Process.Env, pc.envPairs(func(v string) string { return repl.ReplaceAll(v, "") }))
+			own.Pool.ShareAcrossKeys = false
+			if own.Pool.MinIdle == nil {
+				// No spares with one principal's credentials waiting for
+				// a session that may never come.
+				own.Pool.MinIdle = new(int)
+			}
+			pl, err := h.provisionPool(ctx, own, transports)
+			if err != nil {
+				return fmt.Errorf("policy %s: %v", pc.Name, err)
+			}
+			p.pool = pl
+		}
+		quotas = quotas || pc.Quota != nil
+		h.policies = append(h.policies, p)
+	}
+	if quotas {
+		h.storage = ctx.Storage()
+		quotaFlusher.hold()
+		h.holdsQuotas = true
+	}
+	return nil
+}
+
+// mergeEnv returns base with over's NAME=value pairs set, sorted.
+func mergeEnv(base, over []string) []string {
+	merged := make(map[string]string, len(base)+len(over))
+	for _, list := range [][]string{base, over} {
+		for _, kv := range list {
+			name, _, _ := strings.Cut(kv, "=")
+			merged[name] = kv
+		}
+	}
+	return slices.Sorted(maps.Values(merged))
+}
+
+// quotaStorage is where quota counts are kept.
+func (h *Handler) quotaStorage() certmagic.Storage { return h.storage }

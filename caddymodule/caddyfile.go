@@ -61,9 +61,27 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		stop_timeout <duration>
 //		term_timeout <duration>
 //		api_key <key...>
+//		named_api_key <name> <key>
 //		api_key_file <path>
 //		api_key_query
 //		resource_metadata <url>
+//		oauth {
+//			issuer <url>
+//			audience <url>
+//			scopes <scope...>
+//			introspection_url <url>
+//			client_id <id>
+//			client_secret <secret>
+//			resource_name <name>
+//		}
+//		policy <name> {
+//			match key|subject|client|scope <value...>
+//			tools|prompts|resources allow|deny <pattern...>
+//			rate <n>/<period> [burst <n>]
+//			tool_rate <tool> <n>/<period> [burst <n>]
+//			quota <n>/day|month
+//			env <NAME> <value>
+//		}
 //		cors {
 //			allow_credentials
 //			max_age <duration>
@@ -79,8 +97,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 //
 // command takes the rest of its line; quoting works as in a shell, but no
-// shell runs it. env, env_inherit, allowed_hosts, allowed_origins and
-// api_key are repeatable; every other option is given once. Pool options
+// shell runs it. env, env_inherit, allowed_hosts, allowed_origins,
+// api_key, named_api_key and policy are repeatable; every other option is
+// given once; in a policy, match, tools, prompts, resources, tool_rate and
+// env are repeatable. The first policy whose match lines (any of them)
+// match a request applies; a policy without match applies to all. Pool options
 // of the other isolation (min_idle is session's; sessions_per_process,
 // min_processes and process_idle_timeout shared's) and two endpoints on
 // one path are errors that name their line. env values may use
@@ -95,7 +116,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	var lines optionLines
 	caddyfileDir := ""
 	for d.NextBlock(0) {
-		if err := lines.note(d, "env", "env_inherit", "allowed_hosts", "allowed_origins", "api_key"); err != nil {
+		if err := lines.note(d, "env", "env_inherit", "allowed_hosts", "allowed_origins", "api_key", "named_api_key", "policy"); err != nil {
 			return err
 		}
 		switch d.Val() {
@@ -107,14 +128,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Command = commandLine(args)
 			caddyfileDir = filepath.Dir(d.File())
 		case "env":
-			var key, val string
-			if !d.AllArgs(&key, &val) {
-				return d.ArgErr()
+			if err := envArgs(d, &h.Env); err != nil {
+				return err
 			}
-			if h.Env == nil {
-				h.Env = make(map[string]string)
-			}
-			h.Env[key] = val
 		case "env_inherit":
 			names := d.RemainingArgs()
 			if len(names) == 0 {
@@ -216,6 +232,32 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.APIKeys = append(h.APIKeys, keys...)
+		case "named_api_key":
+			var name, key string
+			if !d.AllArgs(&name, &key) {
+				return d.ArgErr()
+			}
+			if h.NamedAPIKeys == nil {
+				h.NamedAPIKeys = make(map[string]string)
+			}
+			if _, dup := h.NamedAPIKeys[name]; dup {
+				return d.Errf("named_api_key %s is given twice", name)
+			}
+			h.NamedAPIKeys[name] = key
+		case "oauth":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.OAuth = new(OAuthConfig)
+			if err := h.OAuth.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "policy":
+			var p PolicyConfig
+			if err := p.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			h.Policies = append(h.Policies, p)
 		case "api_key_file":
 			if !d.AllArgs(&h.APIKeyFile) {
 				return d.ArgErr()
@@ -498,3 +540,16 @@ func needsQuote(r rune) bool {
 
 // Interface guards
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+// envArgs reads "env <NAME> <value>" into env.
+func envArgs(d *caddyfile.Dispenser, env *map[string]string) error {
+	var key, val string
+	if !d.AllArgs(&key, &val) {
+		return d.ArgErr()
+	}
+	if *env == nil {
+		*env = make(map[string]string)
+	}
+	(*env)[key] = val
+	return nil
+}

@@ -78,6 +78,20 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"a relative path", "mcp_bridge {\ncommand a\nhealth_path health\n}", `health_path must start with /: "health", at Testfile:3`},
 		{"CORS credentials for any origin", "mcp_bridge {\ncommand a\nallowed_origins *\ncors {\nallow_credentials\n}\n}", "cors allow_credentials cannot be combined with allowed_origins *: name the origins, at Testfile:4"},
 		{"a public_base_url that is no URL", "mcp_bridge {\ncommand a\npublic_base_url example.com/tools\n}", "such as https://example.com/tools, at Testfile:3"},
+		{"a named key without its key", "mcp_bridge {\ncommand a\nnamed_api_key alice\n}", "wrong argument count"},
+		{"a key name given twice", "mcp_bridge {\ncommand a\nnamed_api_key alice k1\nnamed_api_key alice k2\n}", "named_api_key alice is given twice"},
+		{"oauth without an issuer", "mcp_bridge {\ncommand a\noauth {\nscopes mcp\n}\n}", "oauth needs an issuer"},
+		{"an unknown oauth option", "mcp_bridge {\ncommand a\noauth {\nissuer https://a.example\njwks https://a.example/k\n}\n}", `unknown oauth option "jwks"`},
+		{"an issuer over plain HTTP", "mcp_bridge {\ncommand a\noauth {\nissuer http://auth.example.com\n}\n}", "must be an https:// URL (http:// only on a loopback address), at Testfile:3"},
+		{"introspection without credentials", "mcp_bridge {\ncommand a\noauth {\nissuer https://a.example\nintrospection_url https://a.example/i\n}\n}", "introspection_url needs client_id and client_secret"},
+		{"a policy without a name", "mcp_bridge {\ncommand a\npolicy {\nrate 1/s\n}\n}", "policy needs a name"},
+		{"an unknown policy option", "mcp_bridge {\ncommand a\npolicy p {\nban x\n}\n}", `unknown policy option "ban"`},
+		{"an unknown match", "mcp_bridge {\ncommand a\npolicy p {\nmatch team x\n}\n}", "match team: want key, subject, client or scope"},
+		{"a rate that is no rate", "mcp_bridge {\ncommand a\npolicy p {\nrate fast\n}\n}", "want <n>/<period>"},
+		{"a quota per week", "mcp_bridge {\ncommand a\npolicy p {\nquota 5/week\n}\n}", "want <calls>/day or <calls>/month"},
+		{"a tools rule that neither allows nor denies", "mcp_bridge {\ncommand a\npolicy p {\ntools hide x\n}\n}", "want tools allow|deny <pattern...>"},
+		{"a policy with no one to apply to", "mcp_bridge {\ncommand a\npolicy p {\nrate 1/s\n}\n}", "policies apply to authenticated principals"},
+		{"two policies of one name", "mcp_bridge {\ncommand a\nnamed_api_key a k\npolicy p {\nrate 1/s\n}\npolicy p {\nrate 2/s\n}\n}", "two policies are named p"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler

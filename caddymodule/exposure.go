@@ -28,18 +28,18 @@ func (h *Handler) showHealthDetails(r *http.Request) bool {
 	if fromLoopback(r) {
 		return true
 	}
-	if len(h.keys) == 0 && h.keyFile == nil {
+	if !h.requiresAuth() {
 		return false
 	}
-	_, _, _, ok := h.authenticate(r)
-	return ok
+	_, failure := h.identify(r)
+	return failure == nil
 }
 
 // warnIfOpen logs an error, once the config has started, for a site that
 // anyone on the network can use: no API key, on an address that is not
 // loopback only.
 func (h *Handler) warnIfOpen(sites map[*caddyhttp.Server]string) {
-	if len(h.keys) > 0 || h.keyFile != nil {
+	if h.requiresAuth() {
 		return
 	}
 	var addrs []string
@@ -47,7 +47,7 @@ func (h *Handler) warnIfOpen(sites map[*caddyhttp.Server]string) {
 		addrs = append(addrs, srv.Listen...)
 	}
 	if !loopbackOnly(addrs) {
-		h.logger.Error("this MCP bridge has no API key and listens beyond loopback: anyone who can reach it can run its tools; add api_key_file, or bind 127.0.0.1",
+		h.logger.Error("this MCP bridge has no API key and listens beyond loopback: anyone who can reach it can run its tools; add api_key_file or oauth, or bind 127.0.0.1",
 			zap.Strings("listen", addrs), zap.Strings("command", []string{h.Command}))
 	}
 }

@@ -1,10 +1,10 @@
-// Package caddymodule registers the mcp_bridge HTTP handler: Caddy glue
-// around the bridge package, which does the work.
 package caddymodule
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"regexp"
 	"slices"
@@ -16,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge"
@@ -47,7 +48,7 @@ type Handler struct {
 	// HealthDetails says who sees the health report's counts and errors
 	// (children, sessions, tools, crashes, the last error, which can name
 	// paths): "key" (the default) shows them to requests with a valid API
-	// key and to requests on a loopback address (from this machine, where
+	// key or access token and to requests on a loopback address (from this machine, where
 	// the admin API shows more), "on" to every request, "off" to none.
 	// Everyone else gets only the status and the transports.
 	HealthDetails string `json:"health_details,omitempty"`
@@ -202,14 +203,35 @@ type Handler struct {
 	// Default: 0 (closed at once).
 	StreamCloseDelay caddy.Duration `json:"stream_close_delay,omitempty"`
 
-	keys       []apiKey // configured inline
-	keyFile    *keyFile
-	origins    bridge.OriginPolicy
-	backendKey string
-	backend    *bridge.Backend
-	server     *bridge.Server
-	logger     *zap.Logger
-	ctx        caddy.Context
+	// NamedAPIKeys are keys by name: the name is what sessions, logs,
+	// the admin API and policies know the key's holder by. Values may use
+	// placeholders such as {env.ALICE_MCP_KEY}. They are accepted beside
+	// APIKeys, the key file and OAuth tokens.
+	NamedAPIKeys map[string]string `json:"named_api_keys,omitempty"`
+
+	// OAuth makes the handler an OAuth 2.1 resource server that accepts
+	// the access tokens of one authorization server, beside any API keys.
+	OAuth *OAuthConfig `json:"oauth,omitempty"`
+
+	// Policies say what principals (API key names, OAuth subjects,
+	// clients or scopes) may do: tools, prompts and resources they see,
+	// rate limits, quotas and their children's environment. The first
+	// that matches a request applies.
+	Policies []PolicyConfig `json:"policies,omitempty"`
+
+	keys        []apiKey // configured inline
+	keyFile     *keyFile
+	tokens      *tokenValidator // nil without OAuth
+	policies    []*policy
+	pools       []*pool // the handler's own first, then the pools of policies with env
+	storage     certmagic.Storage
+	holdsQuotas bool // the handler holds the quota flusher
+	origins     bridge.OriginPolicy
+	backendKey  string
+	backend     *bridge.Backend
+	server      *bridge.Server
+	logger      *zap.Logger
+	ctx         caddy.Context
 
 	// sites names the servers the handler serves in (see siteOf), once
 	// the config has started.
@@ -318,30 +340,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	// caddy validate and caddy reload fail here, before a mistyped command
-	// replaces a working one.
-	if err := bridge.CheckCommand(cfg.Process); err != nil {
-		return err
-	}
-	h.backendKey = cfg.Key()
-	cfg.Observer = poolObserver{pool: h.backendKey[:12]}
-	val, loaded, err := backends.LoadOrNew(h.backendKey, func() (caddy.Destructor, error) {
-		return newBackendHandle(bridge.NewBackend(cfg, h.logger.With(zap.String("pool", h.backendKey[:12])))), nil
-	})
-	if err != nil {
-		return err
-	}
-	h.backend = val.(backendHandle).Backend
-	// A reload to a new pool whose server cannot start or initialize
-	// fails here, and the running configuration, its pools and sessions
-	// stay (Caddy cleans this handler up). caddy validate, and the first
-	// load, have no running configuration and start nothing.
-	if configServing.Load() && !loaded {
-		if err := h.backend.CheckServer(ctx); err != nil {
-			return fmt.Errorf("command %q cannot serve: %v (the running configuration stays)", strings.Join(cfg.Process.Argv, " "), err)
-		}
-	}
-
 	transports, err := parseTransports(h.Transports)
 	if err != nil {
 		return err
@@ -350,23 +348,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.origins = bridge.OriginPolicy{Allowed: h.AllowedOrigins}
-	h.server = bridge.NewServer(h.backend, bridge.ServerConfig{
-		Transports:     transports,
-		StreamablePath: h.StreamablePath,
-		SSEPath:        h.SSEPath,
-		MessagePath:    h.MessagePath,
-		WSPath:         h.WSPath,
-		HealthPath:     h.HealthPath,
-		MountPrefix:    mountPrefix,
-		PublicBaseURL:  h.PublicBaseURL,
-		Keepalive:      time.Duration(h.Keepalive),
-		ResumeGrace:    time.Duration(h.ResumeGrace),
-		PollInterval:   time.Duration(h.PollInterval),
-		Origins:        h.origins,
-
-		MaxSessionsPerPrincipal: h.MaxSessionsPerKey,
-		BodyReadTimeout:         time.Duration(h.BodyReadTimeout),
-	}, h.logger)
+	main, err := h.provisionPool(ctx, cfg, transports)
+	if err != nil {
+		return err
+	}
+	h.backendKey, h.backend, h.server = main.key, main.backend, main.server
+	if err := h.provisionAuth(ctx, cfg, transports); err != nil {
+		return err
+	}
 
 	if err := registerMetrics(ctx); err != nil {
 		return err
@@ -384,6 +373,61 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return events.On("stopping", h)
 }
 
+// A pool is a backend, its children and sessions, and the bridge server in
+// front of it.
+type pool struct {
+	key     string
+	backend *bridge.Backend
+	server  *bridge.Server
+}
+
+// provisionPool finds or makes the backend of cfg, shared with every
+// handler of the same child configuration, and puts a server in front.
+func (h *Handler) provisionPool(ctx caddy.Context, cfg bridge.BackendConfig, transports bridge.Transports) (*pool, error) {
+	// caddy validate and caddy reload fail here, before a mistyped command
+	// replaces a working one.
+	if err := bridge.CheckCommand(cfg.Process); err != nil {
+		return nil, err
+	}
+	key := cfg.Key()
+	cfg.Observer = poolObserver{pool: key[:12]}
+	val, loaded, err := backends.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newBackendHandle(bridge.NewBackend(cfg, h.logger.With(zap.String("pool", key[:12])))), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	p := &pool{key: key, backend: val.(backendHandle).Backend}
+	h.pools = append(h.pools, p) // Cleanup releases it, whatever happens next
+	// A reload to a new pool whose server cannot start or initialize
+	// fails here, and the running configuration, its pools and sessions
+	// stay (Caddy cleans this handler up). caddy validate, and the first
+	// load, have no running configuration and start nothing.
+	if configServing.Load() && !loaded {
+		if err := p.backend.CheckServer(ctx); err != nil {
+			return nil, fmt.Errorf("command %q cannot serve: %v (the running configuration stays)", strings.Join(cfg.Process.Argv, " "), err)
+		}
+	}
+	p.server = bridge.NewServer(p.backend, bridge.ServerConfig{
+		Transports:     transports,
+		StreamablePath: h.StreamablePath,
+		SSEPath:        h.SSEPath,
+		MessagePath:    h.MessagePath,
+		WSPath:         h.WSPath,
+		HealthPath:     h.HealthPath,
+		MountPrefix:    mountPrefix,
+		PublicBaseURL:  h.PublicBaseURL,
+		Keepalive:      time.Duration(h.Keepalive),
+		ResumeGrace:    time.Duration(h.ResumeGrace),
+		PollInterval:   time.Duration(h.PollInterval),
+		Origins:        h.origins,
+
+		MaxSessionsPerPrincipal: h.MaxSessionsPerKey,
+		BodyReadTimeout:         time.Duration(h.BodyReadTimeout),
+	}, h.logger)
+	return p, nil
+}
+
 // loadKeys gathers the accepted API keys, creating the key file if needed.
 func (h *Handler) loadKeys() error {
 	repl := caddy.NewReplacer()
@@ -395,6 +439,14 @@ func (h *Handler) loadKeys() error {
 		}
 		h.keys = append(h.keys, acceptKey(key, keyName(key), time.Time{}))
 	}
+	for _, name := range slices.Sorted(maps.Keys(h.NamedAPIKeys)) {
+		raw := h.NamedAPIKeys[name]
+		key := repl.ReplaceAll(raw, "")
+		if key == "" {
+			return fmt.Errorf("named_api_key %s: %q is empty once placeholders are replaced", name, raw)
+		}
+		h.keys = append(h.keys, acceptKey(key, "key:"+name, time.Time{}))
+	}
 	if h.APIKeyFile == "" {
 		return nil
 	}
@@ -405,11 +457,20 @@ func (h *Handler) loadKeys() error {
 // envPlaceholder finds the {env.NAME} placeholders of a value.
 var envPlaceholder = regexp.MustCompile(`\{env\.([^{}]+)\}`)
 
-// secretEnv names the environment variables that hold API keys: the child
-// must not inherit them, unless an env line gives them on purpose.
+// secretEnv names the environment variables that hold API keys, the
+// introspection secret and policies' credentials: the child must not
+// inherit them, unless an env line gives them on purpose.
 func (h *Handler) secretEnv() []string {
 	var names []string
-	for _, raw := range h.APIKeys {
+	secrets := slices.Concat(h.APIKeys, slices.Collect(maps.Values(h.NamedAPIKeys)))
+	if h.OAuth != nil {
+		secrets = append(secrets, h.OAuth.ClientSecret)
+	}
+	for _, p := range h.Policies {
+		// One principal's credentials reach only its own children.
+		secrets = slices.AppendSeq(secrets, maps.Values(p.Env))
+	}
+	for _, raw := range secrets {
 		for _, m := range envPlaceholder.FindAllStringSubmatch(raw, -1) {
 			if _, set := h.Env[m[1]]; !set && !slices.Contains(names, m[1]) {
 				names = append(names, m[1])
@@ -530,7 +591,9 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 	case "started":
 		configServing.Store(true)
 		h.keyFile.create(h.logger)
-		h.backend.Start()
+		for _, p := range h.pools {
+			p.backend.Start()
+		}
 		sites := h.findSites()
 		h.warnIfOpen(sites)
 		h.watchRevocations(sites)
@@ -538,8 +601,10 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 		if caddy.Exiting() {
 			// Every pool drains at once; Caddy waits for them in the exit
 			// callback that Provision registered.
-			h.server.CloseStreams()
-			go h.backend.Shutdown()
+			for _, p := range h.pools {
+				p.server.CloseStreams()
+				go p.backend.Shutdown()
+			}
 			return nil
 		}
 		// Only when the new config keeps this pool: then the sessions live
@@ -547,8 +612,10 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 		// keeps its streams until it has drained, or its clients, finding
 		// no session to reconnect to, would give up their requests in
 		// flight.
-		if refs, _ := backends.References(h.backendKey); refs > 1 {
-			time.AfterFunc(time.Duration(h.StreamCloseDelay), h.server.CloseStreams)
+		for _, p := range h.pools {
+			if refs, _ := backends.References(p.key); refs > 1 {
+				time.AfterFunc(time.Duration(h.StreamCloseDelay), p.server.CloseStreams)
+			}
 		}
 	}
 	return nil
@@ -558,11 +625,16 @@ func (h *Handler) Handle(_ context.Context, e caddy.Event) error {
 // holder's release drains and stops it.
 func (h *Handler) Cleanup() error {
 	h.stopRevocations()
-	if h.backendKey != "" {
-		_, err := backends.Delete(h.backendKey)
-		return err
+	if h.holdsQuotas {
+		quotaFlusher.release()
 	}
-	return nil
+	var errs []error
+	for _, p := range h.pools {
+		if _, err := backends.Delete(p.key); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // ServeHTTP serves the MCP endpoints and passes other paths on. First the
@@ -572,6 +644,9 @@ func (h *Handler) Cleanup() error {
 // none), the API key (401), then the bridge, which never sees the client's
 // credentials.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.OAuth != nil && strings.HasPrefix(r.URL.Path, resourceMetadataPath) && h.hostAllowed(r) && h.serveResourceMetadata(w, r) {
+		return nil
+	}
 	if !h.server.Handles(r) {
 		return next.ServeHTTP(w, r)
 	}
@@ -600,22 +675,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		h.CORS.allowOrigin(w, r)
 	}
-	if len(h.keys) > 0 || h.keyFile != nil {
-		match, key, fromQuery, ok := h.authenticate(r)
-		if !ok {
-			h.unauthorized(w, r, key != "")
+	site := h.siteOf(r)
+	ctx := bridge.WithSite(r.Context(), site)
+	server := h.server
+	if h.requiresAuth() {
+		c, failure := h.identify(r)
+		if failure != nil {
+			authDecisions.WithLabelValues(failureReason(failure)).Inc()
+			h.refuse(w, r, failure)
 			return nil
 		}
-		ctx := bridge.WithCredential(bridge.WithPrincipal(r.Context(), match.name), match.credential)
-		if fromQuery {
+		ctx = bridge.WithPrincipal(ctx, c.principal)
+		if c.credential != "" {
+			ctx = bridge.WithCredential(ctx, c.credential)
+		}
+		if c.fromQuery {
 			// A client that can only put its key in URLs needs it in the
 			// legacy SSE endpoint event too.
-			ctx = bridge.WithEndpointQuery(ctx, "api_key", key)
+			ctx = bridge.WithEndpointQuery(ctx, "api_key", c.key)
 		}
-		r = r.WithContext(ctx)
+		if p := h.policyFor(&c); p != nil {
+			ctx = bridge.WithGate(ctx, h.gateFor(p, &c, site))
+			if p.pool != nil {
+				server = p.pool.server
+			}
+		}
 	}
 	stripCredentials(r)
-	h.server.ServeHTTP(w, r.WithContext(bridge.WithSite(r.Context(), h.siteOf(r))))
+	server.ServeHTTP(w, r.WithContext(ctx))
 	return nil
 }
 

@@ -48,6 +48,14 @@ var (
 		Help:    "Time a new session waited for a child.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 	}, []string{"pool"})
+	authDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "auth_refusals_total",
+		Help: "Requests refused before the bridge, by reason: missing_credential (401), invalid_token (401: a wrong key, or a bad, expired or foreign token), insufficient_scope (403), auth_server_unavailable (503).",
+	}, []string{"reason"})
+	policyDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp_bridge", Name: "policy_decisions_total",
+		Help: "Requests that passed a policy, by decision (allowed, denied) and reason: ok, tool_hidden, prompt_hidden, resource_hidden, rate_limit, tool_rate_limit, quota.",
+	}, []string{"policy", "decision", "reason"})
 
 	sessionsDesc = prometheus.NewDesc("caddy_mcp_bridge_sessions",
 		"Open sessions, by transport.", []string{"pool", "transport"}, nil)
@@ -62,7 +70,8 @@ func registerMetrics(ctx caddy.Context) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{
-		childSpawns, childExits, childHung, requests, requestDuration, messageBytes, sessionStarts, acquireWait, stateCollector{},
+		childSpawns, childExits, childHung, requests, requestDuration, messageBytes, sessionStarts, acquireWait,
+		authDecisions, policyDecisions, stateCollector{},
 	} {
 		if err := registry.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError

@@ -107,6 +107,9 @@ func (h *Handler) checkOptions() error {
 			}
 		}
 	}
+	if err := h.checkAuthOptions(); err != nil {
+		return err
+	}
 	if b := h.PublicBaseURL; b != "" && !strings.Contains(b, "{") {
 		u, err := url.Parse(b)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
@@ -148,4 +151,44 @@ func (o *optionLines) errAt(err error) error {
 		return fmt.Errorf("%w, at %s:%d", oe.Err, o.file, line) // as Dispenser.Errf puts it
 	}
 	return oe.Err
+}
+
+// checkAuthOptions checks OAuth, named keys and policies.
+func (h *Handler) checkAuthOptions() error {
+	if o := h.OAuth; o != nil {
+		if o.Issuer == "" {
+			return &optionError{"oauth", fmt.Errorf("oauth needs an issuer")}
+		}
+		if !strings.Contains(o.Issuer, "{") {
+			if err := checkIssuer(o.Issuer); err != nil {
+				return &optionError{"oauth", err}
+			}
+		}
+		if (o.ClientID == "") != (o.ClientSecret == "") {
+			return &optionError{"oauth", fmt.Errorf("oauth: client_id and client_secret go together (the credentials for introspection)")}
+		}
+		if o.IntrospectionURL != "" && o.ClientID == "" {
+			return &optionError{"oauth", fmt.Errorf("oauth: introspection_url needs client_id and client_secret")}
+		}
+	}
+	for name := range h.NamedAPIKeys {
+		if name == "" || strings.ContainsAny(name, " \t\n") {
+			return &optionError{"named_api_key", fmt.Errorf("named_api_key: the name %q must be a single word", name)}
+		}
+	}
+	seen := map[string]bool{}
+	for i := range h.Policies {
+		p := &h.Policies[i]
+		if err := p.validate(); err != nil {
+			return &optionError{"policy", err}
+		}
+		if seen[p.Name] {
+			return &optionError{"policy", fmt.Errorf("two policies are named %s", p.Name)}
+		}
+		seen[p.Name] = true
+	}
+	if len(h.Policies) > 0 && len(h.APIKeys) == 0 && len(h.NamedAPIKeys) == 0 && h.APIKeyFile == "" && h.OAuth == nil {
+		return &optionError{"policy", fmt.Errorf("policies apply to authenticated principals: add named_api_key, api_key, api_key_file or oauth")}
+	}
+	return nil
 }

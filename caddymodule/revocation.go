@@ -54,8 +54,10 @@ func (h *Handler) watchRevocations(servers map[*caddyhttp.Server]string) {
 			}
 			for _, site := range sites {
 				accepted := acceptedOn(site)
-				if n := h.backend.EndSessions(site, func(c string) bool { return !accepted[c] }); n > 0 {
-					h.logger.Info("ended the sessions of a revoked API key", zap.Int("sessions", n), zap.String("site", site))
+				for _, p := range h.pools {
+					if n := p.backend.EndSessions(site, func(c string) bool { return !accepted[c] }); n > 0 {
+						h.logger.Info("ended the sessions of a revoked API key", zap.Int("sessions", n), zap.String("site", site))
+					}
 				}
 			}
 		}
