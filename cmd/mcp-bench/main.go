@@ -45,6 +45,7 @@ type options struct {
 	echoSize       int
 	setupSessions  int
 	coldSessions   int
+	authCalls      int
 	idleSessions   int
 	idleWindow     time.Duration
 	bigResult      int
@@ -76,6 +77,7 @@ func main() {
 	fs.IntVar(&o.echoSize, "echo-size", 64<<10, "bytes of text each large echo sends and gets back")
 	fs.IntVar(&o.setupSessions, "setup-sessions", 10, "sessions opened one after another in the Node set-up case")
 	fs.IntVar(&o.coldSessions, "cold-sessions", 3, "of those, how many over stdio and supergateway, which spawn a child each")
+	fs.IntVar(&o.authCalls, "auth-calls", 2000, "calls of one session with an API key, then with an OAuth JWT, in the authentication case; 0 skips it")
 	fs.IntVar(&o.idleSessions, "idle-sessions", 10000, "idle sessions in the shared-mode memory case; 0 skips it")
 	fs.DurationVar(&o.idleWindow, "idle-window", 30*time.Second, "how long the idle sessions are watched for CPU; longer than the keepalive")
 	fs.IntVar(&o.bigResult, "big-result", 10<<20, "bytes of the large result in the peak memory case; 0 skips it")
@@ -129,7 +131,7 @@ func run(ctx context.Context, o *options) (*report, error) {
 	}
 	defer os.RemoveAll(dir)
 	b := &bench{options: o, loads: loads, self: self, dir: dir, rep: newReport(o)}
-	for _, step := range []func(context.Context) error{b.callCases, b.idleCase, b.bigResultCase} {
+	for _, step := range []func(context.Context) error{b.callCases, b.authCase, b.idleCase, b.bigResultCase} {
 		if err := step(ctx); err != nil {
 			return b.rep, err
 		}
