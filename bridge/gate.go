@@ -20,7 +20,9 @@ type Gate interface {
 	// Admit decides whether a request reaches the server; nil lets it
 	// through. name is what the request is about: the tool's or prompt's
 	// name for tools/call and prompts/get, the URI for resources/read,
-	// resources/subscribe and resources/unsubscribe; else empty.
+	// resources/subscribe and resources/unsubscribe, and for
+	// completion/complete "prompt:" and the prompt's name or "resource:"
+	// and the template's URI; else empty.
 	Admit(method, name string) *Refusal
 
 	// Shown returns the test that an item of a list must pass to be
@@ -80,6 +82,14 @@ func subjectOf(method string, params []byte) string {
 		return jsonrpc.StringValue(jsonrpc.Member(params, "name"))
 	case "resources/read", "resources/subscribe", "resources/unsubscribe":
 		return jsonrpc.StringValue(jsonrpc.Member(params, "uri"))
+	case "completion/complete":
+		ref := jsonrpc.Member(params, "ref")
+		switch jsonrpc.StringValue(jsonrpc.Member(ref, "type")) {
+		case "ref/prompt":
+			return "prompt:" + jsonrpc.StringValue(jsonrpc.Member(ref, "name"))
+		case "ref/resource":
+			return "resource:" + jsonrpc.StringValue(jsonrpc.Member(ref, "uri"))
+		}
 	}
 	return ""
 }

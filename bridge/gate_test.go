@@ -57,6 +57,8 @@ func TestSubjectOf(t *testing.T) {
 		{"tools/call", `{"name":"search","arguments":{"name":"not this"}}`, "search"},
 		{"prompts/get", `{"name":"gr\u0065et"}`, "greet"},
 		{"resources/read", `{"uri":"file:///a.txt"}`, "file:///a.txt"},
+		{"completion/complete", `{"ref":{"type":"ref/prompt","name":"greet"},"argument":{"name":"a","value":"b"}}`, "prompt:greet"},
+		{"completion/complete", `{"ref":{"type":"ref/resource","uri":"file:///{path}"}}`, "resource:file:///{path}"},
 		{"tools/list", `{"cursor":"x"}`, ""},
 		{"tools/call", ``, ""},
 	} {

@@ -329,13 +329,13 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 // sees a stateless request first.
 func (s *session) forward(msg []byte, env *jsonrpc.Envelope, refusal *Refusal) error {
 	if env.Kind() == jsonrpc.KindRequest {
+		s.mu.Lock()
+		s.pending[string(env.ID)] = nil
+		s.mu.Unlock()
 		if env.MethodName() == "server/discover" {
 			s.fromChild(jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeMethodNotFound, "server/discover is not served on this transport; send initialize"))
 			return nil
 		}
-		s.mu.Lock()
-		s.pending[string(env.ID)] = nil
-		s.mu.Unlock()
 	}
 	return s.sendOrRefuse(msg, env, refusal)
 }
@@ -404,7 +404,9 @@ func (s *session) fromChild(msg []byte) {
 			}
 		}
 		owner, ok := s.pending[string(env.ID)]
-		if !ok && !s.single {
+		if !ok {
+			// Answered already (by request_timeout, say): a late answer
+			// is dropped, on every transport.
 			s.mu.Unlock()
 			s.logger.Debug("dropped a response to no pending request", zap.ByteString("id", env.ID))
 			return

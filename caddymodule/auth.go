@@ -278,7 +278,11 @@ type caller struct {
 	// name of an inline key, "file:<path>" for a key file's keys, and
 	// for OAuth the subject and client, quoted.
 	principal string
-	keyName   string // the key's name, for an API key
+	// user names whom rate limits and quotas count: the principal, but
+	// for OAuth the subject alone, so that a client registered anew does
+	// not bring its user fresh limits.
+	user    string
+	keyName string // the key's name, for an API key
 	subject   string // the token's subject, for OAuth
 	client    string // the token's client, for OAuth
 	scopes    []string
@@ -286,8 +290,9 @@ type caller struct {
 	// ends the sessions that used it; empty for OAuth, whose tokens end
 	// by expiring.
 	credential string
-	fromQuery  bool   // the key came in the URL
-	key        string // the key itself, when it came in the URL
+	fromQuery  bool      // the key came in the URL
+	key        string    // the key itself, when it came in the URL
+	expires    time.Time // when the token expires; zero for a key
 }
 
 // An authFailure is why a request was refused before the bridge.
@@ -308,7 +313,7 @@ func (h *Handler) identify(r *http.Request) (caller, *authFailure) {
 	if h.keyFile != nil || len(h.keys) > 0 {
 		match, key, fromQuery, ok := h.authenticate(r)
 		if ok {
-			c := caller{principal: match.name, keyName: strings.TrimPrefix(match.name, "key:"), credential: match.credential, fromQuery: fromQuery}
+			c := caller{principal: match.name, user: match.name, keyName: strings.TrimPrefix(match.name, "key:"), credential: match.credential, fromQuery: fromQuery}
 			if fromQuery {
 				c.key = key
 			}
@@ -329,12 +334,15 @@ func (h *Handler) identify(r *http.Request) (caller, *authFailure) {
 	switch {
 	case errors.Is(err, errAuthServer):
 		h.logger.Error("cannot validate an access token", zap.Error(err))
-		return caller{}, &authFailure{status: http.StatusServiceUnavailable, description: "the access token cannot be checked now: " + err.Error()}
+		return caller{}, &authFailure{status: http.StatusServiceUnavailable, description: "the access token cannot be checked now; retry"}
 	case err != nil:
 		return caller{}, &authFailure{status: http.StatusUnauthorized, errorCode: "invalid_token", description: "invalid access token: " + err.Error()}
 	case !h.audienceAccepted(r, info.Audience):
-		return caller{}, &authFailure{status: http.StatusUnauthorized, errorCode: "invalid_token",
-			description: "the access token is for another resource (aud " + strconv.Quote(strings.Join(info.Audience, " ")) + ", this is " + h.resourceFor(r, h.endpointOf(r)) + ")"}
+		description := "the access token is not for this resource, " + h.resourceFor(r, h.endpointOf(r))
+		if h.OAuth.Audience == "" && !h.ownHost(r) {
+			description = "the request's Host is not this server's own address, so no token passes unless oauth audience names the resource"
+		}
+		return caller{}, &authFailure{status: http.StatusUnauthorized, errorCode: "invalid_token", description: description}
 	}
 	for _, need := range h.OAuth.Scopes {
 		if !slices.Contains(info.Scopes, need) {
@@ -343,9 +351,11 @@ func (h *Handler) identify(r *http.Request) (caller, *authFailure) {
 	}
 	return caller{
 		principal: "oauth:" + strconv.Quote(info.Subject) + " via " + strconv.Quote(info.Client),
+		user:      "oauth:" + strconv.Quote(info.Subject),
 		subject:   info.Subject,
 		client:    info.Client,
 		scopes:    info.Scopes,
+		expires:   info.Expiry,
 	}, nil
 }
 
@@ -418,6 +428,7 @@ func (h *Handler) provisionAuth(ctx caddy.Context, cfg bridge.BackendConfig, tra
 		quotas = quotas || pc.Quota != nil
 		h.policies = append(h.policies, p)
 	}
+	h.warnIfPoliciesOpen()
 	if quotas {
 		h.storage = ctx.Storage()
 		quotaFlusher.hold()
@@ -440,3 +451,21 @@ func mergeEnv(base, over []string) []string {
 
 // quotaStorage is where quota counts are kept.
 func (h *Handler) quotaStorage() certmagic.Storage { return h.storage }
+
+// warnIfPoliciesOpen logs a warning when policies restrict some
+// principals but none applies to the rest, who then may do everything:
+// a principal escapes a policy matched by scope or client just by not
+// asking for that scope, or registering another client.
+func (h *Handler) warnIfPoliciesOpen() {
+	restricts := false
+	for _, p := range h.policies {
+		if p.Match == nil {
+			return // a catch-all: everyone is under some policy
+		}
+		restricts = restricts || p.Tools != nil || p.Prompts != nil || p.Resources != nil || p.Rate != nil || len(p.ToolRates) > 0 || p.Quota != nil
+	}
+	if restricts {
+		h.logger.Warn("policies restrict the principals they match, but a principal no policy matches may do everything; " +
+			"end with a policy without match to restrict everyone else, and match the privileged by key or subject")
+	}
+}

@@ -694,11 +694,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			// legacy SSE endpoint event too.
 			ctx = bridge.WithEndpointQuery(ctx, "api_key", c.key)
 		}
-		if p := h.policyFor(&c); p != nil {
-			ctx = bridge.WithGate(ctx, h.gateFor(p, &c, site))
-			if p.pool != nil {
-				server = p.pool.server
-			}
+		p := h.policyFor(&c)
+		if gate := h.gateFor(p, &c, site); gate != nil {
+			ctx = bridge.WithGate(ctx, gate)
+		}
+		if p != nil && p.pool != nil {
+			server = p.pool.server
 		}
 	}
 	stripCredentials(r)

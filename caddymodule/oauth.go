@@ -75,12 +75,16 @@ const (
 	// makes the key set be fetched again: forged tokens cannot make the
 	// bridge hammer the authorization server.
 	keySetMinRefresh = time.Second
+	// keySetMaxAge is how long a fetched key set is trusted: a key the
+	// issuer withdrew stops passing within it.
+	keySetMaxAge = time.Hour
 	// introspectionTTL is how long an introspection answer is used.
 	introspectionTTL = 30 * time.Second
 	// rejectionTTL is how long a token found invalid stays so without
 	// another look (a flood of one bad token costs one check).
 	rejectionTTL = 10 * time.Second
-	// tokenCacheSize bounds the cache of checked tokens.
+	// tokenCacheSize bounds each half of the cache of checked tokens (the
+	// valid ones, the rejected ones): garbage cannot evict valid tokens.
 	tokenCacheSize = 10000
 	// authServerTimeout bounds every request to the authorization server.
 	authServerTimeout = 10 * time.Second
@@ -104,14 +108,14 @@ type tokenInfo struct {
 	Expiry   time.Time // zero: none given
 }
 
-// errKeyNotFetched is a token naming a key the cached key set lacks, when
-// the set was fetched too lately to be fetched again: the token may turn
-// out good a moment later.
-var errKeyNotFetched = errors.New("the issuer's key set, fetched a moment ago, lacks the token's key")
-
 // errAuthServer wraps failures to reach the authorization server: the
 // token may be fine, and the client gets 503, not 401.
 var errAuthServer = errors.New("the authorization server cannot be reached")
+
+// errKeyNotFetched is a token naming a key the cached key set lacks, when
+// the set was fetched too lately to be fetched again: the token may turn
+// out good a moment later, so it is not the token's fault either.
+var errKeyNotFetched = fmt.Errorf("%w: its key set, fetched a moment ago, lacks the token's key", errAuthServer)
 
 // tokenValidator checks access tokens for one issuer.
 type tokenValidator struct {
@@ -149,7 +153,6 @@ func newTokenValidator(cfg OAuthConfig) (*tokenValidator, error) {
 	}
 	v := &tokenValidator{cfg: cfg, client: &http.Client{Timeout: authServerTimeout}}
 	v.keys.client = v.client
-	v.cache.entries = make(map[[sha256.Size]byte]tokenCacheEntry)
 	return v, nil
 }
 
@@ -174,7 +177,7 @@ func (v *tokenValidator) validate(ctx context.Context, token string) (tokenInfo,
 		info, err = v.verifyJWT(ctx, token, now)
 	}
 	switch {
-	case errors.Is(err, errAuthServer), errors.Is(err, errKeyNotFetched):
+	case errors.Is(err, errAuthServer):
 		// Not the token's fault, or not yet known to be: nothing cached.
 	case err != nil:
 		v.cache.put(sum, tokenCacheEntry{err: err, until: now.Add(rejectionTTL)})
@@ -207,6 +210,9 @@ func (v *tokenValidator) metadata(ctx context.Context) (*oauthex.AuthServerMeta,
 		return nil, fmt.Errorf("%w: discovery of %s failed a moment ago", errAuthServer, v.cfg.Issuer)
 	}
 	v.metaTried = time.Now()
+	// Not the request's context: the fetch serves every request waiting.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), authServerTimeout)
+	defer cancel()
 	m, err := auth.GetAuthServerMetadata(ctx, v.cfg.Issuer, v.client)
 	if err == nil && m == nil {
 		err = errors.New("it serves no metadata (RFC 8414 or OpenID Connect discovery)")
@@ -214,8 +220,8 @@ func (v *tokenValidator) metadata(ctx context.Context) (*oauthex.AuthServerMeta,
 	if err != nil {
 		return nil, fmt.Errorf("%w: discovering %s: %v", errAuthServer, v.cfg.Issuer, err)
 	}
+	v.keys.setURL(m.JWKSURI) // before the metadata shows: requests then find the URL
 	v.meta.Store(m)
-	v.keys.url = m.JWKSURI
 	return m, nil
 }
 
@@ -248,8 +254,20 @@ func (v *tokenValidator) verifyJWT(ctx context.Context, token string, now time.T
 	if err != nil {
 		return tokenInfo{}, fmt.Errorf("not a signed JWT: %v", err)
 	}
-	if typ, _ := tok.Headers[0].ExtraHeaders[jose.HeaderType].(string); typ != "" && !slices.Contains([]string{"at+jwt", "application/at+jwt", "JWT"}, typ) {
+	// RFC 9068 access tokens say at+jwt; many issuers still say JWT or
+	// nothing. Other types (an ID token's id+jwt, a logout token) are not
+	// access tokens.
+	if typ, _ := tok.Headers[0].ExtraHeaders[jose.HeaderType].(string); typ != "" && !slices.ContainsFunc([]string{"at+jwt", "application/at+jwt", "jwt"}, func(t string) bool { return strings.EqualFold(t, typ) }) {
 		return tokenInfo{}, fmt.Errorf("a JWT of type %q is not an access token", typ)
+	}
+	// A token of another issuer is refused before any key is looked up:
+	// it cannot make the bridge fetch the key set again.
+	var unverified jwt.Claims
+	if err := tok.UnsafeClaimsWithoutVerification(&unverified); err != nil {
+		return tokenInfo{}, fmt.Errorf("unreadable claims: %v", err)
+	}
+	if unverified.Issuer != v.cfg.Issuer {
+		return tokenInfo{}, fmt.Errorf("the token was issued by %q", unverified.Issuer)
 	}
 	if _, err := v.metadata(ctx); err != nil {
 		return tokenInfo{}, err
@@ -266,12 +284,12 @@ func (v *tokenValidator) verifyJWT(ctx context.Context, token string, now time.T
 	if err := std.ValidateWithLeeway(jwt.Expected{Issuer: v.cfg.Issuer, Time: now}, clockSkew); err != nil {
 		return tokenInfo{}, err
 	}
-	info := tokenInfo{Subject: std.Subject, Client: extra.ClientID, Scopes: extra.scopes(), Audience: std.Audience}
+	if std.Expiry == nil {
+		return tokenInfo{}, errors.New("the token has no expiry (exp)")
+	}
+	info := tokenInfo{Subject: std.Subject, Client: extra.ClientID, Scopes: extra.scopes(), Audience: std.Audience, Expiry: std.Expiry.Time()}
 	if info.Client == "" {
 		info.Client = extra.AZP
-	}
-	if std.Expiry != nil {
-		info.Expiry = std.Expiry.Time()
 	}
 	if info.Subject == "" {
 		return tokenInfo{}, errors.New("the token names no subject")
@@ -353,31 +371,50 @@ func (v *tokenValidator) introspect(ctx context.Context, token string) (tokenInf
 // keySetMinRefresh.
 type keySet struct {
 	client  *http.Client
-	url     string
 	keys    atomic.Pointer[jose.JSONWebKeySet]
-	mu      sync.Mutex // serializes fetches
-	fetched time.Time  // guarded by mu
+	expires atomic.Int64 // unix nanoseconds after which keys is fetched again
+	mu      sync.Mutex   // serializes fetches
+	url     string       // guarded by mu
+	fetched time.Time    // guarded by mu
 }
 
-// find returns the key a token names (any key, when it names none).
+func (k *keySet) setURL(u string) {
+	k.mu.Lock()
+	k.url = u
+	k.mu.Unlock()
+}
+
+// find returns the key a token names (any key, when it names none). The
+// set is fetched again for a key it lacks (at most once per
+// keySetMinRefresh) and once it is keySetMaxAge old.
 func (k *keySet) find(ctx context.Context, kid string) (*jose.JSONWebKey, error) {
-	if key := k.lookup(kid); key != nil {
+	if key := k.lookup(kid); key != nil && time.Now().UnixNano() < k.expires.Load() {
 		return key, nil
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if key := k.lookup(kid); key != nil {
+	stale := time.Now().UnixNano() >= k.expires.Load()
+	if key := k.lookup(kid); key != nil && !stale {
 		return key, nil // fetched meanwhile
 	}
-	if time.Since(k.fetched) < keySetMinRefresh {
+	if !stale && time.Since(k.fetched) < keySetMinRefresh {
 		return nil, fmt.Errorf("%w (kid %q)", errKeyNotFetched, kid)
 	}
 	k.fetched = time.Now()
+	// Not the request's context: the fetch serves every request waiting.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), authServerTimeout)
+	defer cancel()
 	set, err := k.fetch(ctx)
-	if err != nil {
+	switch {
+	case err != nil && k.keys.Load() != nil && stale:
+		// Keep the old set a while longer rather than refuse every token.
+		k.expires.Store(time.Now().Add(keySetMinRefresh).UnixNano())
+	case err != nil:
 		return nil, err
+	default:
+		k.keys.Store(set)
+		k.expires.Store(time.Now().Add(keySetMaxAge).UnixNano())
 	}
-	k.keys.Store(set)
 	if key := k.lookup(kid); key != nil {
 		return key, nil
 	}
@@ -427,8 +464,9 @@ func (k *keySet) fetch(ctx context.Context) (*jose.JSONWebKeySet, error) {
 // an invalid token for rejectionTTL. It holds at most tokenCacheSize
 // entries.
 type tokenCache struct {
-	mu      sync.Mutex
-	entries map[[sha256.Size]byte]tokenCacheEntry
+	mu       sync.Mutex
+	entries  map[[sha256.Size]byte]tokenCacheEntry // valid tokens
+	rejected map[[sha256.Size]byte]tokenCacheEntry
 }
 
 type tokenCacheEntry struct {
@@ -440,6 +478,9 @@ type tokenCacheEntry struct {
 func (c *tokenCache) get(sum [sha256.Size]byte, now time.Time) (tokenInfo, error, bool) {
 	c.mu.Lock()
 	e, ok := c.entries[sum]
+	if !ok {
+		e, ok = c.rejected[sum]
+	}
 	c.mu.Unlock()
 	if !ok || now.After(e.until) {
 		return tokenInfo{}, nil, false
@@ -450,16 +491,23 @@ func (c *tokenCache) get(sum [sha256.Size]byte, now time.Time) (tokenInfo, error
 func (c *tokenCache) put(sum [sha256.Size]byte, e tokenCacheEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.entries) >= tokenCacheSize {
+	m := &c.entries
+	if e.err != nil {
+		m = &c.rejected
+	}
+	if *m == nil {
+		*m = make(map[[sha256.Size]byte]tokenCacheEntry)
+	}
+	if len(*m) >= tokenCacheSize {
 		now := time.Now()
-		for k, old := range c.entries {
+		for k, old := range *m {
 			if now.After(old.until) {
-				delete(c.entries, k)
+				delete(*m, k)
 			}
 		}
-		if len(c.entries) >= tokenCacheSize {
-			clear(c.entries) // all live: start again rather than grow
+		if len(*m) >= tokenCacheSize {
+			clear(*m) // all live: start again rather than grow
 		}
 	}
-	c.entries[sum] = e
+	(*m)[sum] = e
 }

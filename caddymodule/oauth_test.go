@@ -204,6 +204,7 @@ func TestOAuthBadTokens(t *testing.T) {
 		{"expired", issuer.Mint(map[string]any{"sub": "alice", "aud": resource, "scope": oauthScope, "client_id": "c",
 			"iat": time.Now().Add(-2 * time.Hour).Unix(), "exp": time.Now().Add(-time.Hour).Unix()}), 401, `error="invalid_token"`},
 		{"another issuer", token(other, "alice", resource, oauthScope), 401, `error="invalid_token"`},
+		{"no expiry", issuer.Mint(map[string]any{"sub": "alice", "aud": resource, "scope": oauthScope, "client_id": "c", "exp": nil}), 401, `error="invalid_token"`},
 		{"missing scope", token(issuer, "alice", resource, "openid"), 403, `error="insufficient_scope"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -221,6 +222,20 @@ func TestOAuthBadTokens(t *testing.T) {
 				t.Errorf("JSON-RPC code %d", code)
 			}
 		})
+	}
+	// A token minted for another server on this machine, sent with that
+	// server's Host (any IP address passes the Host check): the Host is
+	// not this server's own address, so no derived audience counts.
+	foreign := token(issuer, "alice", "http://127.0.0.1:1/mcp", oauthScope)
+	req, _ := http.NewRequest(http.MethodPost, resource, strings.NewReader(secInit))
+	req.Host = "127.0.0.1:1"
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Authorization", "Bearer "+foreign)
+	if resp, err := secClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a token for another server, with its Host: %v %v", resp.StatusCode, err)
+	} else {
+		resp.Body.Close()
 	}
 	if n := adminSessions(t, admin); n != 0 {
 		t.Errorf("%d sessions opened for bad tokens", n)

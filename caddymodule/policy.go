@@ -3,8 +3,10 @@ package caddymodule
 import (
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -107,6 +109,10 @@ type QuotaConfig struct {
 	Per string `json:"per"`
 }
 
+// validName is what a policy's (or a server's) name may look like: it goes
+// into storage keys, URL paths and metric labels.
+var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
 // Error codes of the gate's refusals, in the range JSON-RPC leaves to
 // servers.
 const (
@@ -130,8 +136,8 @@ func newPolicy(pc PolicyConfig) *policy {
 
 // validate checks a policy's config.
 func (p *PolicyConfig) validate() error {
-	if p.Name == "" {
-		return fmt.Errorf("a policy needs a name")
+	if !validName.MatchString(p.Name) {
+		return fmt.Errorf("policy name %q: use letters, digits, '.', '_' and '-' (it names the policy's storage keys)", p.Name)
 	}
 	for _, rule := range []*ListRule{p.Tools, p.Prompts, p.Resources} {
 		if rule != nil && slices.Contains(append(slices.Clone(rule.Allow), rule.Deny...), "") {
@@ -217,20 +223,33 @@ func (h *Handler) policyFor(c *caller) *policy {
 // policyGate is a policy applied to one principal on one site: the
 // bridge.Gate its requests pass.
 type policyGate struct {
-	h     *Handler
-	p     *policy
-	usage *principalUsage
+	h         *Handler
+	p         *policy // nil: no policy, only the token's expiry applies
+	principal string
+	usage     *principalUsage // nil without a policy
+	expires   time.Time       // the token's expiry; zero for a key
 }
 
 var _ bridge.Gate = (*policyGate)(nil)
 
-// gateFor returns the gate of c's requests under p.
-func (h *Handler) gateFor(p *policy, c *caller, site string) *policyGate {
-	return &policyGate{h: h, p: p, usage: usageOf(p, site, c.principal)}
+// gateFor returns the gate of c's requests under p, nil when nothing
+// applies (no policy, and a key, which does not expire).
+func (h *Handler) gateFor(p *policy, c *caller, site string) bridge.Gate {
+	g := &policyGate{h: h, p: p, principal: c.principal, expires: c.expires}
+	switch {
+	case p != nil:
+		g.usage = usageOf(p, site, c.user)
+	case c.expires.IsZero():
+		return nil
+	}
+	return g
 }
 
 // Shown returns the filter of a list that the policy restricts.
 func (g *policyGate) Shown(list string) func(string) bool {
+	if g.p == nil {
+		return nil
+	}
 	var rule *ListRule
 	switch list {
 	case "tools":
@@ -251,6 +270,16 @@ func (g *policyGate) Shown(list string) func(string) bool {
 // would reach the server count against it).
 func (g *policyGate) Admit(method, name string) *bridge.Refusal {
 	p := g.p
+	now := time.Now()
+	if !g.expires.IsZero() && now.After(g.expires.Add(clockSkew)) {
+		// A WebSocket outlives the token of its handshake.
+		return g.deny(method, name, "token_expired", &bridge.Refusal{Code: bridge.CodeUnauthorized,
+			Message: "the access token this connection opened with has expired: connect again with a new one"})
+	}
+	if p == nil {
+		return nil
+	}
+	g.usage.lastUsed.Store(now.UnixNano())
 	hidden := func(reason string, code int, message string) *bridge.Refusal {
 		return g.deny(method, name, reason, &bridge.Refusal{Code: code, Message: message})
 	}
@@ -267,8 +296,14 @@ func (g *policyGate) Admit(method, name string) *bridge.Refusal {
 		if !p.Resources.shows(name) {
 			return hidden("resource_hidden", codeResourceUnknown, "Resource not found: "+name)
 		}
+	case "completion/complete":
+		if prompt, ok := strings.CutPrefix(name, "prompt:"); ok && !p.Prompts.shows(prompt) {
+			return hidden("prompt_hidden", -32602, "Unknown prompt: "+prompt)
+		}
+		if template, ok := strings.CutPrefix(name, "resource:"); ok && !p.Resources.shows(template) {
+			return hidden("resource_hidden", codeResourceUnknown, "Resource not found: "+template)
+		}
 	}
-	now := time.Now()
 	if wait, limited := g.usage.rate.take(now); limited {
 		return g.deny(method, name, "rate_limit", &bridge.Refusal{
 			Code: codeRateLimited, Status: http.StatusTooManyRequests, RetryAfter: wait,
@@ -299,9 +334,13 @@ func (g *policyGate) Admit(method, name string) *bridge.Refusal {
 
 // deny counts and logs a refusal.
 func (g *policyGate) deny(method, name, reason string, r *bridge.Refusal) *bridge.Refusal {
-	policyDecisions.WithLabelValues(g.p.Name, "denied", reason).Inc()
+	policy := ""
+	if g.p != nil {
+		policy = g.p.Name
+	}
+	policyDecisions.WithLabelValues(policy, "denied", reason).Inc()
 	g.h.logger.Info("denied a request by policy",
-		zap.String("policy", g.p.Name), zap.String("principal", g.usage.principal),
+		zap.String("policy", policy), zap.String("principal", g.principal),
 		zap.String("method", method), zap.String("name", name), zap.String("reason", reason))
 	return r
 }

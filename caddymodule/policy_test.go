@@ -147,6 +147,13 @@ func checkTeamView(t *testing.T, cs *mcp.ClientSession, admin bool) {
 	if (err == nil) != admin {
 		t.Errorf("prompts/get admin_prompt: %v (admin %v)", err, admin)
 	}
+	if !admin {
+		// Completion of a hidden prompt's arguments is refused too.
+		_, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "admin_prompt"}, Argument: mcp.CompleteParamsArgument{Name: "a", Value: "b"}})
+		if err == nil || !strings.Contains(err.Error(), "Unknown prompt: admin_prompt") {
+			t.Errorf("completion/complete of a hidden prompt: %v", err)
+		}
+	}
 	_, err = cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "file:///admin.txt"})
 	if (err == nil) != admin {
 		t.Errorf("resources/read file:///admin.txt: %v (admin %v)", err, admin)
@@ -337,7 +344,9 @@ func TestPolicyRateLimit(t *testing.T) {
 		t.Errorf("policy decisions in the metrics: %v rate-limited, %v tool-rate-limited, %v allowed",
 			decisions("interns", "denied", "rate_limit"), decisions("searchers", "denied", "tool_rate_limit"), decisions("interns", "allowed", "ok"))
 	}
-	if out := c.Output(); !strings.Contains(out, `"msg":"denied a request by policy","policy":"searchers","principal":"key:dave","method":"tools/call","name":"search","reason":"tool_rate_limit"`) {
+	if !slices.ContainsFunc(strings.Split(c.Output(), "\n"), func(line string) bool {
+		return strings.Contains(line, `"msg":"denied a request by policy"`) && strings.Contains(line, `"policy":"searchers","principal":"key:dave","method":"tools/call","name":"search","reason":"tool_rate_limit"`)
+	}) {
 		t.Error("the log has no line for dave's denied call")
 	}
 

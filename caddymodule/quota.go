@@ -21,9 +21,14 @@ import (
 // handler with quotas is cleaned up (on reload or exit). A new process
 // reads the total on a principal's first call in the window. Calls made
 // on other instances since the last read are learnt at the next flush:
-// together, instances may let through up to a flush interval's calls
-// more than the quota.
-const quotaFlushInterval = time.Second
+// together, instances may let through up to a refresh interval's calls
+// more than the quota. A counter in use reads storage's total again
+// after quotaRefreshInterval, so that an instance that counts few calls
+// learns soon of those counted elsewhere.
+const (
+	quotaFlushInterval   = time.Second
+	quotaRefreshInterval = 5 * time.Second
+)
 
 // quotaStorageTimeout bounds each storage operation of a flush.
 const quotaStorageTimeout = 10 * time.Second
@@ -38,6 +43,7 @@ type quotaCounter struct {
 	window  time.Time // start of the window counted
 	loaded  bool      // stored holds storage's count of the window
 	stored  int64     // the total in storage, as of the last read or flush
+	synced  time.Time // when stored was read
 	pending int64     // calls counted here, not yet added to storage
 	storage certmagic.Storage
 	logger  *zap.Logger
@@ -107,8 +113,11 @@ func (q *quotaCounter) take(now time.Time, storage certmagic.Storage, logger *za
 			// every call; the next call tries again.
 			logger.Error("cannot read a quota count; counting from memory", zap.String("key", q.key(start)), zap.Error(err))
 		} else {
-			q.stored, q.loaded = n, true
+			q.stored, q.loaded, q.synced = n, true, now
 		}
+	}
+	if q.loaded && now.Sub(q.synced) > quotaRefreshInterval {
+		quotaFlusher.mark(q) // a flush of nothing reads the total
 	}
 	if q.stored+q.pending >= q.limit.Calls {
 		return end, true
@@ -129,12 +138,15 @@ func (q *quotaCounter) used(now time.Time) (int64, time.Time) {
 	return q.stored + q.pending, end
 }
 
-// dirty reports whether calls wait to be added to storage.
+// dirty reports whether calls wait to be added to storage. A counter
+// busy reading storage counts as dirty: the sweep that asks must not wait.
 func (q *quotaCounter) dirty() bool {
 	if q == nil {
 		return false
 	}
-	q.mu.Lock()
+	if !q.mu.TryLock() {
+		return true
+	}
 	defer q.mu.Unlock()
 	return q.pending > 0
 }
@@ -177,7 +189,7 @@ func (q *quotaCounter) add(delta int64, window time.Time, storage certmagic.Stor
 	}
 	q.mu.Lock()
 	if q.window.Equal(window) {
-		q.stored, q.loaded = total, true
+		q.stored, q.loaded, q.synced = total, true, time.Now()
 		q.pending -= delta
 	}
 	q.mu.Unlock()

@@ -2,8 +2,14 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
 	"strings"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/modelcontextprotocol/go-sdk/oauthex"
 )
@@ -45,39 +51,88 @@ func (h *Handler) resourceFor(r *http.Request, endpoint string) string {
 
 // audienceAccepted reports whether a token for these audiences is meant
 // for this handler: the configured audience; or, by default, any of its
-// endpoints' URLs or the host's URL, as the client reached them (a token
-// a client got for /mcp also serves its legacy SSE or WebSocket client).
+// endpoints' URLs or the site's root URL, as the client reached them (a
+// token a client got for /mcp also serves its legacy SSE or WebSocket
+// client), but only when the request's Host is verified to be this
+// server's own address: else a token for another server (another port of
+// this machine, say) would pass with that server's Host.
 func (h *Handler) audienceAccepted(r *http.Request, audience []string) bool {
 	if h.OAuth.Audience != "" {
-		for _, a := range audience {
-			if a == h.OAuth.Audience {
-				return true
-			}
-		}
+		return slices.ContainsFunc(audience, func(a string) bool { return sameResource(a, h.OAuth.Audience) })
+	}
+	if !h.ownHost(r) {
 		return false
 	}
 	base := requestBase(r)
 	prefix := base + mountPrefix(r)
 	for _, a := range audience {
-		if a == base || a == base+"/" {
+		if sameResource(a, base) || sameResource(a, base+"/") {
 			return true
 		}
-		if path, ok := strings.CutPrefix(a, prefix); ok {
-			for _, e := range h.server.ClientEndpoints() {
-				if path == e {
-					return true
-				}
+		for _, e := range h.server.ClientEndpoints() {
+			if sameResource(a, prefix+e) {
+				return true
 			}
 		}
 	}
 	return false
 }
 
+// sameResource compares resource identifiers, the scheme and host
+// case-insensitively as URLs compare.
+func sameResource(a, b string) bool {
+	if a == b {
+		return true
+	}
+	ua, err1 := url.Parse(a)
+	ub, err2 := url.Parse(b)
+	return err1 == nil && err2 == nil && strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Host, ub.Host) &&
+		ua.Path == ub.Path && ua.RawQuery == ub.RawQuery && ua.User == nil && ub.User == nil
+}
+
+// ownHost reports whether the request's Host names the address it came
+// to: its port is the connection's own, and its name is the connection's
+// IP address, localhost on a loopback connection, a name a site of this
+// server is addressed by, or one in allowed_hosts.
+func (h *Handler) ownHost(r *http.Request) bool {
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	name, port, err := net.SplitHostPort(r.Host)
+	if err != nil {
+		name, port = r.Host, "80"
+		if r.TLS != nil {
+			port = "443"
+		}
+	}
+	if port != strconv.Itoa(local.Port) {
+		return false
+	}
+	name = strings.ToLower(strings.TrimSuffix(strings.Trim(name, "[]"), "."))
+	if ip := net.ParseIP(name); ip != nil {
+		return ip.Equal(local.IP)
+	}
+	if name == "localhost" {
+		return local.IP.IsLoopback()
+	}
+	if slices.ContainsFunc(h.AllowedHosts, func(allowed string) bool { return hostMatches(strings.ToLower(allowed), name) }) {
+		return true
+	}
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return srv != nil && servesHost(srv.Routes, r)
+}
+
 // resourceMetadataURL is the metadata document a 401 names: the
-// configured resource_metadata, else the one for the request's endpoint.
+// configured resource_metadata; else, with an audience, the document at
+// the audience's own well-known URI; else the one for the request's
+// endpoint.
 func (h *Handler) resourceMetadataURL(r *http.Request) string {
 	if h.ResourceMetadata != "" {
 		return h.ResourceMetadata
+	}
+	if a, err := url.Parse(h.OAuth.Audience); h.OAuth.Audience != "" && err == nil {
+		return a.Scheme + "://" + a.Host + resourceMetadataPath + a.Path
 	}
 	return requestBase(r) + resourceMetadataPath + mountPrefix(r) + h.endpointOf(r)
 }
@@ -91,21 +146,29 @@ func (h *Handler) serveResourceMetadata(w http.ResponseWriter, r *http.Request) 
 	if !ok {
 		return false
 	}
+	// RFC 9728 section 3.3: the document's resource is the one its URI
+	// was made from: the endpoint's URL for the path-suffixed form, the
+	// site's for the root form. With an audience, the audience's path is
+	// the one suffix served (and the root form names the audience too,
+	// for clients that only look there).
 	resource := ""
-	if suffix == "" || suffix == "/" {
+	switch {
+	case h.OAuth.Audience != "":
+		a, err := url.Parse(h.OAuth.Audience)
+		if err == nil && (suffix == "" || suffix == "/" || suffix == a.Path) {
+			resource = h.OAuth.Audience
+		}
+	case suffix == "" || suffix == "/":
 		resource = requestBase(r)
-	} else {
+	default:
 		for _, e := range h.server.ClientEndpoints() {
 			if suffix == e {
 				resource = h.resourceFor(r, e)
 			}
 		}
-		if resource == "" {
-			return false
-		}
 	}
-	if h.OAuth.Audience != "" {
-		resource = h.OAuth.Audience
+	if resource == "" {
+		return false
 	}
 	w.Header().Set("Access-Control-Allow-Origin", "*")
 	switch r.Method {
@@ -145,8 +208,19 @@ func (h *Handler) challenge(r *http.Request, errorCode, description string) stri
 	if errorCode != "" {
 		b.WriteString(`, error="` + errorCode + `"`)
 		if description != "" {
-			b.WriteString(`, error_description="` + strings.ReplaceAll(description, `"`, `'`) + `"`)
+			b.WriteString(`, error_description="` + challengeText(description) + `"`)
 		}
 	}
 	return b.String()
+}
+
+// challengeText is description as RFC 6750 allows it in error_description:
+// printable ASCII without " and \.
+func challengeText(description string) string {
+	return strings.Map(func(c rune) rune {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return '?'
+		}
+		return c
+	}, description)
 }
