@@ -164,6 +164,9 @@ func (b *Backend) lastError() error {
 	return b.stateless.LastError()
 }
 
+// Name is the server's name (BackendConfig.Name).
+func (b *Backend) Name() string { return b.cfg.Name }
+
 // Counts returns how many children run, by role, for metrics.
 func (b *Backend) Counts() map[string]int {
 	c := b.sup.Counts()

@@ -15,6 +15,9 @@ import (
 // handlers whose BackendConfigs have the same Key share one Backend, which
 // is how sessions survive a config reload.
 type BackendConfig struct {
+	// Name names the server: status, the health report and logs show it.
+	// Backends of different names never share children.
+	Name string
 	// Process says how to start a child.
 	Process ProcessConfig
 	// Pool says how sessions are placed on children and how many run.

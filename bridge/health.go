@@ -10,6 +10,8 @@ import (
 
 // Health is the report of GET <mount>/health.
 type Health struct {
+	// Server is the server's name.
+	Server string `json:"server,omitempty"`
 	// Status is "ok", or "unavailable" when no child can be started.
 	Status     string   `json:"status"`
 	Transports []string `json:"transports"`
@@ -52,6 +54,7 @@ func (b *Backend) Health() Health {
 	probe := b.prober.result()
 	counts := b.sup.Counts()
 	h := Health{
+		Server:    b.cfg.Name,
 		Status:    "ok",
 		Isolation: b.cfg.Pool.Isolation,
 		Processes: HealthProcesses{
@@ -93,6 +96,7 @@ func WithoutHealthDetails(ctx context.Context) context.Context {
 
 // healthSummary is the report without details.
 type healthSummary struct {
+	Server     string   `json:"server,omitempty"`
 	Status     string   `json:"status"`
 	Transports []string `json:"transports"`
 }
@@ -116,7 +120,7 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	var body []byte
 	if details, ok := r.Context().Value(healthDetailsKey{}).(bool); ok && !details {
-		body, _ = json.Marshal(healthSummary{Status: h.Status, Transports: h.Transports})
+		body, _ = json.Marshal(healthSummary{Server: h.Server, Status: h.Status, Transports: h.Transports})
 	} else {
 		body, _ = json.Marshal(h)
 	}

@@ -10,6 +10,8 @@ import (
 // Status is a snapshot of a backend for operators: its children and its
 // sessions. It names API keys by name only.
 type Status struct {
+	// Server is the server's name.
+	Server    string   `json:"server,omitempty"`
 	Command   []string `json:"command"`
 	Isolation string   `json:"isolation"`
 	// Era is the protocol eras the child speaks, from the last probe.
@@ -62,7 +64,7 @@ type SessionStatus struct {
 func (b *Backend) Status() Status {
 	now := time.Now()
 	counts := b.sup.Counts()
-	st := Status{Command: b.cfg.Process.Argv, Isolation: b.cfg.Pool.Isolation, Era: b.prober.lastProbe().Era, Crashes: counts.Crashes, Hung: counts.Hung, LastExit: counts.LastExit}
+	st := Status{Server: b.cfg.Name, Command: b.cfg.Process.Argv, Isolation: b.cfg.Pool.Isolation, Era: b.prober.lastProbe().Era, Crashes: counts.Crashes, Hung: counts.Hung, LastExit: counts.LastExit}
 	if err := b.lastError(); err != nil {
 		st.LastError = err.Error()
 	}

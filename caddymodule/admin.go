@@ -19,6 +19,7 @@ func init() {
 // adminAPI serves the bridge's status on Caddy's admin endpoint:
 //
 //	GET    /mcp_bridge/                 pools, their children and sessions; principals under policies, with their use
+//	GET    /mcp_bridge/<name>/          the same, for the server of that name
 //	DELETE /mcp_bridge/sessions/<id>    ends a session (8+ characters of its id)
 type adminAPI struct{}
 
@@ -44,23 +45,34 @@ type poolStatus struct {
 
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	path := strings.TrimPrefix(r.URL.Path, "/mcp_bridge")
+	name, rest, _ := strings.Cut(strings.TrimPrefix(path, "/"), "/")
 	switch {
 	case path == "/" && r.Method == http.MethodGet:
-		return a.list(w)
+		return a.list(w, "")
 	case strings.HasPrefix(path, "/sessions/") && r.Method == http.MethodDelete:
 		return a.endSession(w, strings.TrimPrefix(path, "/sessions/"))
 	case path == "/" || strings.HasPrefix(path, "/sessions/"):
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
+	case name != "" && rest == "" && r.Method == http.MethodGet:
+		return a.list(w, name)
+	case name != "" && rest == "":
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
 	}
 	return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no such resource: %s", r.URL.Path)}
 }
 
-func (a adminAPI) list(w http.ResponseWriter) error {
+// list reports the pools, of the server named server or of all.
+func (a adminAPI) list(w http.ResponseWriter, server string) error {
 	pools := []poolStatus{}
 	backends.Range(func(key, value any) bool {
-		pools = append(pools, poolStatus{ConfigHash: key.(string)[:12], Status: value.(backendHandle).Status()})
+		if b := value.(backendHandle); server == "" || b.Name() == server {
+			pools = append(pools, poolStatus{ConfigHash: key.(string)[:12], Status: b.Status()})
+		}
 		return true
 	})
+	if server != "" && len(pools) == 0 {
+		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no mcp_bridge server is named %q", server)}
+	}
 	sort.Slice(pools, func(i, j int) bool { return pools[i].ConfigHash < pools[j].ConfigHash })
 	open := map[[2]string]int{}
 	for _, p := range pools {

@@ -113,6 +113,10 @@ type keyFile struct {
 	pending string    // a new key for a file that does not exist yet
 }
 
+// pendingKeys holds, by path, the new key of a key file that does not
+// exist yet, until it is written.
+var pendingKeys sync.Map // path → key
+
 // keyFileCheckInterval is how often the file is looked at, at most.
 const keyFileCheckInterval = time.Second
 
@@ -123,7 +127,10 @@ func (k *keyFile) load(logger *zap.Logger) error {
 	entries, err := readKeyFile(k.path, time.Now())
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		k.pending = newAPIKey()
+		// Every handler of the file (several servers may share one) takes
+		// the same new key, whichever of them writes it.
+		pending, _ := pendingKeys.LoadOrStore(k.path, newAPIKey())
+		k.pending = pending.(string)
 		entries = []keyFileEntry{{key: k.pending}}
 	case err != nil:
 		return err
@@ -147,6 +154,7 @@ func (k *keyFile) create(logger *zap.Logger) {
 	if _, err := os.Stat(k.path); err == nil {
 		return
 	}
+	defer pendingKeys.Delete(k.path)
 	if err := writeKeyFile(k.path, []keyFileEntry{{key: k.pending}}); err != nil {
 		logger.Error("cannot write the API key file; the key in force is in memory only", zap.String("file", k.path), zap.Error(err))
 		return
@@ -283,9 +291,9 @@ type caller struct {
 	// not bring its user fresh limits.
 	user    string
 	keyName string // the key's name, for an API key
-	subject   string // the token's subject, for OAuth
-	client    string // the token's client, for OAuth
-	scopes    []string
+	subject string // the token's subject, for OAuth
+	client  string // the token's client, for OAuth
+	scopes  []string
 	// credential names the very key presented, so that its revocation
 	// ends the sessions that used it; empty for OAuth, whose tokens end
 	// by expiring.

@@ -111,7 +111,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
-		return d.ArgErr()
+		h.Name = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
 	}
 	var lines optionLines
 	caddyfileDir := ""

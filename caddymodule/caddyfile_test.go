@@ -56,7 +56,7 @@ func TestCaddyfileAdapt(t *testing.T) {
 // TestCaddyfileErrors says what each bad Caddyfile gets.
 func TestCaddyfileErrors(t *testing.T) {
 	for _, tc := range []struct{ name, input, wantErr string }{
-		{"argument on directive", "mcp_bridge foo {\ncommand x\n}", "wrong argument count"},
+		{"two arguments on directive", "mcp_bridge foo bar {\ncommand x\n}", "wrong argument count"},
 		{"unknown option", "mcp_bridge {\ncommand x\nfrobnicate\n}", `unrecognized mcp_bridge option "frobnicate"`},
 		{"command without program", "mcp_bridge {\ncommand\n}", "wrong argument count"},
 		{"env needs key and value", "mcp_bridge {\nenv KEY\n}", "wrong argument count"},

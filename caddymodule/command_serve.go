@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -18,11 +19,14 @@ import (
 
 func serveCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "serve --stdio <command>",
-		Short: "Serve a stdio MCP server over HTTP, in one command",
+		Use:   "serve --stdio <command> | --stdio <name>=<command>...",
+		Short: "Serve stdio MCP servers over HTTP, in one command",
 		Long: `
 Serves a stdio MCP server at /mcp (Streamable HTTP), /sse and /ws, like
-caddy reverse-proxy does for HTTP servers.
+caddy reverse-proxy does for HTTP servers. Several servers, each given as
+--stdio <name>=<command>, are served side by side, each under /<name>/
+(/<name>/mcp, /<name>/sse, /<name>/ws), and known by their names in
+caddy mcp-bridge status <name>, the admin API, metrics and logs.
 
 By default it listens on 127.0.0.1:8765 (this machine only) and requires
 an API key: the one in --api-key-file, or in $MCP_BRIDGE_API_KEY, or else
@@ -40,7 +44,7 @@ mcp-bridge status and caddy stop work.
 		RunE: runServe,
 	}
 	f := cmd.Flags()
-	f.String("stdio", "", "the stdio MCP server's command line (required)")
+	f.StringArray("stdio", nil, "the stdio MCP server's command line, or <name>=<command> (repeatable, with names)")
 	f.String("host", "127.0.0.1", "address to listen on, without --domain ($MCP_BRIDGE_HOST)")
 	f.Int("port", 8765, "port to listen on, without --domain ($MCP_BRIDGE_PORT)")
 	f.String("listen", "", "host:port to listen on, instead of --host and --port")
@@ -122,35 +126,97 @@ func fileExists(path string) bool {
 	return err == nil
 }
 
+// stdioServer is one --stdio: a command, and its name when it has one.
+type stdioServer struct {
+	name, command string
+}
+
+// mount is where the server's endpoints are: / for a lone unnamed server,
+// /<name>/ for named ones.
+func (s stdioServer) mount() string {
+	if s.name == "" {
+		return "/"
+	}
+	return "/" + s.name + "/"
+}
+
+// stdioServers reads the --stdio flags: one command, or name=command
+// pairs (a word of a server name's characters before the first =).
+func stdioServers(values []string) ([]stdioServer, error) {
+	if len(values) == 0 {
+		return nil, errors.New("--stdio is required: the command line of the MCP server")
+	}
+	var servers []stdioServer
+	seen := map[string]bool{}
+	for _, v := range values {
+		var s stdioServer
+		if name, command, ok := strings.Cut(v, "="); ok && validName.MatchString(name) {
+			s = stdioServer{name: name, command: command}
+		} else {
+			s = stdioServer{command: v}
+		}
+		switch {
+		case s.name == "" && len(values) > 1:
+			return nil, fmt.Errorf("--stdio %q: with several servers, give each a name: --stdio <name>=<command>", v)
+		case s.name != "" && checkServerName(s.name) != nil:
+			return nil, fmt.Errorf("--stdio %q: %v", v, checkServerName(s.name))
+		case seen[s.name]:
+			return nil, fmt.Errorf("--stdio %q: two servers are named %s", v, s.name)
+		case strings.TrimSpace(s.command) == "":
+			return nil, fmt.Errorf("--stdio %q: no command", v)
+		}
+		seen[s.name] = true
+		servers = append(servers, s)
+	}
+	return servers, nil
+}
+
 // serveConfig builds the Caddy config that serve runs.
 func serveConfig(cmd *cobra.Command, st serveSettings) (*caddy.Config, error) {
 	f := cmd.Flags()
-	stdio, _ := f.GetString("stdio")
+	values, _ := f.GetStringArray("stdio")
 	cors, _ := f.GetStringArray("cors")
 	isolation, _ := f.GetString("isolation")
-	if stdio == "" {
-		return nil, errors.New("--stdio is required: the command line of the MCP server")
-	}
-	handler := Handler{
-		Command:        stdio,
-		APIKeyFile:     st.keyFile,
-		AllowedOrigins: cors,
-		Pool:           &PoolConfig{Isolation: isolation},
-	}
-	if st.keyEnv {
-		handler.APIKeys = []string{"{env.MCP_BRIDGE_API_KEY}"}
-	}
-	if len(cors) > 0 {
-		handler.CORS = new(CORSConfig)
-	}
-	if err := handler.Validate(); err != nil {
+	servers, err := stdioServers(values)
+	if err != nil {
 		return nil, err
 	}
-	route := caddyhttp.Route{HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(handler, "handler", "mcp_bridge", nil)}}
-	server := &caddyhttp.Server{Routes: caddyhttp.RouteList{route}}
+	var routes caddyhttp.RouteList
+	for _, s := range servers {
+		handler := Handler{
+			Name:           s.name,
+			Command:        s.command,
+			APIKeyFile:     st.keyFile,
+			AllowedOrigins: cors,
+			Pool:           &PoolConfig{Isolation: isolation},
+		}
+		if st.keyEnv {
+			handler.APIKeys = []string{"{env.MCP_BRIDGE_API_KEY}"}
+		}
+		if len(cors) > 0 {
+			handler.CORS = new(CORSConfig)
+		}
+		if err := handler.Validate(); err != nil {
+			return nil, err
+		}
+		route := caddyhttp.Route{HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(handler, "handler", "mcp_bridge", nil)}}
+		matchers := caddy.ModuleMap{}
+		if s.name != "" {
+			// As handle_path does: the handler sees the path below /<name>.
+			matchers["path"] = caddyconfig.JSON(caddyhttp.MatchPath{s.mount() + "*"}, nil)
+			strip := caddyconfig.JSONModuleObject(map[string]string{"strip_path_prefix": strings.TrimSuffix(s.mount(), "/")}, "handler", "rewrite", nil)
+			route.HandlersRaw = append([]json.RawMessage{strip}, route.HandlersRaw...)
+		}
+		if st.domain != "" {
+			matchers["host"] = caddyconfig.JSON(caddyhttp.MatchHost{st.domain}, nil)
+		}
+		if len(matchers) > 0 {
+			route.MatcherSetsRaw = []caddy.ModuleMap{matchers}
+		}
+		routes = append(routes, route)
+	}
+	server := &caddyhttp.Server{Routes: routes}
 	if st.domain != "" {
-		route.MatcherSetsRaw = []caddy.ModuleMap{{"host": caddyconfig.JSON(caddyhttp.MatchHost{st.domain}, nil)}}
-		server.Routes = caddyhttp.RouteList{route}
 		server.Listen = []string{":443"}
 	} else {
 		server.Listen = []string{st.listen}
@@ -176,18 +242,26 @@ func runServe(cmd *cobra.Command, _ []string) error {
 	if err := caddy.Run(cfg); err != nil {
 		return err
 	}
-	stdio, _ := cmd.Flags().GetString("stdio")
-	endpoint := "http://" + st.listen + "/mcp"
+	values, _ := cmd.Flags().GetStringArray("stdio")
+	servers, _ := stdioServers(values) // serveConfig checked them
+	base := "http://" + st.listen
 	if host, port, _ := net.SplitHostPort(st.listen); host == "" || host == "0.0.0.0" || host == "::" {
-		endpoint = "http://" + net.JoinHostPort("127.0.0.1", port) + "/mcp" // it listens there too
+		base = "http://" + net.JoinHostPort("127.0.0.1", port) // it listens there too
 	}
 	if st.domain != "" {
-		endpoint = "https://" + st.domain + "/mcp"
+		base = "https://" + st.domain
 	}
 	log := caddy.Log()
-	log.Info("serving a stdio MCP server", zap.String("command", stdio), zap.String("endpoint", endpoint))
 	out := cmd.OutOrStdout()
-	fmt.Fprintf(out, "MCP endpoint: %s (also /sse and /ws)\n", endpoint)
+	for _, s := range servers {
+		endpoint := base + s.mount() + "mcp"
+		log.Info("serving a stdio MCP server", zap.String("server", s.name), zap.String("command", s.command), zap.String("endpoint", endpoint))
+		if s.name == "" {
+			fmt.Fprintf(out, "MCP endpoint: %s (also /sse and /ws)\n", endpoint)
+		} else {
+			fmt.Fprintf(out, "MCP endpoint of %s: %s (also %ssse and %sws)\n", s.name, endpoint, s.mount(), s.mount())
+		}
+	}
 	switch {
 	case st.noAuth:
 		fmt.Fprintln(out, "no API key: anyone who can connect can use the server")

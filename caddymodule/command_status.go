@@ -20,9 +20,10 @@ import (
 
 func statusCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "Show the pools, children and sessions of a running Caddy",
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Use:   "status [<server name>]",
+		Short: "Show the servers, pools, children and sessions of a running Caddy",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
 			address, _ := cmd.Flags().GetString("address")
 			configFile, _ := cmd.Flags().GetString("config")
 			adapter, _ := cmd.Flags().GetString("adapter")
@@ -33,7 +34,11 @@ func statusCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printStatus(cmd.OutOrStdout(), address)
+			name := ""
+			if len(args) == 1 {
+				name = args[0]
+			}
+			return printStatus(cmd.OutOrStdout(), address, name)
 		},
 	}
 	cmd.Flags().String("address", "", "Caddy's admin endpoint (default: the config's, else localhost:2019)")
@@ -42,9 +47,14 @@ func statusCommand() *cobra.Command {
 	return cmd
 }
 
-func printStatus(out io.Writer, address string) error {
+// printStatus prints the pools of the server named name, or of all.
+func printStatus(out io.Writer, address, name string) error {
 	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get("http://" + address + "/mcp_bridge/")
+	path := "/mcp_bridge/"
+	if name != "" {
+		path += url.PathEscape(name) + "/"
+	}
+	resp, err := client.Get("http://" + address + path)
 	if err != nil {
 		return fmt.Errorf("asking Caddy's admin endpoint at %s: %v", address, err)
 	}
@@ -68,8 +78,8 @@ func printStatus(out io.Writer, address string) error {
 		if i > 0 {
 			fmt.Fprintln(tw)
 		}
-		fmt.Fprintf(tw, "POOL\tISOLATION\tCHILDREN\tSESSIONS\tCRASHES\tCOMMAND\n")
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", p.ConfigHash, p.Isolation, len(p.Children), len(p.Sessions), p.Crashes, strings.Join(p.Command, " "))
+		fmt.Fprintf(tw, "SERVER\tPOOL\tISOLATION\tCHILDREN\tSESSIONS\tCRASHES\tCOMMAND\n")
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", p.Server, p.ConfigHash, p.Isolation, len(p.Children), len(p.Sessions), p.Crashes, strings.Join(p.Command, " "))
 		if p.LastExit != "" || p.LastError != "" {
 			fmt.Fprintf(tw, "  last exit: %s  last error: %s\n", p.LastExit, p.LastError)
 		}

@@ -5,10 +5,11 @@
 // Locks. A goroutine that holds several took them in this order:
 //
 //	quotaCounter.mu → flusher.mu
-//	usages' lock → nothing
+//	usages' lock → quotaCounter.mu (its sweep asks counters if they are
+//	dirty, with TryLock: it never waits for one reading storage)
 //
 // All others are leaves (principalUsage.mu, tokenCache.mu, keyFile.mu,
-// siteHandlers' lock). None is held across I/O to a client or a child. Some
+// siteHandlers' lock, configNames' lock). None is held across I/O to a client or a child. Some
 // are held across I/O elsewhere, bounded in time: keySet.mu and
 // tokenValidator.metaMu across a request to the authorization server
 // (10 s at most), so that one fetch serves every request waiting for it;

@@ -35,6 +35,14 @@ func init() {
 // message size), so `caddy reload` keeps them when that configuration is
 // unchanged.
 type Handler struct {
+	// Name names the server in status, the admin API (/mcp_bridge/<name>/),
+	// metrics (label server), logs (field server) and the health report.
+	// Two handlers of one config may share a name only if they run the
+	// same server (a site's HTTP and HTTPS twins do). Default: a name made
+	// from the command, such as server-everything for npx -y
+	// @modelcontextprotocol/server-everything stdio.
+	Name string `json:"name,omitempty"`
+
 	// Command is the command line of the stdio MCP server. It is split into
 	// words with shell quoting rules, but never run by a shell: no
 	// expansion, pipes or redirections. Caddy placeholders such as
@@ -333,13 +341,13 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets the handler up. It starts no child: `caddy validate` runs
 // Provision too. The warm spares start on Caddy's "started" event.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
 	h.ctx = ctx
 	h.sites = new(atomic.Pointer[map[*caddyhttp.Server]string])
 	cfg, err := h.backendConfig()
 	if err != nil {
 		return err
 	}
+	h.logger = ctx.Logger().With(zap.String("server", cfg.Name))
 	transports, err := parseTransports(h.Transports)
 	if err != nil {
 		return err
@@ -353,6 +361,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.backendKey, h.backend, h.server = main.key, main.backend, main.server
+	if h.Name != "" {
+		if err := claimServerName(ctx, h.Name, main.key); err != nil {
+			return err
+		}
+	}
 	if err := h.provisionAuth(ctx, cfg, transports); err != nil {
 		return err
 	}
@@ -390,7 +403,7 @@ func (h *Handler) provisionPool(ctx caddy.Context, cfg bridge.BackendConfig, tra
 		return nil, err
 	}
 	key := cfg.Key()
-	cfg.Observer = poolObserver{pool: key[:12]}
+	cfg.Observer = poolObserver{pool: key[:12], server: cfg.Name}
 	val, loaded, err := backends.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return newBackendHandle(bridge.NewBackend(cfg, h.logger.With(zap.String("pool", key[:12])))), nil
 	})
@@ -498,7 +511,12 @@ func (h *Handler) backendConfig() (bridge.BackendConfig, error) {
 		env = append(env, k+"="+repl.ReplaceAll(v, ""))
 	}
 	slices.Sort(env)
+	name := h.Name
+	if name == "" {
+		name = defaultServerName(argv)
+	}
 	cfg := bridge.BackendConfig{
+		Name: name,
 		Process: bridge.ProcessConfig{
 			Argv:              argv,
 			Env:               env,

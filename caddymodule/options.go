@@ -107,6 +107,11 @@ func (h *Handler) checkOptions() error {
 			}
 		}
 	}
+	if h.Name != "" {
+		if err := checkServerName(h.Name); err != nil {
+			return &optionError{"name", err}
+		}
+	}
 	if err := h.checkAuthOptions(); err != nil {
 		return err
 	}
