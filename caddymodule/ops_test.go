@@ -631,7 +631,8 @@ func TestMetrics(t *testing.T) {
 		opMetric(fams, "caddy_mcp_bridge_message_bytes_total", p("direction", "out")) == 0 {
 		t.Error("caddy_mcp_bridge_message_bytes_total counts nothing")
 	}
-	if !bytes.Contains(raw, []byte(`caddy_mcp_bridge_requests_total{method="tools/call",outcome="ok",pool="`+pool+`"} 3`)) {
+	// The server's name, made from its command, labels every metric.
+	if !bytes.Contains(raw, []byte(`caddy_mcp_bridge_requests_total{method="tools/call",outcome="ok",pool="`+pool+`",server="everything-server"} 3`)) {
 		t.Errorf("the scrape lacks the tools/call ok line:\n%s", opGrep(raw, "caddy_mcp_bridge_requests_total"))
 	}
 
@@ -674,7 +675,7 @@ func TestMetricsLintCollectors(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	o := poolObserver{pool: "lint00000000"}
+	o := poolObserver{pool: "lint00000000", server: "lint"}
 	o.ChildStarted("isolated")
 	o.ChildExited("isolated", true)
 	o.ChildExited("spare", false)
