@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
@@ -30,4 +31,22 @@ func toolsFrom(t *testing.T, names ...string) []string {
 		}
 	}
 	return values
+}
+
+// lockedBuffer collects a process's output, read while it runs.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
