@@ -15,6 +15,10 @@
 // placement they have. internal/child starts and stops one process, per
 // OS; internal/jsonrpc reads and rewrites messages without decoding them.
 //
+// Connect (internal/connector) goes the other way: it serves a stdio
+// client by relaying its messages to a remote MCP endpoint, this bridge's
+// or any other's. Its locks are leaves.
+//
 // # Lock order
 //
 // A goroutine that holds several locks took them in this order:
