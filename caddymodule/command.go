@@ -35,9 +35,16 @@ Tools for the mcp_bridge module.
       prints or replaces the key of an api_key_file (the file holds the
       current key alone: clients may read it with $(cat <file>)); a running
       Caddy applies a rotation within about two seconds, with no reload.
+  caddy mcp-bridge connect <url> [--api-key-file <path> | --api-key <key>]
+        [--key-header <name>] [--header "Name: value"]... [--insecure]
+        [--retry-for <duration>] [--transport streamable|sse]
+      serves the remote MCP endpoint at <url> to a stdio client on stdin and
+      stdout: the one command line a desktop client launches. It retries
+      while the remote is down and opens a new session when the remote
+      forgot the old one.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(serveCommand(), statusCommand(), checkCommand(), keyCommand())
+			cmd.AddCommand(serveCommand(), statusCommand(), checkCommand(), keyCommand(), connectCommand())
 		},
 	})
 }
