@@ -88,10 +88,18 @@ func (b *bench) callCases(ctx context.Context) error {
 		return err
 	}
 	call := toolCaller(b.tool, nil)
+	connector := connectorSystem(c, b.caddy, c.urls[0], minIdle)
 	for _, l := range b.loads {
 		for _, sys := range systems {
 			if err := b.measureLoad(ctx, l.String(), sys, l, call); err != nil {
 				return err
+			}
+			// The connector serves one desktop client: it is measured
+			// with one session, next to the direct client it adds to.
+			if l.sessions == 1 && sys.name == "bridge streamable" {
+				if err := b.measureLoad(ctx, l.String(), connector, l, call); err != nil {
+					return err
+				}
 			}
 		}
 	}

@@ -90,6 +90,17 @@ func TestBenchHarness(t *testing.T) {
 	if c := rep.find("3x10", "bridge streamable"); c != nil && c.Protocol != sessionVersion {
 		t.Errorf("the streamable transport negotiated %s", c.Protocol)
 	}
+	// The connector serves one desktop client: it runs in the one-session
+	// load only, next to the direct client, against which it has a target.
+	if c := rep.find("1x20", "connector"); c == nil || c.Protocol != sessionVersion || c.P50Us <= 0 || c.CPUPerCallUs != nil {
+		t.Errorf("1x20 through the connector: %+v", c)
+	}
+	if rep.find("3x10", "connector") != nil {
+		t.Error("the connector ran in the 3-session load")
+	}
+	if !slices.ContainsFunc(rep.Targets, func(tr targetResult) bool { return strings.HasPrefix(tr.Target, "connector, 1x20: p50") }) {
+		t.Errorf("no connector target among %+v", rep.Targets)
+	}
 	for _, sys := range []string{"stdio", "bridge streamable", "supergateway"} {
 		if rep.find("echo 64KiB", sys) == nil {
 			t.Errorf("echo 64KiB: no result for %s", sys)

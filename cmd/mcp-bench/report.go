@@ -199,13 +199,17 @@ func (r *report) find(name, system string) *callResult {
 	return nil
 }
 
-// evaluate checks the figures against the performance targets of issues 9
-// and 18.
+// evaluate checks the figures against the performance targets of issues
+// 9, 18 and 19.
 func (r *report) evaluate() {
 	check := func(target string, got float64, unit string, met bool) {
 		r.Targets = append(r.Targets, targetResult{Target: target, Got: fmt.Sprintf("%.4g %s", got, unit), Met: met})
 	}
 	for _, c := range r.Calls {
+		if direct := r.find(c.Case, "bridge streamable"); c.System == "connector" && direct != nil {
+			extra := c.P50Us - direct.P50Us
+			check(fmt.Sprintf("connector, %s: p50 ≤ 150 µs more than bridge streamable", c.Case), extra, "µs", extra <= 150)
+		}
 		if !strings.HasPrefix(c.System, "bridge") {
 			continue
 		}

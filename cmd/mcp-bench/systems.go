@@ -112,6 +112,24 @@ func bridgeSystem(c *caddyProcess, base, transport string, minIdle int) *system 
 	return sys
 }
 
+// connectorSystem launches `caddy mcp-bridge connect` per session, as a
+// desktop client does, in front of the Streamable HTTP endpoint of the
+// bridge at base (one of c's sites): what the connector adds over a
+// direct HTTP client, "bridge streamable". Its CPU is the connectors', one
+// process per session, so no figure is given.
+func connectorSystem(c *caddyProcess, caddy, base string, minIdle int) *system {
+	opts := &mcp.ClientSessionOptions{ProtocolVersion: sessionVersion}
+	return &system{
+		name:   "connector",
+		settle: func(ctx context.Context) error { return c.waitSpares(ctx, base, minIdle) },
+		reset:  func(ctx context.Context) error { return c.waitIdle(ctx, base, minIdle) },
+		connect: func(ctx context.Context) (*mcp.ClientSession, error) {
+			cmd := exec.Command(caddy, "mcp-bridge", "connect", base+"/mcp")
+			return benchClient.Connect(ctx, &mcp.CommandTransport{Command: cmd}, opts)
+		},
+	}
+}
+
 // caddyProcess is the bridge under test: a real Caddy run from the
 // project's cmd/caddy build.
 type caddyProcess struct {
