@@ -9,11 +9,11 @@
 //	dirty, with TryLock: it never waits for one reading storage)
 //
 // All others are leaves (principalUsage.mu, tokenCache.mu, keyFile.mu,
-// siteHandlers' lock, configNames' lock, connectOAuth.mu). None is held across I/O to a client or a child. Some
-// are held across I/O elsewhere, bounded in time: keySet.mu and
-// tokenValidator.metaMu across a request to the authorization server
-// (10 s at most), so that one fetch serves every request waiting for it;
-// a quotaCounter's mu across a read of Caddy's storage (10 s at most), on
-// a principal's first call of a window, so that no call is counted before
-// the stored count is known.
+// siteHandlers' lock, configNames' lock, connectOAuth.mu). None is held
+// across I/O to a client or a child. Some are held across I/O elsewhere,
+// bounded in time: keySet.mu and tokenValidator.metaMu across a request to
+// the authorization server (10 s at most), so that one fetch serves every
+// request waiting for it; a quotaCounter's mu across a read of Caddy's
+// storage (10 s at most), on a principal's first call of a window, so that
+// no call is counted before the stored count is known.
 package caddymodule
