@@ -301,6 +301,12 @@ func (m *Mux) initialize(mem *Member, msg []byte, env *jsonrpc.Envelope) error {
 	m.mu.Lock()
 	switch m.initState {
 	case initNone:
+		if m.exited {
+			// Pending would never end: the exit that closes initDone for
+			// those waiting has passed.
+			m.mu.Unlock()
+			return ErrExited
+		}
 		m.initState = initPending
 		m.mu.Unlock()
 		return m.forwardRequest(mem, msg, env, true)

@@ -72,3 +72,43 @@ func TestCancelledRequestNotInFlight(t *testing.T) {
 		t.Errorf("BUG: B, the only session with a request in flight, got %q; the child was sent %q", got, h.stdin.take())
 	}
 }
+
+// TestInitializeAfterExit: sessions that send initialize once the child
+// has exited get an error at once. The first used to leave initialize
+// pending for good, and every later session waited on it forever (seen
+// as a hang of TestCrashLoopBreaker in shared isolation).
+func TestInitializeAfterExit(t *testing.T) {
+	h := newMuxHarness(t)
+	a, _ := h.attach()
+	b, _ := h.attach()
+	h.mux.child.(recordingChild).Kill()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		h.mux.mu.Lock()
+		exited := h.mux.exited
+		h.mux.mu.Unlock()
+		if exited {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the Mux did not see the child exit")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for _, mem := range []*Member{a, b} {
+		done := make(chan error, 1)
+		go func() {
+			msg := []byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25"}}`)
+			env, _ := jsonrpc.ParseEnvelope(msg)
+			done <- mem.Send(msg, &env)
+		}()
+		select {
+		case err := <-done:
+			if err != ErrExited {
+				t.Errorf("initialize after the exit: %v, want ErrExited", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("initialize after the exit is stuck")
+		}
+	}
+}
