@@ -167,24 +167,11 @@ func connectGoSDK(t *testing.T, transport mcp.Transport, version string) *connec
 // the test.
 func (cc *connectClient) call(t *testing.T, name string, args map[string]any) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
 	params := &mcp.CallToolParams{Name: name, Arguments: args}
 	if name == "test_tool_with_progress" {
 		params.Meta = mcp.Meta{"progressToken": "connect-progress"}
 	}
-	res, err := cc.CallTool(ctx, params)
-	if err != nil {
-		t.Fatalf("call %s: %v", name, err)
-	}
-	if res.IsError || len(res.Content) == 0 {
-		t.Fatalf("call %s: error result %+v", name, res)
-	}
-	text, ok := res.Content[0].(*mcp.TextContent)
-	if !ok {
-		t.Fatalf("call %s: content is %T, not text", name, res.Content[0])
-	}
-	return text.Text
+	return mcptest.CallToolText(t, cc.ClientSession, params)
 }
 
 // listTools lists the tools and fails the test unless test_simple_text is

@@ -65,12 +65,14 @@ func (h *Handler) audienceAccepted(r *http.Request, audience []string) bool {
 	}
 	base := requestBase(r)
 	prefix := base + mountPrefix(r)
-	for _, a := range audience {
-		if sameResource(a, base) || sameResource(a, base+"/") {
-			return true
-		}
-		for _, e := range h.server.ClientEndpoints() {
-			if sameResource(a, prefix+e) {
+	ours := []string{base, base + "/"}
+	for _, e := range h.server.ClientEndpoints() {
+		ours = append(ours, prefix+e)
+	}
+	// Exact matches first: the usual case parses no URL.
+	for _, same := range []func(a, b string) bool{func(a, b string) bool { return a == b }, sameResource} {
+		for _, a := range audience {
+			if slices.ContainsFunc(ours, func(o string) bool { return same(a, o) }) {
 				return true
 			}
 		}

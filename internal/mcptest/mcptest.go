@@ -187,13 +187,21 @@ func ConnectSlowSampler(t testing.TB, transport mcp.Transport, version string, s
 // CallText calls a tool and returns the text of its first content item.
 func (c *Client) CallText(t testing.TB, name string, args map[string]any) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	params := &mcp.CallToolParams{Name: name, Arguments: args}
 	if name == "test_tool_with_progress" {
 		params.Meta = mcp.Meta{"progressToken": "progress-" + name}
 	}
-	res, err := c.CallTool(ctx, params)
+	return CallToolText(t, c.ClientSession, params)
+}
+
+// CallToolText makes a call that must succeed, within a minute, and
+// returns the text of its result's first content item.
+func CallToolText(t testing.TB, cs *mcp.ClientSession, params *mcp.CallToolParams) string {
+	t.Helper()
+	name := params.Name
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := cs.CallTool(ctx, params)
 	if err != nil {
 		t.Fatalf("call %s: %v", name, err)
 	}
