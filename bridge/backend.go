@@ -188,6 +188,8 @@ type sessionOptions struct {
 	Principal principal
 	// MaxPerPrincipal caps the principal's open sessions; zero means no cap.
 	MaxPerPrincipal int
+	// Node names this instance in the session's ids (see Owner).
+	Node string
 }
 
 // newSession takes a child from the pool and opens a session on it.
@@ -202,7 +204,7 @@ func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *sessi
 		return nil, ErrTooManySessions
 	}
 	s := &session{
-		ID:             newSessionID(),
+		ID:             newOwnedID(opts.Node),
 		Transport:      opts.Transport,
 		Principal:      opts.Principal,
 		single:         opts.Single,
@@ -214,7 +216,7 @@ func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *sessi
 		progress:       make(map[string]*stream),
 		requestStreams: make(map[*stream]struct{}),
 		streams:        make(map[int]*stream),
-		tag:            newSessionTag(),
+		tag:            newOwnedID(opts.Node),
 		lastActive:     time.Now(),
 		done:           make(chan struct{}),
 	}

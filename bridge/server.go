@@ -58,6 +58,10 @@ type ServerConfig struct {
 	// BodyReadTimeout cuts a request body that takes longer than this to
 	// arrive (a slowloris client); zero means DefaultBodyReadTimeout.
 	BodyReadTimeout time.Duration
+	// Node names this instance in the ids of the sessions it opens, so
+	// that a front can send each session's requests to its owner (see
+	// Owner); empty: ids name no instance.
+	Node string
 }
 
 // Defaults of ServerConfig.
@@ -220,6 +224,7 @@ func (s *Server) newSession(w http.ResponseWriter, r *http.Request, id []byte, t
 		Single:          single,
 		Principal:       principalFrom(r.Context()),
 		MaxPerPrincipal: s.cfg.MaxSessionsPerPrincipal,
+		Node:            s.cfg.Node,
 	})
 	if err != nil {
 		writeAcquireError(w, id, err)

@@ -3,9 +3,7 @@ package bridge
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
-	"encoding/hex"
 	"errors"
 	"strings"
 	"sync"
@@ -55,33 +53,20 @@ type session struct {
 	requestStreams  map[*stream]struct{}   // streams with responses to come
 	standalone      *stream                // the stream for everything else; created on demand
 	streams         map[int]*stream        // every stream a client may resume, by number
-	tag             string                 // names the session in its event ids
-	grace           *time.Timer            // a legacy SSE session without its stream: when it ends
-	ids             childIDs               // ids of the bridge's for an isolated child's requests
-	credential      string                 // the credential the session was last used with
-	gate            Gate                   // what its principal may do, as of its last request
-	endReason       string
-	lastActive      time.Time
-	nextStream      int
-	ended           bool
-	exited          bool // the child is gone: a new request would get no answer
-	done            chan struct{}
-}
-
-func newSessionID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// newSessionTag returns the random tag of a session's event ids: an id
-// from another session never names a stream of this one, and since a
-// legacy SSE session is resumed by its event id alone (with the key that
-// opened it), the tag is as hard to guess as a session id: 128 bits.
-func newSessionTag() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	// tag names the session in its event ids. A legacy SSE session is
+	// resumed by its event id alone (with the key that opened it), so the
+	// tag is as hard to guess as a session id, and names the node too.
+	tag        string
+	grace      *time.Timer // a legacy SSE session without its stream: when it ends
+	ids        childIDs    // ids of the bridge's for an isolated child's requests
+	credential string      // the credential the session was last used with
+	gate       Gate        // what its principal may do, as of its last request
+	endReason  string
+	lastActive time.Time
+	nextStream int
+	ended      bool
+	exited     bool // the child is gone: a new request would get no answer
+	done       chan struct{}
 }
 
 // ProtocolVersion is the version the child negotiated, once known.
