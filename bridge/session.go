@@ -82,6 +82,14 @@ func (s *session) setProtocolVersion(v string) {
 	s.mu.Unlock()
 }
 
+// outcomeOf is a response's outcome in metrics: ok or error.
+func outcomeOf(env *jsonrpc.Envelope) string {
+	if env.Error != nil {
+		return "error"
+	}
+	return "ok"
+}
+
 // reasonRevoked ends the sessions of a credential that was revoked.
 const reasonRevoked = "its API key was revoked"
 
@@ -400,11 +408,7 @@ func (s *session) fromChild(msg []byte) {
 		if req, ok := s.sent[string(env.ID)]; ok {
 			filter = req.filter
 			s.forgetSentLocked(string(env.ID))
-			outcome := "ok"
-			if env.Error != nil {
-				outcome = "error"
-			}
-			s.backend.obs.RequestDone(req.method, outcome, time.Since(req.at))
+			s.backend.obs.RequestDone(req.method, outcomeOf(&env), time.Since(req.at))
 		}
 		if owner != nil {
 			owner.pending--

@@ -141,6 +141,7 @@ func (s *Server) serveStateless(w http.ResponseWriter, r *http.Request, version 
 func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []byte, env *jsonrpc.Envelope) {
 	listen := env.MethodName() == "subscriptions/listen"
 	filter := listFilterFor(gateFrom(r.Context()), env.MethodName())
+	start := time.Now()
 	var sw *sseWriter
 	for {
 		st := newStream(0, ReplayBuffer{}, &undelivered{limit: int64(s.backend.cfg.MaxUndelivered)}) // nothing to replay: not resumable
@@ -149,8 +150,11 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 			Deliver: func(m []byte) {
 				other, err := jsonrpc.ParseEnvelope(m)
 				last := err == nil && other.Kind() == jsonrpc.KindResponse && string(other.ID) == string(env.ID)
-				if last && filter != nil {
-					m = filter.apply(m, &other)
+				if last {
+					s.backend.obs.RequestDone(env.MethodName(), outcomeOf(&other), time.Since(start))
+					if filter != nil {
+						m = filter.apply(m, &other)
+					}
 				}
 				// A shared child never waits for one slow client.
 				if st.push(m, last, pushFail) == errStreamFull {
