@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"maps"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -105,7 +104,9 @@ func (h *Handler) liveCredentials() map[string]bool {
 // it changes, so that a rotation applies without a config reload (which
 // Caddy skips when the config itself did not change).
 type keyFile struct {
-	path    string
+	store   keyStore
+	path    string // a path, or a storage key
+	shown   string // names the file in principals and logs
 	keys    atomic.Pointer[[]apiKey]
 	checked atomic.Int64 // unix nanoseconds of the last look at the file
 	mu      sync.Mutex
@@ -124,21 +125,21 @@ const keyFileCheckInterval = time.Second
 // create writes once the config has started: caddy validate and caddy
 // adapt write no file.
 func (k *keyFile) load(logger *zap.Logger) error {
-	entries, err := readKeyFile(k.path, time.Now())
+	entries, err := readKeyFile(k.store, k.path, time.Now())
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		// Every handler of the file (several servers may share one) takes
 		// the same new key, whichever of them writes it.
-		pending, _ := pendingKeys.LoadOrStore(k.path, newAPIKey())
+		pending, _ := pendingKeys.LoadOrStore(k.shown, newAPIKey())
 		k.pending = pending.(string)
 		entries = []keyFileEntry{{key: k.pending}}
 	case err != nil:
 		return err
-	default:
+	case k.store == fileKeys{}:
 		warnIfReadable(k.path, logger)
 	}
 	k.set(entries)
-	k.stamp = keyFileStamp(k.path)
+	k.stamp = keyFileStamp(k.store, k.path)
 	k.checked.Store(time.Now().UnixNano())
 	return nil
 }
@@ -151,25 +152,25 @@ func (k *keyFile) create(logger *zap.Logger) {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if _, err := os.Stat(k.path); err == nil {
+	if !k.store.modified(k.path).IsZero() {
 		return
 	}
-	defer pendingKeys.Delete(k.path)
-	if err := writeKeyFile(k.path, []keyFileEntry{{key: k.pending}}); err != nil {
-		logger.Error("cannot write the API key file; the key in force is in memory only", zap.String("file", k.path), zap.Error(err))
+	defer pendingKeys.Delete(k.shown)
+	if err := writeKeyFile(k.store, k.path, []keyFileEntry{{key: k.pending}}); err != nil {
+		logger.Error("cannot write the API key file; the key in force is in memory only", zap.String("file", k.shown), zap.Error(err))
 		return
 	}
-	k.stamp = keyFileStamp(k.path)
-	logger.Info("generated a new API key; show it with `caddy mcp-bridge key show` or `cat`", zap.String("file", k.path))
+	k.stamp = keyFileStamp(k.store, k.path)
+	logger.Info("generated a new API key; show it with `caddy mcp-bridge key show`", zap.String("file", k.shown))
 }
 
 // keyFileStamp is when the key file, or its file of earlier keys, last
 // changed.
-func keyFileStamp(path string) time.Time {
+func keyFileStamp(st keyStore, path string) time.Time {
 	var latest time.Time
 	for _, p := range []string{path, previousKeysPath(path)} {
-		if info, err := os.Stat(p); err == nil && info.ModTime().After(latest) {
-			latest = info.ModTime()
+		if m := st.modified(p); m.After(latest) {
+			latest = m
 		}
 	}
 	return latest
@@ -179,7 +180,7 @@ func (k *keyFile) set(entries []keyFileEntry) {
 	keys := make([]apiKey, len(entries))
 	for i, e := range entries {
 		// One name for all of the file's keys: sessions survive a rotation.
-		keys[i] = acceptKey(e.key, "file:"+k.path, e.until)
+		keys[i] = acceptKey(e.key, k.shown, e.until)
 	}
 	k.keys.Store(&keys)
 }
@@ -193,11 +194,11 @@ func (k *keyFile) current(logger *zap.Logger) []apiKey {
 	now := time.Now()
 	if last := k.checked.Load(); now.UnixNano()-last > int64(keyFileCheckInterval) && k.checked.CompareAndSwap(last, now.UnixNano()) {
 		k.mu.Lock()
-		if stamp := keyFileStamp(k.path); !stamp.IsZero() && !stamp.Equal(k.stamp) {
-			if entries, err := readKeyFile(k.path, now); err == nil {
+		if stamp := keyFileStamp(k.store, k.path); !stamp.IsZero() && !stamp.Equal(k.stamp) {
+			if entries, err := readKeyFile(k.store, k.path, now); err == nil {
 				k.set(entries)
 				k.stamp = stamp
-				logger.Info("API key file changed; its keys now apply", zap.String("file", k.path))
+				logger.Info("API key file changed; its keys now apply", zap.String("file", k.shown))
 			} else {
 				logger.Error("API key file changed but cannot be read; keeping its previous keys", zap.Error(err))
 			}

@@ -63,6 +63,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		api_key <key...>
 //		named_api_key <name> <key>
 //		api_key_file <path>
+//		api_key_storage <storage key>
 //		api_key_query
 //		resource_metadata <url>
 //		oauth {
@@ -89,6 +90,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		}
 //		max_sessions_per_key <n>
 //		body_read_timeout <duration>
+//		node <id>
 //		drain_timeout <duration>
 //		stream_close_delay <duration>
 //		replay_buffer <events> [<size>]
@@ -265,6 +267,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&h.APIKeyFile) {
 				return d.ArgErr()
 			}
+		case "api_key_storage":
+			if !d.AllArgs(&h.APIKeyStorage) {
+				return d.ArgErr()
+			}
 		case "api_key_query":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -291,6 +297,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "body_read_timeout":
 			if err := durationArg(d, &h.BodyReadTimeout); err != nil {
 				return err
+			}
+		case "node":
+			if !d.AllArgs(&h.Node) {
+				return d.ArgErr()
 			}
 		case "drain_timeout":
 			if err := durationArg(d, &h.DrainTimeout); err != nil {

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/caddyserver/certmagic"
 	"github.com/spf13/cobra"
 )
 
@@ -58,11 +60,11 @@ func keyCommand() *cobra.Command {
 		Use:   "show",
 		Short: "Print the current key of the API key file",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path, err := keyFilePath(cmd)
+			st, path, err := keyFileOf(cmd)
 			if err != nil {
 				return err
 			}
-			keys, err := readKeyFile(path, time.Now())
+			keys, err := readKeyFile(st, path, time.Now())
 			if err != nil {
 				return err
 			}
@@ -74,12 +76,12 @@ func keyCommand() *cobra.Command {
 		Use:   "rotate",
 		Short: "Write a new key to the API key file",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path, err := keyFilePath(cmd)
+			st, path, err := keyFileOf(cmd)
 			if err != nil {
 				return err
 			}
 			overlap, _ := cmd.Flags().GetDuration("overlap")
-			newKey, err := rotateKeyFile(path, overlap, time.Now())
+			newKey, err := rotateKeyFile(st, path, overlap, time.Now())
 			if err != nil {
 				return err
 			}
@@ -94,7 +96,7 @@ func keyCommand() *cobra.Command {
 	}
 	rotate.Flags().Duration("overlap", 0, "keep the previous key valid for this long")
 	for _, c := range []*cobra.Command{show, rotate} {
-		c.Flags().StringP("config", "c", "", "Caddy config that names the api_key_file (default ./Caddyfile)")
+		c.Flags().StringP("config", "c", "", "Caddy config that names the api_key_file or api_key_storage (default ./Caddyfile)")
 		c.Flags().StringP("adapter", "a", "", "name of the config adapter")
 		c.Flags().String("file", "", "the API key file (instead of reading the config)")
 		key.AddCommand(c)
@@ -102,43 +104,72 @@ func keyCommand() *cobra.Command {
 	return key
 }
 
-// keyFilePath is --file, or the one api_key_file of the config, or, with
-// no config at hand, the key file that serve uses by default, if it exists.
-func keyFilePath(cmd *cobra.Command) (string, error) {
+// keyFileOf is --file, or the one api_key_file or api_key_storage of the
+// config (the latter in the config's storage), or, with no config at hand,
+// the key file that serve uses by default, if it exists.
+func keyFileOf(cmd *cobra.Command) (keyStore, string, error) {
 	if file, _ := cmd.Flags().GetString("file"); file != "" {
-		return expandPath(file), nil
+		return fileKeys{}, expandPath(file), nil
 	}
 	configFile, _ := cmd.Flags().GetString("config")
 	adapter, _ := cmd.Flags().GetString("adapter")
 	cfg, _, _, err := caddycmd.LoadConfig(configFile, adapter)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
 	if cfg == nil {
 		if file := defaultKeyFile(); configFile == "" && fileExists(file) {
-			return file, nil
+			return fileKeys{}, file, nil
 		}
-		return "", errors.New("no config found (no ./Caddyfile), and no key file of caddy mcp-bridge serve: give --config or --file")
+		return nil, "", errors.New("no config found (no ./Caddyfile), and no key file of caddy mcp-bridge serve: give --config or --file")
 	}
 	var tree any
 	if err := json.Unmarshal(cfg, &tree); err != nil {
-		return "", err
+		return nil, "", err
 	}
-	files := findKeyFiles(tree, nil)
-	switch len(files) {
-	case 0:
-		return "", errors.New("the config names no api_key_file")
-	case 1:
-		return expandPath(caddy.NewReplacer().ReplaceAll(files[0], "")), nil
+	files := findKeyFiles(tree, "api_key_file", nil)
+	stored := findKeyFiles(tree, "api_key_storage", nil)
+	repl := caddy.NewReplacer()
+	switch {
+	case len(files)+len(stored) == 0:
+		return nil, "", errors.New("the config names no api_key_file or api_key_storage")
+	case len(files)+len(stored) > 1:
+		return nil, "", fmt.Errorf("the config names %d key files (%v): choose one with --file", len(files)+len(stored), append(files, stored...))
+	case len(files) == 1:
+		return fileKeys{}, expandPath(repl.ReplaceAll(files[0], "")), nil
 	}
-	return "", fmt.Errorf("the config names %d api_key_files (%v): choose one with --file", len(files), files)
+	storage, err := configStorage(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	return storageKeys{storage}, repl.ReplaceAll(stored[0], ""), nil
 }
 
-// findKeyFiles collects the distinct api_key_file values in a JSON config.
-func findKeyFiles(node any, found []string) []string {
+// configStorage is the storage a config names, as Caddy would set it up:
+// its storage module, or the default file system storage.
+func configStorage(cfgJSON []byte) (certmagic.Storage, error) {
+	var cfg caddy.Config
+	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
+		return nil, err
+	}
+	if cfg.StorageRaw == nil {
+		return caddy.DefaultStorage, nil
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	mod, err := ctx.LoadModule(&cfg, "StorageRaw")
+	if err != nil {
+		return nil, fmt.Errorf("loading the config's storage: %v", err)
+	}
+	return mod.(caddy.StorageConverter).CertMagicStorage()
+}
+
+// findKeyFiles collects the distinct values of an mcp_bridge handler's
+// field (api_key_file or api_key_storage) in a JSON config.
+func findKeyFiles(node any, field string, found []string) []string {
 	switch n := node.(type) {
 	case map[string]any:
-		if f, ok := n["api_key_file"].(string); ok && n["handler"] == "mcp_bridge" {
+		if f, ok := n[field].(string); ok && n["handler"] == "mcp_bridge" {
 			for _, have := range found {
 				if have == f {
 					return found
@@ -147,11 +178,11 @@ func findKeyFiles(node any, found []string) []string {
 			found = append(found, f)
 		}
 		for _, v := range n {
-			found = findKeyFiles(v, found)
+			found = findKeyFiles(v, field, found)
 		}
 	case []any:
 		for _, v := range n {
-			found = findKeyFiles(v, found)
+			found = findKeyFiles(v, field, found)
 		}
 	}
 	return found

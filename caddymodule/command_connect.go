@@ -157,7 +157,7 @@ func connectKey(cmd *cobra.Command) (string, error) {
 	case key != "":
 		return key, nil
 	case file != "":
-		keys, err := readKeyFile(expandPath(file), time.Now())
+		keys, err := readKeyFile(fileKeys{}, expandPath(file), time.Now())
 		if err != nil {
 			return "", fmt.Errorf("--api-key-file: %w", err)
 		}

@@ -151,6 +151,14 @@ type Handler struct {
 	// not exist, a new random key is written to it, mode 0600.
 	APIKeyFile string `json:"api_key_file,omitempty"`
 
+	// APIKeyStorage is a key file kept in Caddy's storage (the `storage`
+	// global option) under this storage key instead of a path, so that
+	// several instances share their keys: the default file system storage
+	// on one machine, a distributed storage module across many. It is read
+	// and written like APIKeyFile (the `caddy mcp-bridge key` commands
+	// find it in the config), and may not be given with it.
+	APIKeyStorage string `json:"api_key_storage,omitempty"`
+
 	// APIKeyQuery also accepts the key as the api_key query parameter, for
 	// clients that cannot set headers. Keys in URLs end up in logs and
 	// browser history, so it is off by default; when used, the bridge
@@ -172,6 +180,14 @@ type Handler struct {
 	// BodyReadTimeout cuts a request body that takes longer than this to
 	// arrive, such as a slowloris client's. Default: 30s.
 	BodyReadTimeout caddy.Duration `json:"body_read_timeout,omitempty"`
+
+	// Node names this instance in the ids of its sessions, so that a front
+	// Caddy with `lb_policy mcp_session` sends every request of a session
+	// to the instance that owns it. Give each instance behind one front a
+	// node of its own: the address the front dials it at ("10.0.0.5:8080"),
+	// or the host name of that address. Placeholders such as {env.NODE}
+	// are replaced. Default: this machine's host name.
+	Node string `json:"node,omitempty"`
 
 	// DrainTimeout is how long requests in flight may take to finish when
 	// their pool is retired (the child configuration changed or the
@@ -235,6 +251,8 @@ type Handler struct {
 	storage     certmagic.Storage
 	holdsQuotas bool // the handler holds the quota flusher
 	origins     bridge.OriginPolicy
+	node        string // the Node in force
+	serverName  string // Name, or the name taken from the command
 	backendKey  string
 	backend     *bridge.Backend
 	server      *bridge.Server
@@ -347,15 +365,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	h.serverName = cfg.Name
 	h.logger = ctx.Logger().With(zap.String("server", cfg.Name))
 	transports, err := parseTransports(h.Transports)
 	if err != nil {
 		return err
 	}
-	if err := h.loadKeys(); err != nil {
+	if err := h.loadKeys(ctx); err != nil {
 		return err
 	}
 	h.origins = bridge.OriginPolicy{Allowed: h.AllowedOrigins}
+	if h.node = caddy.NewReplacer().ReplaceAll(h.Node, ""); h.node == "" {
+		h.node = bridge.DefaultNode()
+	}
+	if err := bridge.CheckNode(h.node); err != nil {
+		return err
+	}
 	main, err := h.provisionPool(ctx, cfg, transports)
 	if err != nil {
 		return err
@@ -437,12 +462,13 @@ func (h *Handler) provisionPool(ctx caddy.Context, cfg bridge.BackendConfig, tra
 
 		MaxSessionsPerPrincipal: h.MaxSessionsPerKey,
 		BodyReadTimeout:         time.Duration(h.BodyReadTimeout),
+		Node:                    h.node,
 	}, h.logger)
 	return p, nil
 }
 
 // loadKeys gathers the accepted API keys, creating the key file if needed.
-func (h *Handler) loadKeys() error {
+func (h *Handler) loadKeys(ctx caddy.Context) error {
 	repl := caddy.NewReplacer()
 	h.keys = h.keys[:0]
 	for _, raw := range h.APIKeys {
@@ -460,10 +486,18 @@ func (h *Handler) loadKeys() error {
 		}
 		h.keys = append(h.keys, acceptKey(key, "key:"+name, time.Time{}))
 	}
-	if h.APIKeyFile == "" {
+	switch {
+	case h.APIKeyFile != "" && h.APIKeyStorage != "":
+		return errors.New("api_key_file and api_key_storage: give one")
+	case h.APIKeyFile != "":
+		path := expandPath(repl.ReplaceAll(h.APIKeyFile, ""))
+		h.keyFile = &keyFile{store: fileKeys{}, path: path, shown: "file:" + path}
+	case h.APIKeyStorage != "":
+		key := repl.ReplaceAll(h.APIKeyStorage, "")
+		h.keyFile = &keyFile{store: storageKeys{ctx.Storage()}, path: key, shown: "storage:" + key}
+	default:
 		return nil
 	}
-	h.keyFile = &keyFile{path: expandPath(repl.ReplaceAll(h.APIKeyFile, ""))}
 	return h.keyFile.load(h.logger)
 }
 

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
@@ -12,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/caddyserver/certmagic"
 )
 
 // An API key file holds the current key and nothing else, so that
@@ -24,6 +27,64 @@ import (
 //
 //	mcp-api-key:           k3JvbS1hLXN0cm9uZy1yYW5kb20ta2V5LTMyLWJ5dGVz
 //	mcp-api-key.previous:  b2xkLWtleS1zdGlsbC12YWxpZC1mb3ItYS1kYXk until=2026-11-26T09:00:00Z
+
+// A key file may also live in Caddy's storage (api_key_storage), under a
+// storage key instead of a path, so that every instance behind one front
+// reads the same keys: the file system on one machine, a distributed
+// storage module across many.
+
+// keyStore is where key files are: the file system or Caddy's storage.
+// Names are paths, or storage keys.
+type keyStore interface {
+	// read returns a file's content, or an error wrapping fs.ErrNotExist.
+	read(name string) ([]byte, error)
+	// write replaces a file, so that no reader sees it half written.
+	write(name, content string) error
+	remove(name string) error
+	// modified is when a file last changed; zero if it does not exist.
+	modified(name string) time.Time
+}
+
+// fileKeys keeps key files in the file system, with mode 0600.
+type fileKeys struct{}
+
+func (fileKeys) read(name string) ([]byte, error) { return os.ReadFile(name) }
+
+func (fileKeys) write(name, content string) error {
+	if err := os.MkdirAll(filepath.Dir(name), 0o700); err != nil {
+		return err
+	}
+	return writeFileAtomic(name, content)
+}
+
+func (fileKeys) remove(name string) error { return os.Remove(name) }
+
+func (fileKeys) modified(name string) time.Time {
+	if info, err := os.Stat(name); err == nil {
+		return info.ModTime()
+	}
+	return time.Time{}
+}
+
+// storageKeys keeps key files in Caddy's storage.
+type storageKeys struct{ storage certmagic.Storage }
+
+func (s storageKeys) read(name string) ([]byte, error) {
+	return s.storage.Load(context.Background(), name)
+}
+
+func (s storageKeys) write(name, content string) error {
+	return s.storage.Store(context.Background(), name, []byte(content))
+}
+
+func (s storageKeys) remove(name string) error { return s.storage.Delete(context.Background(), name) }
+
+func (s storageKeys) modified(name string) time.Time {
+	if info, err := s.storage.Stat(context.Background(), name); err == nil {
+		return info.Modified
+	}
+	return time.Time{}
+}
 
 // previousKeysPath is where the earlier keys of the key file at path are.
 func previousKeysPath(path string) string { return path + ".previous" }
@@ -43,15 +104,15 @@ func newAPIKey() string {
 
 // readKeyFile returns the keys of a key file still valid at now, the
 // current one first.
-func readKeyFile(path string, now time.Time) ([]keyFileEntry, error) {
-	keys, err := readKeyLines(path, now)
+func readKeyFile(st keyStore, path string, now time.Time) ([]keyFileEntry, error) {
+	keys, err := readKeyLines(st, path, now)
 	if err != nil {
 		return nil, err
 	}
 	if len(keys) == 0 || !keys[0].until.IsZero() {
 		return nil, fmt.Errorf("%s holds no valid key", path)
 	}
-	previous, err := readKeyLines(previousKeysPath(path), now)
+	previous, err := readKeyLines(st, previousKeysPath(path), now)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
@@ -59,8 +120,8 @@ func readKeyFile(path string, now time.Time) ([]keyFileEntry, error) {
 }
 
 // readKeyLines returns the keys of one file still valid at now.
-func readKeyLines(path string, now time.Time) ([]keyFileEntry, error) {
-	data, err := os.ReadFile(path)
+func readKeyLines(st keyStore, path string, now time.Time) ([]keyFileEntry, error) {
+	data, err := st.read(path)
 	if err != nil {
 		return nil, err
 	}
@@ -90,26 +151,23 @@ func readKeyLines(path string, now time.Time) ([]keyFileEntry, error) {
 }
 
 // writeKeyFile writes the current key (the first) to path, and the others
-// to its sibling, each with mode 0600, creating the directory with mode
-// 0700 if needed. Each file is replaced atomically, the sibling first, so
-// that a reader that sees the new key sees the keys it keeps valid too.
-func writeKeyFile(path string, keys []keyFileEntry) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
+// to its sibling (files of mode 0600, in a directory of mode 0700). Each
+// file is replaced whole, the sibling first, so that a reader that sees
+// the new key sees the keys it keeps valid too.
+func writeKeyFile(st keyStore, path string, keys []keyFileEntry) error {
 	if len(keys) > 1 {
 		var b strings.Builder
 		b.WriteString("# Earlier API keys of caddy-mcp-bridge, valid until the time given. Keep this file secret.\n")
 		for _, k := range keys[1:] {
 			b.WriteString(k.key + " until=" + k.until.UTC().Format(time.RFC3339) + "\n")
 		}
-		if err := writeFileAtomic(previousKeysPath(path), b.String()); err != nil {
+		if err := st.write(previousKeysPath(path), b.String()); err != nil {
 			return err
 		}
-	} else if err := os.Remove(previousKeysPath(path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	} else if err := st.remove(previousKeysPath(path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return writeFileAtomic(path, keys[0].key+"\n")
+	return st.write(path, keys[0].key+"\n")
 }
 
 // writeFileAtomic replaces path with a file of mode 0600 holding content.
@@ -136,8 +194,8 @@ func writeFileAtomic(path, content string) error {
 // rotateKeyFile makes a new key the current one. The key it replaces stays
 // valid for overlap (not at all when zero); earlier keys stay valid for as
 // long as an earlier rotation promised.
-func rotateKeyFile(path string, overlap time.Duration, now time.Time) (string, error) {
-	old, err := readKeyFile(path, now)
+func rotateKeyFile(st keyStore, path string, overlap time.Duration, now time.Time) (string, error) {
+	old, err := readKeyFile(st, path, now)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return "", err
 	}
@@ -152,7 +210,7 @@ func rotateKeyFile(path string, overlap time.Duration, now time.Time) (string, e
 		}
 		keys = append(keys, k)
 	}
-	return key, writeKeyFile(path, keys)
+	return key, writeKeyFile(st, path, keys)
 }
 
 // expandPath expands a leading ~ (the user's home directory) in a path,

@@ -192,8 +192,8 @@ func (h *Handler) checkAuthOptions() error {
 		}
 		seen[p.Name] = true
 	}
-	if len(h.Policies) > 0 && len(h.APIKeys) == 0 && len(h.NamedAPIKeys) == 0 && h.APIKeyFile == "" && h.OAuth == nil {
-		return &optionError{"policy", fmt.Errorf("policies apply to authenticated principals: add named_api_key, api_key, api_key_file or oauth")}
+	if len(h.Policies) > 0 && len(h.APIKeys) == 0 && len(h.NamedAPIKeys) == 0 && h.APIKeyFile == "" && h.APIKeyStorage == "" && h.OAuth == nil {
+		return &optionError{"policy", fmt.Errorf("policies apply to authenticated principals: add named_api_key, api_key, api_key_file, api_key_storage or oauth")}
 	}
 	return nil
 }

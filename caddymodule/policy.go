@@ -238,7 +238,7 @@ func (h *Handler) gateFor(p *policy, c *caller, site string) bridge.Gate {
 	g := &policyGate{h: h, p: p, principal: c.principal, expires: c.expires}
 	switch {
 	case p != nil:
-		g.usage = usageOf(p, site, c.user)
+		g.usage = usageOf(p, h.serverName, site, c.user)
 	case c.expires.IsZero():
 		return nil
 	}

@@ -49,10 +49,13 @@ type quotaCounter struct {
 	logger  *zap.Logger
 }
 
-func newQuotaCounter(policy, site, principal string, limit QuotaConfig) *quotaCounter {
-	sum := sha256.Sum256([]byte(site + "\x00" + principal))
+// newQuotaCounter counts principal's calls under policy on server (the
+// mcp_bridge name): wherever they come in, every site and every instance
+// sharing the storage adds to one count.
+func newQuotaCounter(policy, server, principal string, limit QuotaConfig) *quotaCounter {
+	sum := sha256.Sum256([]byte(principal))
 	return &quotaCounter{
-		name:  "mcp_bridge/quota/" + policy + "/" + hex.EncodeToString(sum[:16]),
+		name:  "mcp_bridge/quota/" + server + "/" + policy + "/" + hex.EncodeToString(sum[:16]),
 		limit: limit,
 		owner: principal,
 	}

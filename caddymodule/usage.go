@@ -83,8 +83,8 @@ const (
 	usageIdle      = time.Hour
 )
 
-// usageOf returns the usage of principal under p on site.
-func usageOf(p *policy, site, principal string) *principalUsage {
+// usageOf returns the usage of principal under p on site of server.
+func usageOf(p *policy, server, site, principal string) *principalUsage {
 	key := p.usageKey + "\x00" + site + "\x00" + principal
 	now := time.Now()
 	usages.Lock()
@@ -102,7 +102,7 @@ func usageOf(p *policy, site, principal string) *principalUsage {
 			u.rate = newBucket(*p.Rate)
 		}
 		if p.Quota != nil {
-			u.quota = newQuotaCounter(p.Name, site, principal, *p.Quota)
+			u.quota = newQuotaCounter(p.Name, server, principal, *p.Quota)
 		}
 		usages.m[key] = u
 	}
