@@ -434,7 +434,7 @@ func TestPolicyQuotaSurvivesRestart(t *testing.T) {
 	if q := adminPrincipals(t, c2)["key:bob"].Quota; q == nil || q.Used != 3 || q.Limit != 3 || q.Per != "day" {
 		t.Errorf("admin API, key:bob's quota: %+v", q)
 	}
-	files, _ := filepath.Glob(filepath.Join(storage, "mcp_bridge", "quota", "interns", "*", time.Now().UTC().Format("2006-01-02")))
+	files, _ := filepath.Glob(filepath.Join(storage, "mcp_bridge", "quota", "*", "interns", "*", time.Now().UTC().Format("2006-01-02")))
 	if len(files) != 1 {
 		t.Fatalf("quota files: %v", files)
 	}
