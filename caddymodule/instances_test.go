@@ -340,6 +340,32 @@ func TestSeveralInstances(t *testing.T) {
 	if spread[3] == 0 {
 		t.Errorf("the fourth instance served none of the stateless calls: %v", spread)
 	}
+
+	// A key rotated in the storage applies on every instance.
+	rotate := exec.Command(instances[0].Exe, "mcp-bridge", "key", "rotate", "--config", "Caddyfile")
+	rotate.Dir = instances[0].Dir
+	if out, err := rotate.CombinedOutput(); err != nil {
+		t.Fatalf("caddy mcp-bridge key rotate: %v\n%s", err, out)
+	}
+	show = exec.Command(instances[3].Exe, "mcp-bridge", "key", "show", "--config", "Caddyfile")
+	show.Dir = instances[3].Dir
+	out, err = show.Output()
+	newKey := strings.TrimSpace(string(out))
+	if err != nil || newKey == key {
+		t.Fatalf("caddy mcp-bridge key show after a rotation: %v %q", err, out)
+	}
+	for i, in := range instances {
+		if in.dead {
+			continue
+		}
+		mcptest.WaitFor(t, 10*time.Second, fmt.Sprintf("instance %d to take the new key", i), func() bool {
+			resp, _ := opPost(t, in.base(0)+"/mcp", "", newKey, opInit)
+			return resp.StatusCode == http.StatusOK
+		})
+		if resp, _ := opPost(t, in.base(0)+"/mcp", "", key, opInit); resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("instance %d, the rotated key: %d, want 401", i, resp.StatusCode)
+		}
+	}
 }
 
 // nodeSuffix is the dot and node that end a session id.
