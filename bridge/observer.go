@@ -3,6 +3,7 @@ package bridge
 import (
 	"time"
 
+	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
 )
 
@@ -47,6 +48,14 @@ var knownMethods = map[string]bool{
 	"resources/subscribe": true, "resources/unsubscribe": true, "prompts/list": true,
 	"prompts/get": true, "completion/complete": true, "logging/setLevel": true,
 	"server/discover": true, "subscriptions/listen": true,
+}
+
+// outcomeOf is a response's outcome in metrics: ok or error.
+func outcomeOf(env *jsonrpc.Envelope) string {
+	if env.Error != nil {
+		return "error"
+	}
+	return "ok"
 }
 
 // metricMethod is the method label for a request method.

@@ -82,14 +82,6 @@ func (s *session) setProtocolVersion(v string) {
 	s.mu.Unlock()
 }
 
-// outcomeOf is a response's outcome in metrics: ok or error.
-func outcomeOf(env *jsonrpc.Envelope) string {
-	if env.Error != nil {
-		return "error"
-	}
-	return "ok"
-}
-
 // reasonRevoked ends the sessions of a credential that was revoked.
 const reasonRevoked = "its API key was revoked"
 

@@ -151,7 +151,7 @@ func (s *Server) forwardStateless(w http.ResponseWriter, r *http.Request, msg []
 				other, err := jsonrpc.ParseEnvelope(m)
 				last := err == nil && other.Kind() == jsonrpc.KindResponse && string(other.ID) == string(env.ID)
 				if last {
-					s.backend.obs.RequestDone(env.MethodName(), outcomeOf(&other), time.Since(start))
+					s.backend.obs.RequestDone(metricMethod(env.MethodName()), outcomeOf(&other), time.Since(start))
 					if filter != nil {
 						m = filter.apply(m, &other)
 					}
