@@ -100,8 +100,8 @@ func (h *Handler) liveCredentials() map[string]bool {
 	return live
 }
 
-// keyFile holds the keys of an api_key_file, and reads the file again when
-// it changes, so that a rotation applies without a config reload (which
+// keyFile holds the keys of an api_key_file (or api_key_storage), and
+// reads the file again when it changes, so that a rotation applies without a config reload (which
 // Caddy skips when the config itself did not change).
 type keyFile struct {
 	store   keyStore
@@ -114,9 +114,9 @@ type keyFile struct {
 	pending string    // a new key for a file that does not exist yet
 }
 
-// pendingKeys holds, by path, the new key of a key file that does not
-// exist yet, until it is written.
-var pendingKeys sync.Map // path → key
+// pendingKeys holds the new key of a key file that does not exist yet,
+// until it is written, so that every handler of the file takes the same.
+var pendingKeys sync.Map // keyFile.shown → key
 
 // keyFileCheckInterval is how often the file is looked at, at most.
 const keyFileCheckInterval = time.Second
@@ -135,7 +135,7 @@ func (k *keyFile) load(logger *zap.Logger) error {
 		entries = []keyFileEntry{{key: k.pending}}
 	case err != nil:
 		return err
-	case k.store == fileKeys{}:
+	case k.store == fileKeys{}: // storage has no permissions to check
 		warnIfReadable(k.path, logger)
 	}
 	k.set(entries)
@@ -145,17 +145,29 @@ func (k *keyFile) load(logger *zap.Logger) error {
 }
 
 // create writes the new key that load made for a file that did not exist,
-// unless the file exists by now; then its keys apply from the next look.
+// unless the file exists by now (another instance sharing the storage may
+// have written it: the lock keeps two from writing keys of their own);
+// then its keys apply at once.
 func (k *keyFile) create(logger *zap.Logger) {
 	if k == nil || k.pending == "" {
 		return
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if !k.store.modified(k.path).IsZero() {
+	defer pendingKeys.Delete(k.shown)
+	unlock, err := k.store.lock(k.path)
+	if err != nil {
+		logger.Error("cannot lock the API key file to create it; the key in force is in memory only", zap.String("file", k.shown), zap.Error(err))
 		return
 	}
-	defer pendingKeys.Delete(k.shown)
+	defer unlock()
+	if stamp := keyFileStamp(k.store, k.path); !stamp.IsZero() {
+		if entries, err := readKeyFile(k.store, k.path, time.Now()); err == nil {
+			k.set(entries)
+			k.stamp = stamp
+		}
+		return
+	}
 	if err := writeKeyFile(k.store, k.path, []keyFileEntry{{key: k.pending}}); err != nil {
 		logger.Error("cannot write the API key file; the key in force is in memory only", zap.String("file", k.shown), zap.Error(err))
 		return

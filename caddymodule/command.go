@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -60,11 +61,15 @@ func keyCommand() *cobra.Command {
 		Use:   "show",
 		Short: "Print the current key of the API key file",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, path, err := keyFileOf(cmd)
+			st, path, where, release, err := keyFileOf(cmd)
 			if err != nil {
 				return err
 			}
+			defer release()
 			keys, err := readKeyFile(st, path, time.Now())
+			if errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("no key file at %s: %w", where, err)
+			}
 			if err != nil {
 				return err
 			}
@@ -76,17 +81,18 @@ func keyCommand() *cobra.Command {
 		Use:   "rotate",
 		Short: "Write a new key to the API key file",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, path, err := keyFileOf(cmd)
+			st, path, where, release, err := keyFileOf(cmd)
 			if err != nil {
 				return err
 			}
+			defer release()
 			overlap, _ := cmd.Flags().GetDuration("overlap")
 			newKey, err := rotateKeyFile(st, path, overlap, time.Now())
 			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "wrote a new key to %s:\n%s\n", path, newKey)
+			fmt.Fprintf(out, "wrote a new key to %s:\n%s\n", where, newKey)
 			if overlap > 0 {
 				fmt.Fprintf(out, "the previous key stays valid for %v.\n", overlap)
 			}
@@ -106,62 +112,71 @@ func keyCommand() *cobra.Command {
 
 // keyFileOf is --file, or the one api_key_file or api_key_storage of the
 // config (the latter in the config's storage), or, with no config at hand,
-// the key file that serve uses by default, if it exists.
-func keyFileOf(cmd *cobra.Command) (keyStore, string, error) {
+// the key file that serve uses by default, if it exists. It also returns
+// where the file is, for messages, and a func that releases the storage.
+func keyFileOf(cmd *cobra.Command) (st keyStore, path, where string, release func(), err error) {
+	release = func() {}
 	if file, _ := cmd.Flags().GetString("file"); file != "" {
-		return fileKeys{}, expandPath(file), nil
+		return fileKeys{}, expandPath(file), expandPath(file), release, nil
 	}
 	configFile, _ := cmd.Flags().GetString("config")
 	adapter, _ := cmd.Flags().GetString("adapter")
 	cfg, _, _, err := caddycmd.LoadConfig(configFile, adapter)
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", nil, err
 	}
 	if cfg == nil {
 		if file := defaultKeyFile(); configFile == "" && fileExists(file) {
-			return fileKeys{}, file, nil
+			return fileKeys{}, file, file, release, nil
 		}
-		return nil, "", errors.New("no config found (no ./Caddyfile), and no key file of caddy mcp-bridge serve: give --config or --file")
+		return nil, "", "", nil, errors.New("no config found (no ./Caddyfile), and no key file of caddy mcp-bridge serve: give --config or --file")
 	}
 	var tree any
 	if err := json.Unmarshal(cfg, &tree); err != nil {
-		return nil, "", err
+		return nil, "", "", nil, err
 	}
 	files := findKeyFiles(tree, "api_key_file", nil)
 	stored := findKeyFiles(tree, "api_key_storage", nil)
 	repl := caddy.NewReplacer()
 	switch {
 	case len(files)+len(stored) == 0:
-		return nil, "", errors.New("the config names no api_key_file or api_key_storage")
+		return nil, "", "", nil, errors.New("the config names no api_key_file or api_key_storage")
 	case len(files)+len(stored) > 1:
-		return nil, "", fmt.Errorf("the config names %d key files (%v): choose one with --file", len(files)+len(stored), append(files, stored...))
+		return nil, "", "", nil, fmt.Errorf("the config names %d key files (%v): choose a file with --file, or a config that names one", len(files)+len(stored), append(files, stored...))
 	case len(files) == 1:
-		return fileKeys{}, expandPath(repl.ReplaceAll(files[0], "")), nil
+		path := expandPath(repl.ReplaceAll(files[0], ""))
+		return fileKeys{}, path, path, release, nil
 	}
-	storage, err := configStorage(cfg)
+	storage, release, err := configStorage(cfg)
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", nil, err
 	}
-	return storageKeys{storage}, repl.ReplaceAll(stored[0], ""), nil
+	key := repl.ReplaceAll(stored[0], "")
+	return storageKeys{storage}, key, fmt.Sprintf("%s in the storage %v", key, storage), release, nil
 }
 
 // configStorage is the storage a config names, as Caddy would set it up:
-// its storage module, or the default file system storage.
-func configStorage(cfgJSON []byte) (certmagic.Storage, error) {
+// its storage module, or the default file system storage (of this user:
+// run the command as the user Caddy runs as). release cleans the module
+// up once the caller is done with it.
+func configStorage(cfgJSON []byte) (storage certmagic.Storage, release func(), err error) {
 	var cfg caddy.Config
 	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if cfg.StorageRaw == nil {
-		return caddy.DefaultStorage, nil
+		return caddy.DefaultStorage, func() {}, nil
 	}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
 	mod, err := ctx.LoadModule(&cfg, "StorageRaw")
-	if err != nil {
-		return nil, fmt.Errorf("loading the config's storage: %v", err)
+	if err == nil {
+		storage, err = mod.(caddy.StorageConverter).CertMagicStorage()
 	}
-	return mod.(caddy.StorageConverter).CertMagicStorage()
+	if err != nil {
+		cancel()
+		return nil, nil, fmt.Errorf("loading the config's storage: %v", err)
+	}
+	return storage, cancel, nil
 }
 
 // findKeyFiles collects the distinct values of an mcp_bridge handler's

@@ -110,7 +110,7 @@ func TestCommandKey(t *testing.T) {
 			files: map[string]string{"Caddyfile": cmdConfig("{dir}/a.key") +
 				":8081 {\n\tmcp_bridge {\n\t\tcommand /bin/true\n\t\tapi_key_file {dir}/b.key\n\t}\n}\n"},
 			args:    []string{"rotate", "--config", "Caddyfile"},
-			wantErr: "choose one with --file",
+			wantErr: "choose a file with --file",
 		},
 		{
 			name:    "no config and no --file fails with a clear message",

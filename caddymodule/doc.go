@@ -15,5 +15,7 @@
 // the authorization server (10 s at most), so that one fetch serves every
 // request waiting for it; a quotaCounter's mu across a read of Caddy's
 // storage (10 s at most), on a principal's first call of a window, so that
-// no call is counted before the stored count is known.
+// no call is counted before the stored count is known; keyFile.mu across
+// a look at the key file (10 s at most per operation on Caddy's storage),
+// so that one look serves every request.
 package caddymodule

@@ -40,12 +40,19 @@ type keyStore interface {
 	read(name string) ([]byte, error)
 	// write replaces a file, so that no reader sees it half written.
 	write(name, content string) error
+	// remove deletes a file; one that does not exist is an error wrapping
+	// fs.ErrNotExist.
 	remove(name string) error
 	// modified is when a file last changed; zero if it does not exist.
 	modified(name string) time.Time
+	// lock keeps other processes from creating the file at name until
+	// unlock is called (storage only: on the file system one process
+	// serves a path, and handlers within it agree through pendingKeys).
+	lock(name string) (unlock func(), err error)
 }
 
-// fileKeys keeps key files in the file system, with mode 0600.
+// fileKeys keeps key files in the file system: files of mode 0600, in a
+// directory of mode 0700.
 type fileKeys struct{}
 
 func (fileKeys) read(name string) ([]byte, error) { return os.ReadFile(name) }
@@ -66,24 +73,50 @@ func (fileKeys) modified(name string) time.Time {
 	return time.Time{}
 }
 
-// storageKeys keeps key files in Caddy's storage.
+func (fileKeys) lock(string) (func(), error) { return func() {}, nil }
+
+// storageKeys keeps key files in Caddy's storage. Each operation is
+// bounded in time: a storage that hangs delays a key check (made under
+// keyFile.mu) by keyStorageTimeout at most.
 type storageKeys struct{ storage certmagic.Storage }
 
+// keyStorageTimeout bounds each operation on a key file in storage.
+const keyStorageTimeout = 10 * time.Second
+
 func (s storageKeys) read(name string) ([]byte, error) {
-	return s.storage.Load(context.Background(), name)
+	ctx, cancel := context.WithTimeout(context.Background(), keyStorageTimeout)
+	defer cancel()
+	return s.storage.Load(ctx, name)
 }
 
 func (s storageKeys) write(name, content string) error {
-	return s.storage.Store(context.Background(), name, []byte(content))
+	ctx, cancel := context.WithTimeout(context.Background(), keyStorageTimeout)
+	defer cancel()
+	return s.storage.Store(ctx, name, []byte(content))
 }
 
-func (s storageKeys) remove(name string) error { return s.storage.Delete(context.Background(), name) }
+func (s storageKeys) remove(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), keyStorageTimeout)
+	defer cancel()
+	return s.storage.Delete(ctx, name)
+}
 
 func (s storageKeys) modified(name string) time.Time {
-	if info, err := s.storage.Stat(context.Background(), name); err == nil {
+	ctx, cancel := context.WithTimeout(context.Background(), keyStorageTimeout)
+	defer cancel()
+	if info, err := s.storage.Stat(ctx, name); err == nil {
 		return info.Modified
 	}
 	return time.Time{}
+}
+
+func (s storageKeys) lock(name string) (func(), error) {
+	ctx, cancel := context.WithTimeout(context.Background(), keyStorageTimeout)
+	defer cancel()
+	if err := s.storage.Lock(ctx, name); err != nil {
+		return nil, err
+	}
+	return func() { _ = s.storage.Unlock(context.Background(), name) }, nil
 }
 
 // previousKeysPath is where the earlier keys of the key file at path are.
@@ -151,8 +184,7 @@ func readKeyLines(st keyStore, path string, now time.Time) ([]keyFileEntry, erro
 }
 
 // writeKeyFile writes the current key (the first) to path, and the others
-// to its sibling (files of mode 0600, in a directory of mode 0700). Each
-// file is replaced whole, the sibling first, so that a reader that sees
+// to its sibling. Each file is replaced whole, the sibling first, so that a reader that sees
 // the new key sees the keys it keeps valid too.
 func writeKeyFile(st keyStore, path string, keys []keyFileEntry) error {
 	if len(keys) > 1 {
