@@ -487,8 +487,6 @@ func (h *Handler) loadKeys(ctx caddy.Context) error {
 		h.keys = append(h.keys, acceptKey(key, "key:"+name, time.Time{}))
 	}
 	switch {
-	case h.APIKeyFile != "" && h.APIKeyStorage != "":
-		return errors.New("api_key_file and api_key_storage: give one")
 	case h.APIKeyFile != "":
 		path := expandPath(repl.ReplaceAll(h.APIKeyFile, ""))
 		h.keyFile = &keyFile{store: fileKeys{}, path: path, shown: "file:" + path}

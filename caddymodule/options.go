@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -67,6 +68,14 @@ func (h *Handler) checkOptions() error {
 	case "", healthDetailsKey, healthDetailsOn, healthDetailsOff:
 	default:
 		return &optionError{"health_details", fmt.Errorf("health_details must be key, on or off, not %q", h.HealthDetails)}
+	}
+	if h.Node != "" && !strings.Contains(h.Node, "{") { // a placeholder is checked once replaced
+		if err := bridge.CheckNode(h.Node); err != nil {
+			return &optionError{"node", err}
+		}
+	}
+	if h.APIKeyFile != "" && h.APIKeyStorage != "" {
+		return &optionError{"api_key_storage", errors.New("api_key_file and api_key_storage: give one")}
 	}
 	if h.CORS != nil && h.CORS.AllowCredentials && slices.Contains(h.AllowedOrigins, "*") {
 		return &optionError{"cors", fmt.Errorf("cors allow_credentials cannot be combined with allowed_origins *: name the origins")}

@@ -33,10 +33,10 @@ func init() {
 // client to start a new session. The policy keeps no state: adding an
 // instance moves no session.
 type SessionSelection struct {
-	// Fallback is the policy for requests that name no session, or whose
-	// owner is down. Default: random.
+	// FallbackRaw is the policy for requests that name no session, or
+	// whose owner is down. Default: random.
 	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
-	fallback    reverseproxy.Selector
+	fallback    reverseproxy.Selector // FallbackRaw, loaded
 }
 
 // CaddyModule returns the Caddy module information.
@@ -60,11 +60,22 @@ func (s *SessionSelection) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Select returns the owner of the request's session if it is available,
-// else what the fallback policy selects.
+// Select returns the owner of the request's session, else what the
+// fallback policy selects.
+//
+// The owner is the only instance that can serve its sessions, so it gets
+// their requests unless requests to it failed (passive health checks:
+// connections refused, timeouts): an owner whose active health check
+// fails (its /health says it cannot start children now) still serves the
+// sessions it has. An owner at its max_requests gets nothing for now: the
+// front tries again within lb_try_duration, rather than sending the
+// request to an instance that would answer 404 and end the session.
 func (s *SessionSelection) Select(pool reverseproxy.UpstreamPool, r *http.Request, w http.ResponseWriter) *reverseproxy.Upstream {
 	if node := bridge.Owner(r); node != "" {
-		if u := upstreamOfNode(pool, node); u != nil && u.Available() {
+		if u := upstreamOfNode(pool, node); u != nil && (u.Healthy() || u.Host.Fails() == 0) {
+			if u.Full() {
+				return nil
+			}
 			return u
 		}
 	}

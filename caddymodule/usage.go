@@ -85,7 +85,7 @@ const (
 
 // usageOf returns the usage of principal under p on site of server.
 func usageOf(p *policy, server, site, principal string) *principalUsage {
-	key := p.usageKey + "\x00" + site + "\x00" + principal
+	key := p.usageKey + "\x00" + server + "\x00" + site + "\x00" + principal
 	now := time.Now()
 	usages.Lock()
 	u := usages.m[key]
