@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,18 +28,42 @@ type clusterInstance struct {
 	dead bool // killed: the front still lists it, as an operator's would
 }
 
-// startClusterInstance runs a bridge instance in front of command, with
-// the file storage at storage (shared by every instance, as a distributed
-// storage module would be across machines) and extra options.
-func startClusterInstance(t *testing.T, command, storage string, opts ...string) *clusterInstance {
+// startClusterInstance runs a bridge instance in front of command on
+// ports (its site's and its admin endpoint's), with the file storage at
+// storage (shared by every instance, as a distributed storage module would
+// be across machines) and extra options.
+func startClusterInstance(t *testing.T, ports [2]int, command, storage string, opts ...string) *clusterInstance {
 	t.Helper()
-	port := mcptest.FreePort(t)
-	c := &opCaddy{admin: fmt.Sprintf("127.0.0.1:%d", mcptest.FreePort(t)), ports: []int{port}}
-	node := fmt.Sprintf("127.0.0.1:%d", port)
+	c := &opCaddy{admin: fmt.Sprintf("127.0.0.1:%d", ports[1]), ports: ports[:1]}
+	node := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	caddyfile := fmt.Sprintf("{\n\tadmin %s\n\tstorage file_system %s\n}\n\n:%d {\n\tbind 127.0.0.1\n\t%s\n}\n",
-		c.admin, storage, port, opBridge(command, append([]string{"node " + node}, opts...)...))
+		c.admin, storage, ports[0], opBridge(command, append([]string{"node " + node}, opts...)...))
 	c.Caddy = mcptest.StartCaddy(t, t.TempDir(), caddyfile, c.admin, node)
 	return &clusterInstance{opCaddy: c, node: node}
+}
+
+// freePorts returns n distinct free ports: unlike n calls of FreePort, it
+// holds each until it has them all.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
+}
+
+// accepts reports whether the instance takes key, with a request that
+// opens no session: one for a session it does not have gets 404 with a
+// key it takes, 401 with any other.
+func (in *clusterInstance) accepts(t *testing.T, key string) bool {
+	resp, _ := opPost(t, in.base(0)+"/mcp", "0123456789abcdef0123456789abcdef."+in.node, key, `{"jsonrpc":"2.0","id":1,"method":"ping"}`)
+	return resp.StatusCode != http.StatusUnauthorized
 }
 
 // frontCaddyfile is the front of the README's "Running several
@@ -59,6 +84,7 @@ func frontCaddyfile(admin string, port int, instances []*clusterInstance) string
 		lb_policy mcp_session
 		lb_try_duration 5s
 		fail_duration 30s
+		max_fails 3
 		health_uri /health
 		health_interval 250ms
 		stream_close_delay 1h
@@ -167,15 +193,17 @@ func TestSeveralInstances(t *testing.T) {
 	// What the instances share is in the storage: the API key file, which
 	// the first instance writes, and the quota counts.
 	storage := t.TempDir()
+	// They start at once: one of them writes a new key, and all take it.
 	shared := []string{"api_key_storage mcp_bridge/keys/team", "policy everyone {\n\t\t\tquota 100000/day\n\t\t}"}
-	instances := []*clusterInstance{startClusterInstance(t, everything, storage, shared...)}
-	mcptest.WaitFor(t, 10*time.Second, "the first instance to write the key", func() bool {
-		_, err := os.Stat(filepath.Join(storage, "mcp_bridge", "keys", "team"))
-		return err == nil
-	})
-	for range 2 {
-		instances = append(instances, startClusterInstance(t, everything, storage, shared...))
+	ports := freePorts(t, 8)
+	instances := make([]*clusterInstance, 3)
+	var started sync.WaitGroup
+	for i := range instances {
+		started.Go(func() {
+			instances[i] = startClusterInstance(t, [2]int{ports[2*i], ports[2*i+1]}, everything, storage, shared...)
+		})
 	}
+	started.Wait()
 	show := exec.Command(instances[2].Exe, "mcp-bridge", "key", "show", "--config", "Caddyfile")
 	show.Dir = instances[2].Dir
 	out, err := show.Output()
@@ -183,8 +211,11 @@ func TestSeveralInstances(t *testing.T) {
 		t.Fatalf("caddy mcp-bridge key show: %v\n%s", err, out)
 	}
 	key := strings.TrimSpace(string(out))
-	frontPort := mcptest.FreePort(t)
-	frontAdmin := fmt.Sprintf("127.0.0.1:%d", mcptest.FreePort(t))
+	for i, in := range instances {
+		mcptest.WaitFor(t, 10*time.Second, fmt.Sprintf("instance %d to take the key", i), func() bool { return in.accepts(t, key) })
+	}
+	frontPort := ports[6]
+	frontAdmin := fmt.Sprintf("127.0.0.1:%d", ports[7])
 	front := mcptest.StartCaddy(t, t.TempDir(), frontCaddyfile(frontAdmin, frontPort, instances), frontAdmin, fmt.Sprintf("127.0.0.1:%d", frontPort))
 	base := fmt.Sprintf("http://127.0.0.1:%d", frontPort)
 
@@ -319,7 +350,7 @@ func TestSeveralInstances(t *testing.T) {
 
 	// A fourth instance: no session moves, and it takes its share of new
 	// requests.
-	instances = append(instances, startClusterInstance(t, everything, storage, shared...))
+	instances = append(instances, startClusterInstance(t, [2]int(freePorts(t, 2)), everything, storage, shared...))
 	front.Reload(t, frontCaddyfile(frontAdmin, frontPort, instances))
 	for _, c := range clients {
 		if err := c.call(); err != nil {
@@ -358,12 +389,9 @@ func TestSeveralInstances(t *testing.T) {
 		if in.dead {
 			continue
 		}
-		mcptest.WaitFor(t, 10*time.Second, fmt.Sprintf("instance %d to take the new key", i), func() bool {
-			resp, _ := opPost(t, in.base(0)+"/mcp", "", newKey, opInit)
-			return resp.StatusCode == http.StatusOK
-		})
-		if resp, _ := opPost(t, in.base(0)+"/mcp", "", key, opInit); resp.StatusCode != http.StatusUnauthorized {
-			t.Errorf("instance %d, the rotated key: %d, want 401", i, resp.StatusCode)
+		mcptest.WaitFor(t, 10*time.Second, fmt.Sprintf("instance %d to take the new key", i), func() bool { return in.accepts(t, newKey) })
+		if in.accepts(t, key) {
+			t.Errorf("instance %d accepts the rotated key", i)
 		}
 	}
 }
