@@ -127,11 +127,18 @@ func closeAll(sessions []*mcp.ClientSession) {
 // A caller makes one tool call.
 type caller func(ctx context.Context, cs *mcp.ClientSession) error
 
-// toolCaller calls tool with args and fails on an error result.
+// toolCaller calls tool with args and fails on an error result. Each call
+// has params of its own: the go-sdk writes the 2026-07-28 _meta into the
+// params of a session of that version, which would otherwise go with every
+// later call of every session, on every system. No arguments are sent as
+// an empty object: a nil map would be sent as null, which mcp-proxy's
+// request schema rejects.
 func toolCaller(tool string, args map[string]any) caller {
-	params := &mcp.CallToolParams{Name: tool, Arguments: args}
+	if args == nil {
+		args = map[string]any{}
+	}
 	return func(ctx context.Context, cs *mcp.ClientSession) error {
-		res, err := cs.CallTool(ctx, params)
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: tool, Arguments: args})
 		if err != nil {
 			return err
 		}
