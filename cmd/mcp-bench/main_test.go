@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -18,9 +19,9 @@ import (
 func TestMain(m *testing.M) { mcptest.Main(m) }
 
 // benchPeers returns Node 22 and the npm packages the bench compares with:
-// supergateway and the Node server-everything. scripts/test installs them
-// and says where they are.
-func benchPeers(t *testing.T) (node, supergateway, nodeEverything string) {
+// supergateway, mcp-proxy and the Node server-everything. scripts/test
+// installs them and says where they are.
+func benchPeers(t *testing.T) (node, supergateway, mcpProxy, nodeEverything string) {
 	t.Helper()
 	node, modules := os.Getenv("MCPBRIDGE_NODE"), os.Getenv("MCPBRIDGE_BENCH_MODULES")
 	if node == "" || modules == "" {
@@ -30,22 +31,23 @@ func benchPeers(t *testing.T) (node, supergateway, nodeEverything string) {
 		t.Skip("set MCPBRIDGE_NODE and MCPBRIDGE_BENCH_MODULES, or run scripts/test")
 	}
 	return node, filepath.Join(modules, "supergateway", "dist", "index.js"),
+		filepath.Join(modules, "mcp-proxy", "dist", "bin", "mcp-proxy.mjs"),
 		filepath.Join(modules, "@modelcontextprotocol", "server-everything", "dist", "index.js")
 }
 
 // TestBenchHarness runs mcp-bench as the README does, at a tiny scale: a
 // real Caddy in front of the everything-server, the go-sdk client over
-// every transport, the stdio floor and supergateway. It checks that every
+// every transport, the stdio floor and the peers. It checks that every
 // case ran and reported its figures, not what the figures are: those
 // belong to the harness's output, not to assertions.
 func TestBenchHarness(t *testing.T) {
-	node, supergateway, nodeEverything := benchPeers(t)
+	node, supergateway, mcpProxy, nodeEverything := benchPeers(t)
 	bench := mcptest.Build(t, "github.com/mcpbridge/caddy-mcp-bridge/cmd/mcp-bench")
 	out := filepath.Join(t.TempDir(), "bench.json")
 	cmd := exec.Command(bench,
 		"--caddy", mcptest.Build(t, mcptest.CaddyPackage),
 		"--server", mcptest.EverythingServer(t),
-		"--node", node, "--supergateway", supergateway, "--node-everything", nodeEverything,
+		"--node", node, "--supergateway", supergateway, "--mcp-proxy", mcpProxy, "--node-everything", nodeEverything,
 		"--loads", "1x20,3x10", "--runs", "2", "--echo-calls", "5",
 		"--setup-sessions", "3", "--cold-sessions", "1",
 		"--idle-sessions", "50", "--idle-window", "1s", "--big-result", "1048576",
@@ -68,7 +70,7 @@ func TestBenchHarness(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	systems := []string{"stdio", "bridge streamable", "bridge stateless", "bridge sse", "bridge ws", "supergateway"}
+	systems := []string{"stdio", "bridge streamable", "bridge stateless", "bridge sse", "bridge ws", "supergateway", "mcp-proxy", "native go"}
 	for _, name := range []string{"1x20", "3x10"} {
 		for _, sys := range systems {
 			c := rep.find(name, sys)
@@ -101,7 +103,7 @@ func TestBenchHarness(t *testing.T) {
 	if !slices.ContainsFunc(rep.Targets, func(tr targetResult) bool { return strings.HasPrefix(tr.Target, "connector, 1x20: p50") }) {
 		t.Errorf("no connector target among %+v", rep.Targets)
 	}
-	for _, sys := range []string{"stdio", "bridge streamable", "supergateway"} {
+	for _, sys := range []string{"stdio", "bridge streamable", "supergateway", "mcp-proxy", "native go"} {
 		if rep.find("echo 64KiB", sys) == nil {
 			t.Errorf("echo 64KiB: no result for %s", sys)
 		}
@@ -113,7 +115,7 @@ func TestBenchHarness(t *testing.T) {
 			t.Errorf("node set-up on %s: %+v", s.System, s)
 		}
 	}
-	if !slices.Equal(setupSystems, []string{"stdio", "supergateway", "bridge streamable"}) {
+	if !slices.Equal(setupSystems, []string{"stdio", "supergateway", "mcp-proxy", "bridge streamable"}) {
 		t.Errorf("node set-up ran on %v", setupSystems)
 	}
 	if i := rep.Idle; i == nil || i.Sessions != 50 || i.Connections < 50 || i.RSSMiB <= 0 || i.Goroutines <= 0 {
@@ -125,7 +127,30 @@ func TestBenchHarness(t *testing.T) {
 	if len(rep.Targets) == 0 {
 		t.Error("no targets evaluated")
 	}
+	if got := len(rep.Peers); got != 3 || rep.Peers[1].Name != "mcp-proxy" || rep.Peers[1].Version == "" {
+		t.Errorf("peers %+v; want supergateway, mcp-proxy and native go, with versions", rep.Peers)
+	}
 	// No child the bench started outlives it.
 	mcptest.WaitNoProcesses(t, mcptest.EverythingServer(t), 5*time.Second)
 	mcptest.WaitNoProcesses(t, bench, 5*time.Second)
+}
+
+// TestForeignShare checks the background load check on this machine: a
+// busy loop in this process is the bench's own load, not foreign load.
+func TestForeignShare(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for ctx.Err() == nil {
+		}
+	}()
+	share, err := foreignShare(ctx, 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A core of 2 would be 50%; other tests on the machine may add some.
+	if share < 0 || share > 100 {
+		t.Errorf("foreign share %.1f%%", share)
+	}
+	t.Logf("foreign share with a busy loop of our own: %.1f%%", share)
 }
