@@ -10,6 +10,7 @@
 // same run, each run on fresh processes.
 //
 //	mcp-bench [flags]         run the benchmarks
+//	mcp-bench url [flags]     run loads against a server started by hand
 //	mcp-bench child [flags]   the bench's own MCP server (tools echo and blob)
 //
 // It runs on Linux only: it reads the CPU time and memory of processes
@@ -71,9 +72,13 @@ func main() {
 	var rep *report
 	var jsonPath string
 	var err error
-	o := parseOptions(os.Args[1:])
-	rep, err = run(ctx, o)
-	jsonPath = o.jsonPath
+	if len(os.Args) > 1 && os.Args[1] == "url" {
+		rep, jsonPath, err = runURL(ctx, os.Args[2:])
+	} else {
+		o := parseOptions(os.Args[1:])
+		rep, err = run(ctx, o)
+		jsonPath = o.jsonPath
+	}
 	if rep != nil {
 		rep.print(os.Stdout)
 		if jsonPath != "" {

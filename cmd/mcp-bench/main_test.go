@@ -5,10 +5,12 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +135,45 @@ func TestBenchHarness(t *testing.T) {
 	// No child the bench started outlives it.
 	mcptest.WaitNoProcesses(t, mcptest.EverythingServer(t), 5*time.Second)
 	mcptest.WaitNoProcesses(t, bench, 5*time.Second)
+}
+
+// TestURL runs `mcp-bench url` against the everything-server serving
+// Streamable HTTP itself, as the README's standalone check of a peer does,
+// and checks that it measured the process given by --pid.
+func TestURL(t *testing.T) {
+	bench := mcptest.Build(t, "github.com/mcpbridge/caddy-mcp-bridge/cmd/mcp-bench")
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := startProcess([]string{mcptest.EverythingServer(t), "-http", fmt.Sprintf("127.0.0.1:%d", port), "-stateless=false"}, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.stop()
+	out := filepath.Join(t.TempDir(), "url.json")
+	cmd := exec.Command(bench, "url", "--url", fmt.Sprintf("http://127.0.0.1:%d/mcp", port),
+		"--pid", strconv.Itoa(server.cmd.Process.Pid), "--name", "native go", "--loads", "1x20,2x10", "--json", out)
+	output, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("mcp-bench url: %v\n%s", err, output)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"1x20", "2x10"} {
+		if c := rep.find(name, "native go"); c == nil || c.Runs != 1 || c.Protocol != sessionVersion || c.CPUPerCallUs == nil || *c.CPUPerCallUs <= 0 {
+			t.Errorf("%s: %+v", name, c)
+		}
+	}
+	if len(rep.Targets) != 0 {
+		t.Errorf("targets %+v; a run against a URL has none", rep.Targets)
+	}
 }
 
 // TestForeignShare checks the background load check on this machine: a
