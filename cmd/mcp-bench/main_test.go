@@ -50,7 +50,7 @@ func TestBenchHarness(t *testing.T) {
 		"--caddy", mcptest.Build(t, mcptest.CaddyPackage),
 		"--server", mcptest.EverythingServer(t),
 		"--node", node, "--supergateway", supergateway, "--mcp-proxy", mcpProxy, "--node-everything", nodeEverything,
-		"--loads", "1x20,3x10", "--runs", "2", "--echo-calls", "5",
+		"--loads", "1x20,8x5", "--runs", "2", "--echo-calls", "5",
 		"--setup-sessions", "3", "--cold-sessions", "1",
 		"--idle-sessions", "50", "--idle-window", "1s", "--big-result", "1048576",
 		"--json", out)
@@ -73,7 +73,7 @@ func TestBenchHarness(t *testing.T) {
 	}
 
 	systems := []string{"stdio", "bridge streamable", "bridge stateless", "bridge sse", "bridge ws", "supergateway", "mcp-proxy", "native go"}
-	for _, name := range []string{"1x20", "3x10"} {
+	for _, name := range []string{"1x20", "8x5"} {
 		for _, sys := range systems {
 			c := rep.find(name, sys)
 			if c == nil {
@@ -88,10 +88,10 @@ func TestBenchHarness(t *testing.T) {
 			}
 		}
 	}
-	if c := rep.find("3x10", "bridge stateless"); c != nil && c.Protocol != "2026-07-28" {
+	if c := rep.find("8x5", "bridge stateless"); c != nil && c.Protocol != "2026-07-28" {
 		t.Errorf("the stateless transport negotiated %s", c.Protocol)
 	}
-	if c := rep.find("3x10", "bridge streamable"); c != nil && c.Protocol != sessionVersion {
+	if c := rep.find("8x5", "bridge streamable"); c != nil && c.Protocol != sessionVersion {
 		t.Errorf("the streamable transport negotiated %s", c.Protocol)
 	}
 	// The connector serves one desktop client: it runs in the one-session
@@ -99,11 +99,30 @@ func TestBenchHarness(t *testing.T) {
 	if c := rep.find("1x20", "connector"); c == nil || c.Protocol != sessionVersion || c.P50Us <= 0 || c.CPUPerCallUs != nil {
 		t.Errorf("1x20 through the connector: %+v", c)
 	}
-	if rep.find("3x10", "connector") != nil {
-		t.Error("the connector ran in the 3-session load")
+	if rep.find("8x5", "connector") != nil {
+		t.Error("the connector ran in the 8-session load")
 	}
-	if !slices.ContainsFunc(rep.Targets, func(tr targetResult) bool { return strings.HasPrefix(tr.Target, "connector, 1x20: p50") }) {
-		t.Errorf("no connector target among %+v", rep.Targets)
+	// Issue 21's targets, and no peer in any of them.
+	for _, want := range []string{
+		"connector, 1x20: p50",
+		"bridge streamable, 1x20: CPU per call ≤ 100 µs",
+		"bridge stateless, 8x5: CPU per call ≤ 100 µs",
+		"bridge sse, 1x20: CPU per call ≤ 1.1× bridge streamable's",
+		"bridge sse, 8x5: calls/s ≥ 0.9× bridge streamable's",
+		"bridge ws, 8x5: calls/s ≥ 0.85× stdio's",
+		"bridge streamable, echo 64KiB: CPU per call ≤ 400 µs",
+		"bridge streamable, 50 idle sessions with GET streams: RSS ≤ 150 MiB",
+	} {
+		if !slices.ContainsFunc(rep.Targets, func(tr targetResult) bool { return strings.HasPrefix(tr.Target, want) }) {
+			t.Errorf("no target %q among %+v", want, rep.Targets)
+		}
+	}
+	for _, tr := range rep.Targets {
+		for _, p := range rep.Peers {
+			if strings.Contains(tr.Target, p.Name) {
+				t.Errorf("target %q names a peer", tr.Target)
+			}
+		}
 	}
 	for _, sys := range []string{"stdio", "bridge streamable", "supergateway", "mcp-proxy", "native go"} {
 		if rep.find("echo 64KiB", sys) == nil {
