@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	neturl "net/url"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spf13/pflag"
@@ -51,6 +52,12 @@ func runURL(ctx context.Context, args []string) (*report, string, error) {
 	}
 	if _, err := sys.cpu(); err != nil {
 		return nil, "", fmt.Errorf("url: --pid: %w", err)
+	}
+	// A server started in the same breath may not listen yet.
+	if u, err := neturl.Parse(url); err != nil {
+		return nil, "", err
+	} else if err := waitListening(u.Host, nil); err != nil {
+		return nil, "", fmt.Errorf("url: %s: %w", u.Host, err)
 	}
 	b := &bench{options: o, loads: loads, rep: newReport(o)}
 	launch := func(context.Context) (*system, error) { return sys, nil }
