@@ -47,11 +47,7 @@ func quiet(ctx context.Context, max float64) (float64, error) {
 // foreignShare measures, over window, the share of the machine's CPU time
 // (all cores) that was busy with other programs than this one.
 func foreignShare(ctx context.Context, window time.Duration) (float64, error) {
-	busy0, total0, err := machineTicks()
-	if err != nil {
-		return 0, err
-	}
-	self0, err := cpuTime(os.Getpid())
+	m, err := startMeter()
 	if err != nil {
 		return 0, err
 	}
@@ -60,20 +56,84 @@ func foreignShare(ctx context.Context, window time.Duration) (float64, error) {
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
-	busy1, total1, err := machineTicks()
+	return m.foreign()
+}
+
+// A meter measures the share of the machine's CPU time that programs
+// other than this one and its descendants (the systems under test and
+// their children) use from its start.
+type meter struct{ busy, total, own int64 }
+
+func startMeter() (meter, error) {
+	var m meter
+	var err error
+	if m.busy, m.total, err = machineTicks(); err == nil {
+		m.own, err = ownTicks()
+	}
+	return m, err
+}
+
+// foreign returns the other programs' share, in percent, since m started.
+func (m meter) foreign() (float64, error) {
+	busy, total, err := machineTicks()
 	if err != nil {
 		return 0, err
 	}
-	self1, err := cpuTime(os.Getpid())
+	own, err := ownTicks()
 	if err != nil {
 		return 0, err
 	}
-	if total1 == total0 {
+	if total == m.total {
 		return 0, nil
 	}
-	// /proc/stat counts in USER_HZ ticks, 100 a second on Linux.
-	foreign := float64(busy1-busy0) - (self1-self0).Seconds()*100
-	return max(0, 100*foreign/float64(total1-total0)), nil
+	return max(0, 100*float64((busy-m.busy)-(own-m.own))/float64(total-m.total)), nil
+}
+
+// ownTicks is the CPU time, in ticks, that this process and its
+// descendants have used, with that of the descendants they have reaped
+// (each process's utime, stime, cutime and cstime): a child that exits
+// moves its time into its parent's, so the sum only grows.
+func ownTicks() (int64, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	parent := map[int]int{}
+	ticks := map[int]int64{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // it exited
+		}
+		// The fields after the command name, which may hold anything,
+		// in parentheses: state ppid … utime stime cutime cstime (the
+		// 3rd, 4th, and 14th to 17th fields).
+		i := strings.LastIndexByte(string(data), ')')
+		fields := strings.Fields(string(data[i+1:]))
+		if i < 0 || len(fields) < 15 {
+			continue
+		}
+		parent[pid], _ = strconv.Atoi(fields[1])
+		for _, f := range fields[11:15] {
+			n, _ := strconv.ParseInt(f, 10, 64)
+			ticks[pid] += n
+		}
+	}
+	self := os.Getpid()
+	var total int64
+	for pid, t := range ticks {
+		for p := pid; p > 1; p = parent[p] {
+			if p == self {
+				total += t
+				break
+			}
+		}
+	}
+	return total, nil
 }
 
 // machineTicks reads the busy and total CPU time of all cores from the

@@ -180,6 +180,7 @@ func (b *bench) measureLoad(ctx context.Context, name string, launch launcher, l
 			return fmt.Errorf("%s on %s: %w", name, sys.name, err)
 		}
 		samples = append(samples, s)
+		busiest = max(busiest, s.background)
 		fmt.Fprint(os.Stderr, ".")
 	}
 	fmt.Fprintln(os.Stderr)

@@ -96,6 +96,10 @@ func main() {
 func parseOptions(args []string) *options {
 	var o options
 	fs := pflag.NewFlagSet("mcp-bench", pflag.ExitOnError)
+	fs.Usage = func() {
+		fmt.Fprint(os.Stderr, "Usage: mcp-bench [flags]  (also: mcp-bench url --help, mcp-bench child)\n")
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&o.caddy, "caddy", "bin/caddy", "the Caddy binary with mcp_bridge (go build -o bin/ ./cmd/caddy)")
 	fs.StringVar(&o.server, "server", "bin/everything-server", "the stdio MCP server put behind the bridge")
 	fs.StringVar(&o.tool, "tool", "test_simple_text", "the server's tool the loads call, with no arguments")
@@ -126,7 +130,7 @@ func parseOptions(args []string) *options {
 // addMaxBackground adds the flag that says how much load of other programs
 // a run tolerates before it waits, and flags the case if it stays.
 func addMaxBackground(fs *pflag.FlagSet, p *float64) {
-	fs.Float64Var(p, "max-background", 15, "the CPU share of the machine (percent, all cores) that other programs may use before a run; above it, the run waits, and the case is flagged if the load stays")
+	fs.Float64Var(p, "max-background", 15, "the CPU share of the machine (percent, all cores) that other programs may use; above it before a run, the run waits, and a case is flagged !load if the load stays or comes during a run")
 }
 
 // run measures every case and returns the report, as far as it got.

@@ -58,8 +58,8 @@ type callResult struct {
 	background
 }
 
-// background is the CPU share of the machine that other programs used
-// just before the runs (the highest of them), and whether it stayed above
+// background is the highest CPU share of the machine that other programs
+// used just before or during the runs, and whether it was above
 // --max-background: a flagged figure was measured on a busy machine.
 type background struct {
 	BackgroundPercent float64 `json:"background_percent"`
@@ -313,7 +313,7 @@ func (r *report) print(out io.Writer) {
 	fmt.Fprintf(out, "mcp-bench %s, %s, %d CPUs, %s, %s\n\n", r.Date, r.Machine.CPU, r.Machine.CPUs, r.Machine.Kernel, r.Machine.Go)
 	if len(r.Calls) > 0 {
 		fmt.Fprintf(out, "Tool calls (%s; the echo case sends and gets back its size of text); medians of %d runs.\n", r.Tool, r.Calls[0].Runs)
-		fmt.Fprintln(out, "Ratios: p50 and calls/s against stdio. !load: other programs used that share of the machine just before a run.")
+		fmt.Fprintln(out, "Ratios: p50 and calls/s against stdio. !load: other programs used that share of the machine before or during a run.")
 		if len(r.Peers) > 0 {
 			var peers []string
 			for _, p := range r.Peers {
