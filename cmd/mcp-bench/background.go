@@ -47,7 +47,7 @@ func quiet(ctx context.Context, max float64) (float64, error) {
 // foreignShare measures, over window, the share of the machine's CPU time
 // (all cores) that was busy with other programs than this one.
 func foreignShare(ctx context.Context, window time.Duration) (float64, error) {
-	m, err := startMeter()
+	m, err := startMeter(0)
 	if err != nil {
 		return 0, err
 	}
@@ -61,14 +61,19 @@ func foreignShare(ctx context.Context, window time.Duration) (float64, error) {
 
 // A meter measures the share of the machine's CPU time that programs
 // other than this one and its descendants (the systems under test and
-// their children) use from its start.
-type meter struct{ busy, total, own int64 }
+// their children) use from its start. The process measured, if not 0,
+// counts as the bench's own too, with its descendants: a server that
+// `mcp-bench url` did not start.
+type meter struct {
+	measured              int
+	busy, total, ownTicks int64
+}
 
-func startMeter() (meter, error) {
-	var m meter
+func startMeter(measured int) (meter, error) {
+	m := meter{measured: measured}
 	var err error
 	if m.busy, m.total, err = machineTicks(); err == nil {
-		m.own, err = ownTicks()
+		m.ownTicks, err = ownTicks(measured)
 	}
 	return m, err
 }
@@ -79,21 +84,22 @@ func (m meter) foreign() (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	own, err := ownTicks()
+	own, err := ownTicks(m.measured)
 	if err != nil {
 		return 0, err
 	}
 	if total == m.total {
 		return 0, nil
 	}
-	return max(0, 100*float64((busy-m.busy)-(own-m.own))/float64(total-m.total)), nil
+	return max(0, 100*float64((busy-m.busy)-(own-m.ownTicks))/float64(total-m.total)), nil
 }
 
 // ownTicks is the CPU time, in ticks, that this process and its
 // descendants have used, with that of the descendants they have reaped
 // (each process's utime, stime, cutime and cstime): a child that exits
-// moves its time into its parent's, so the sum only grows.
-func ownTicks() (int64, error) {
+// moves its time into its parent's, so the sum only grows. Process
+// measured and its descendants count too, if it is not 0.
+func ownTicks(measured int) (int64, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0, err
@@ -127,7 +133,7 @@ func ownTicks() (int64, error) {
 	var total int64
 	for pid, t := range ticks {
 		for p := pid; p > 1; p = parent[p] {
-			if p == self {
+			if p == self || p == measured {
 				total += t
 				break
 			}

@@ -71,7 +71,7 @@ func runLoad(ctx context.Context, sys *system, l load, call caller) (*sample, er
 		}
 	}
 	latencies := make([][]time.Duration, l.sessions)
-	meter, err := startMeter()
+	meter, err := startMeter(sys.pid)
 	if err != nil {
 		return nil, err
 	}

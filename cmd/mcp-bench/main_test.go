@@ -205,7 +205,7 @@ func TestOwnLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { busy.Process.Kill(); busy.Wait() }()
-	ticks0, err := ownTicks()
+	ticks0, err := ownTicks(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func TestOwnLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ticks1, err := ownTicks()
+	ticks1, err := ownTicks(0)
 	if err != nil {
 		t.Fatal(err)
 	}
