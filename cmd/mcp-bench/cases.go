@@ -27,7 +27,7 @@ type bench struct {
 // front of command, with the given pool options. A legacy SSE session
 // whose client closed its stream is kept for resume_grace (30 s by
 // default) in case the client comes back; the bench's never do, so it is
-// cut to 1 s, lest each run's sessions linger into the next.
+// cut to 1 s.
 func bridgeSite(command string, pool ...string) string {
 	return fmt.Sprintf("\tmcp_bridge {\n\t\tcommand %s\n\t\tresume_grace 1s\n\t\tpool {\n\t\t\t%s\n\t\t}\n\t}\n",
 		command, strings.Join(pool, "\n\t\t\t"))
