@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -26,7 +27,7 @@ type bench struct {
 // front of command, with the given pool options. A legacy SSE session
 // whose client closed its stream is kept for resume_grace (30 s by
 // default) in case the client comes back; the bench's never do, so it is
-// cut to 1 s, lest each run's sessions linger into the next.
+// cut to 1 s.
 func bridgeSite(command string, pool ...string) string {
 	return fmt.Sprintf("\tmcp_bridge {\n\t\tcommand %s\n\t\tresume_grace 1s\n\t\tpool {\n\t\t\t%s\n\t\t}\n\t}\n",
 		command, strings.Join(pool, "\n\t\t\t"))
@@ -34,84 +35,102 @@ func bridgeSite(command string, pool ...string) string {
 
 // startCaddy starts a fresh bridge serving sites, in a directory of its own.
 func (b *bench) startCaddy(name string, sites ...string) (*caddyProcess, error) {
-	dir := filepath.Join(b.dir, name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir, err := os.MkdirTemp(b.dir, name+"-")
+	if err != nil {
 		return nil, err
 	}
 	return startCaddy(b.caddy, dir, sites...)
 }
 
-// callCases measures the loads on every system, the large echo and the
-// warm-spare set-up in front of a Node server, on one bridge.
-func (b *bench) callCases(ctx context.Context) error {
-	minIdle := 1
-	for _, l := range b.loads {
-		minIdle = max(minIdle, l.sessions)
-	}
-	childCommand := b.self + " child"
-	nodeCommand := b.node + " " + b.nodeEverything + " stdio"
-	// The spares and the sessions of the largest load run at once: beyond
-	// the default cap, sized for a workstation.
-	sites := []string{bridgeSite(b.server, fmt.Sprintf("min_idle %d", minIdle), "max_processes off"), bridgeSite(childCommand, "min_idle 1")}
-	if b.nodeEverything != "" {
-		sites = append(sites, bridgeSite(nodeCommand, "min_idle 1"))
-	}
-	c, err := b.startCaddy("calls", sites...)
-	if err != nil {
-		return err
-	}
-	defer c.stop()
-	var gateways []*supergateway
-	defer func() {
-		for _, g := range gateways {
-			g.stop()
-		}
-	}()
-	// withPeer appends supergateway in front of command when asked for.
-	withPeer := func(systems []*system, command string) ([]*system, error) {
-		if b.supergateway == "" {
-			return systems, nil
-		}
-		g, err := startSupergateway(b.node, b.supergateway, command)
+// bridgeLauncher starts a fresh Caddy per run, serving command on one site
+// with minIdle warm spares, and waits for the spares: a bridge that sits
+// beside the other systems' runs would take their CPU with its spares,
+// and carry one run's leftovers into the next. connect says how clients
+// come to it, such as bridgeSystem over a transport.
+func (b *bench) bridgeLauncher(command string, minIdle int, connect func(c *caddyProcess) *system) launcher {
+	return func(ctx context.Context) (*system, error) {
+		// The spares and the sessions run at once: beyond the default
+		// cap, sized for a workstation.
+		c, err := b.startCaddy("bridge", bridgeSite(command, fmt.Sprintf("min_idle %d", minIdle), "max_processes off"))
 		if err != nil {
 			return nil, err
 		}
-		gateways = append(gateways, g)
-		return append(systems, g.system()), nil
+		sys := connect(c)
+		sys.stop = c.stop
+		if err := c.waitSpares(ctx, c.urls[0], minIdle); err != nil {
+			c.stop()
+			return nil, err
+		}
+		return sys, nil
 	}
+}
 
-	systems := []*system{stdioSystem([]string{b.server})}
-	for _, t := range b.transports {
-		systems = append(systems, bridgeSystem(c, c.urls[0], t, minIdle))
+func (b *bench) transportLauncher(command, transport string, minIdle int) launcher {
+	return b.bridgeLauncher(command, minIdle, func(c *caddyProcess) *system {
+		return bridgeSystem(c, c.urls[0], transport, minIdle)
+	})
+}
+
+func stdioLauncher(command string) launcher {
+	return func(context.Context) (*system, error) { return stdioSystem(strings.Fields(command)), nil }
+}
+
+// peers are the other gateways the run compares with, those asked for.
+func (b *bench) peers() []peer {
+	var peers []peer
+	if b.supergateway != "" {
+		peers = append(peers, supergatewayPeer(b.node, b.supergateway))
 	}
-	if systems, err = withPeer(systems, b.server); err != nil {
-		return err
+	if b.mcpProxy != "" {
+		peers = append(peers, mcpProxyPeer(b.node, b.mcpProxy))
+	}
+	if b.native {
+		peers = append(peers, nativePeer())
+	}
+	return peers
+}
+
+// callCases measures the loads on every system, the large echo and the
+// warm-spare set-up in front of a Node server. Every run of every system
+// starts from fresh processes.
+func (b *bench) callCases(ctx context.Context) error {
+	for _, p := range b.peers() {
+		b.rep.addPeer(p)
 	}
 	call := toolCaller(b.tool, nil)
-	connector := connectorSystem(c, b.caddy, c.urls[0], minIdle)
 	for _, l := range b.loads {
-		for _, sys := range systems {
-			if err := b.measureLoad(ctx, l.String(), sys, l, call); err != nil {
-				return err
-			}
+		// Spares for every session of the load, so that none waits for
+		// a spawn.
+		launchers := []launcher{stdioLauncher(b.server)}
+		for _, t := range b.transports {
+			launchers = append(launchers, b.transportLauncher(b.server, t, l.sessions))
 			// The connector serves one desktop client: it is measured
 			// with one session, next to the direct client it adds to.
-			if l.sessions == 1 && sys.name == "bridge streamable" {
-				if err := b.measureLoad(ctx, l.String(), connector, l, call); err != nil {
-					return err
-				}
+			if l.sessions == 1 && t == "streamable" {
+				launchers = append(launchers, b.bridgeLauncher(b.server, l.sessions, func(c *caddyProcess) *system {
+					return connectorSystem(c, b.caddy, c.urls[0], l.sessions)
+				}))
+			}
+		}
+		for _, p := range b.peers() {
+			launchers = append(launchers, p.launcher(b.server))
+		}
+		for _, launch := range launchers {
+			if err := b.measureLoad(ctx, l.String(), launch, l, call); err != nil {
+				return err
 			}
 		}
 	}
 
 	echoCase := fmt.Sprintf("echo %s", size(b.echoSize))
 	echo := toolCaller("echo", map[string]any{"text": strings.Repeat("x", b.echoSize)})
-	systems = []*system{stdioSystem([]string{b.self, "child"}), bridgeSystem(c, c.urls[1], "streamable", 1)}
-	if systems, err = withPeer(systems, childCommand); err != nil {
-		return err
+	childCommand := b.self + " child"
+	launchers := []launcher{stdioLauncher(childCommand), b.transportLauncher(childCommand, "streamable", 1)}
+	for _, p := range b.peers() {
+		launchers = append(launchers, p.launcher(childCommand))
 	}
-	for _, sys := range systems {
-		if err := b.measureLoad(ctx, echoCase, sys, load{sessions: 1, calls: b.echoCalls}, echo); err != nil {
+	for _, launch := range launchers {
+		if err := b.measureLoad(ctx, echoCase, launch, load{sessions: 1, calls: b.echoCalls}, echo); err != nil {
 			return err
 		}
 	}
@@ -119,57 +138,90 @@ func (b *bench) callCases(ctx context.Context) error {
 	if b.nodeEverything == "" {
 		return nil
 	}
-	systems = []*system{stdioSystem(strings.Fields(nodeCommand))}
-	if systems, err = withPeer(systems, nodeCommand); err != nil {
-		return err
-	}
-	systems = append(systems, bridgeSystem(c, c.urls[2], "streamable", 1))
-	for _, sys := range systems {
-		n := b.setupSessions
-		if sys.settle == nil {
-			n = min(n, b.coldSessions) // each of these spawns a child
+	nodeCommand := b.node + " " + b.nodeEverything + " stdio"
+	launchers = []launcher{stdioLauncher(nodeCommand)}
+	for _, p := range b.peers() {
+		if p.name != "native go" { // the Node server is not the Go one
+			launchers = append(launchers, p.launcher(nodeCommand))
 		}
-		if err := b.measureSetups(ctx, "node set-up", sys, n); err != nil {
+	}
+	launchers = append(launchers, b.transportLauncher(nodeCommand, "streamable", 1))
+	for _, launch := range launchers {
+		if err := b.measureSetups(ctx, "node set-up", launch); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// measureLoad runs load l on sys b.runs times and reports each figure's
-// median.
-func (b *bench) measureLoad(ctx context.Context, name string, sys *system, l load, call caller) error {
-	fmt.Fprintf(os.Stderr, "%-12s %-18s", name, sys.name)
+// measureLoad runs load l b.runs times, each on a fresh instance of the
+// system, and reports each figure's median.
+func (b *bench) measureLoad(ctx context.Context, name string, launch launcher, l load, call caller) error {
 	var samples []*sample
-	profiled := make(chan error, 1)
-	if b.profileSeconds > 0 && sys.profile != nil {
-		path := filepath.Join(b.profileDir, strings.NewReplacer(" ", "-", "/", "-").Replace(name+"-"+sys.name)+".pprof")
-		go func() { profiled <- sys.profile(ctx, b.profileSeconds, path) }()
-	} else {
-		profiled <- nil
-	}
-	for range b.runs {
-		if sys.reset != nil {
-			if err := sys.reset(ctx); err != nil {
-				return err
-			}
+	var sys *system
+	var busiest float64
+	for run := range b.runs {
+		share, err := quiet(ctx, b.maxBackground)
+		if err != nil {
+			return err
 		}
-		s, err := runLoad(ctx, sys, l, call)
+		busiest = max(busiest, share)
+		if sys, err = launch(ctx); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if run == 0 {
+			fmt.Fprintf(os.Stderr, "%-12s %-18s", name, sys.name)
+		}
+		s, err := b.runOnce(ctx, name, sys, run, l, call)
+		if sys.stop != nil {
+			sys.stop()
+		}
 		if err != nil {
 			return fmt.Errorf("%s on %s: %w", name, sys.name, err)
 		}
 		samples = append(samples, s)
+		busiest = max(busiest, s.background)
 		fmt.Fprint(os.Stderr, ".")
 	}
 	fmt.Fprintln(os.Stderr)
-	b.rep.addLoad(name, sys, l, samples)
-	return <-profiled
+	b.rep.addLoad(name, sys, l, samples, background{BackgroundPercent: busiest, Busy: busiest > b.maxBackground})
+	return nil
 }
 
-// measureSetups opens n sessions on sys one after another, each once the
-// system has settled, and reports the set-up times.
-func (b *bench) measureSetups(ctx context.Context, name string, sys *system, n int) error {
+// runOnce runs load l on sys; the first run of a system that can be
+// profiled is, when asked, with the profile finished before sys stops.
+func (b *bench) runOnce(ctx context.Context, name string, sys *system, run int, l load, call caller) (*sample, error) {
+	if run > 0 || b.profileSeconds == 0 || sys.profile == nil {
+		return runLoad(ctx, sys, l, call)
+	}
+	path := filepath.Join(b.profileDir, strings.NewReplacer(" ", "-", "/", "-").Replace(name+"-"+sys.name)+".pprof")
+	profiled := make(chan error, 1)
+	go func() { profiled <- sys.profile(ctx, b.profileSeconds, path) }()
+	s, err := runLoad(ctx, sys, l, call)
+	return s, errors.Join(err, <-profiled)
+}
+
+// measureSetups opens sessions one after another on a fresh instance of
+// the system, each once the system has settled, and reports the set-up
+// times: b.setupSessions from warm spares, b.coldSessions where each
+// spawns a child or the system has no spares to wait for.
+func (b *bench) measureSetups(ctx context.Context, name string, launch launcher) error {
+	share, err := quiet(ctx, b.maxBackground)
+	if err != nil {
+		return err
+	}
+	sys, err := launch(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if sys.stop != nil {
+		defer sys.stop()
+	}
 	fmt.Fprintf(os.Stderr, "%-12s %-18s", name, sys.name)
+	n := b.setupSessions
+	if sys.settle == nil {
+		n = min(n, b.coldSessions)
+	}
 	setups := make([]time.Duration, n)
 	for i := range setups {
 		if sys.settle != nil {
@@ -187,7 +239,7 @@ func (b *bench) measureSetups(ctx context.Context, name string, sys *system, n i
 		fmt.Fprint(os.Stderr, ".")
 	}
 	fmt.Fprintln(os.Stderr)
-	b.rep.addSetups(name, sys, setups)
+	b.rep.addSetups(name, sys, setups, background{BackgroundPercent: share, Busy: share > b.maxBackground})
 	return nil
 }
 

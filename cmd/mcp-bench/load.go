@@ -33,11 +33,15 @@ type sample struct {
 	latency []time.Duration
 	elapsed time.Duration
 	cpu     time.Duration // of the measured process, during the calls
-	version string        // the protocol version the first session negotiated
+	// background is the CPU share of the machine, in percent, that
+	// other programs used during the calls.
+	background float64
+	version    string // the protocol version the first session negotiated
 }
 
 // runLoad opens the sessions concurrently, timing each, warms them up, lets
-// the system settle, then times every call and the measured process's CPU.
+// the system settle, then times every call and the measured process's CPU,
+// and measures the load of other programs meanwhile.
 func runLoad(ctx context.Context, sys *system, l load, call caller) (*sample, error) {
 	sessions := make([]*mcp.ClientSession, l.sessions)
 	s := &sample{setup: make([]time.Duration, l.sessions)}
@@ -67,6 +71,10 @@ func runLoad(ctx context.Context, sys *system, l load, call caller) (*sample, er
 		}
 	}
 	latencies := make([][]time.Duration, l.sessions)
+	meter, err := startMeter(sys.pid)
+	if err != nil {
+		return nil, err
+	}
 	cpu0, err := sys.cpu()
 	if err != nil {
 		return nil, err
@@ -93,6 +101,9 @@ func runLoad(ctx context.Context, sys *system, l load, call caller) (*sample, er
 		return nil, err
 	}
 	s.cpu = cpu1 - cpu0
+	if s.background, err = meter.foreign(); err != nil {
+		return nil, err
+	}
 	s.latency = slices.Concat(latencies...)
 	return s, nil
 }
@@ -127,11 +138,18 @@ func closeAll(sessions []*mcp.ClientSession) {
 // A caller makes one tool call.
 type caller func(ctx context.Context, cs *mcp.ClientSession) error
 
-// toolCaller calls tool with args and fails on an error result.
+// toolCaller calls tool with args and fails on an error result. Each call
+// has params of its own: the go-sdk writes the 2026-07-28 _meta into the
+// params of a session of that version, which would otherwise go with every
+// later call of every session, on every system. No arguments are sent as
+// an empty object: a nil map would be sent as null, which mcp-proxy's
+// request schema rejects.
 func toolCaller(tool string, args map[string]any) caller {
-	params := &mcp.CallToolParams{Name: tool, Arguments: args}
+	if args == nil {
+		args = map[string]any{}
+	}
 	return func(ctx context.Context, cs *mcp.ClientSession) error {
-		res, err := cs.CallTool(ctx, params)
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: tool, Arguments: args})
 		if err != nil {
 			return err
 		}

@@ -93,3 +93,34 @@ func establishedTo(port int) int {
 	}
 	return n
 }
+
+// listens reports whether process pid itself has a socket listening on
+// TCP port. A port that freePort found free may be taken by another
+// program before the process binds it, and a connection that succeeds
+// would then be that program's.
+func listens(pid, port int) bool {
+	sockets := map[string]bool{}
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		suffix := fmt.Sprintf(":%04X", port)
+		for line := range strings.Lines(string(data)) {
+			fields := strings.Fields(line)
+			if len(fields) > 9 && strings.HasSuffix(fields[1], suffix) && fields[3] == "0A" { // LISTEN
+				sockets["socket:["+fields[9]+"]"] = true
+			}
+		}
+	}
+	if len(sockets) == 0 {
+		return false
+	}
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	for _, fd := range fds {
+		if link, err := os.Readlink(fd); err == nil && sockets[link] {
+			return true
+		}
+	}
+	return false
+}

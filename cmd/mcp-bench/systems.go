@@ -31,7 +31,7 @@ import (
 const sessionVersion = "2025-11-25"
 
 // A system is something under test that client sessions connect to: the
-// child over stdio, the bridge over one transport, or supergateway.
+// child over stdio, the bridge over one transport, or a peer.
 type system struct {
 	name    string
 	connect func(ctx context.Context) (*mcp.ClientSession, error)
@@ -40,11 +40,15 @@ type system struct {
 	// settle, if set, waits until the system is ready for timing, such as
 	// a pool having refilled its warm spares.
 	settle func(ctx context.Context) error
-	// reset, if set, waits until the last run's sessions are gone.
-	reset func(ctx context.Context) error
+	// stop, if set, ends the processes the system's launcher started.
+	stop func()
 	// profile, if set, writes a CPU profile of the next seconds to path.
 	profile func(ctx context.Context, seconds int, path string) error
 }
+
+// A launcher starts a fresh instance of a system, for one run of a load or
+// for one case.
+type launcher func(ctx context.Context) (*system, error)
 
 func (s *system) cpu() (time.Duration, error) {
 	if s.pid == 0 {
@@ -94,7 +98,6 @@ func bridgeSystem(c *caddyProcess, base, transport string, minIdle int) *system 
 		name:    "bridge " + transport,
 		pid:     c.pid(),
 		settle:  func(ctx context.Context) error { return c.waitSpares(ctx, base, minIdle) },
-		reset:   func(ctx context.Context) error { return c.waitIdle(ctx, base, minIdle) },
 		profile: c.profile,
 	}
 	switch transport {
@@ -122,7 +125,6 @@ func connectorSystem(c *caddyProcess, caddy, base string, minIdle int) *system {
 	return &system{
 		name:   "connector",
 		settle: func(ctx context.Context) error { return c.waitSpares(ctx, base, minIdle) },
-		reset:  func(ctx context.Context) error { return c.waitIdle(ctx, base, minIdle) },
 		connect: func(ctx context.Context) (*mcp.ClientSession, error) {
 			cmd := exec.Command(caddy, "mcp-bridge", "connect", base+"/mcp")
 			return benchClient.Connect(ctx, &mcp.CommandTransport{Command: cmd}, opts)
@@ -277,69 +279,6 @@ func (c *caddyProcess) waitSpares(ctx context.Context, base string, minIdle int)
 	})
 }
 
-// waitIdle waits until the pool of the bridge at base has no session and no child
-// beyond its spares, so that one run's teardown does not cost the next.
-func (c *caddyProcess) waitIdle(ctx context.Context, base string, minIdle int) error {
-	return poll(ctx, time.Minute, func() error {
-		h, err := c.health(ctx, base)
-		if err == nil && (h.Sessions != 0 || h.Processes.Starting != 0 || h.Processes.Idle < minIdle || h.Processes.Running != h.Processes.Idle) {
-			err = fmt.Errorf("%s: %d sessions, %+v, want no session and %d spares", base, h.Sessions, h.Processes, minIdle)
-		}
-		return err
-	})
-}
-
-// supergateway is supergateway run with Node in front of a stdio child,
-// serving stateful Streamable HTTP: the peer every figure is compared to.
-type supergateway struct {
-	cmd  *exec.Cmd
-	url  string
-	done chan struct{}
-}
-
-// startSupergateway runs supergateway (its dist/index.js) with node in
-// front of command, in a process group of its own so that stopping it
-// also stops the children it spawned.
-func startSupergateway(node, script, command string) (*supergateway, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	g := &supergateway{url: fmt.Sprintf("http://127.0.0.1:%d/mcp", port), done: make(chan struct{})}
-	g.cmd = exec.Command(node, script, "--stdio", command, "--outputTransport", "streamableHttp",
-		"--stateful", "--port", strconv.Itoa(port), "--logLevel", "none")
-	g.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := g.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { g.cmd.Wait(); close(g.done) }()
-	if err := waitListening(fmt.Sprintf("127.0.0.1:%d", port), g.done); err != nil {
-		g.stop()
-		return nil, fmt.Errorf("supergateway: %v", err)
-	}
-	return g, nil
-}
-
-func (g *supergateway) system() *system {
-	return &system{
-		name:    "supergateway",
-		pid:     g.cmd.Process.Pid,
-		connect: connectWith(&mcp.StreamableClientTransport{Endpoint: g.url, HTTPClient: httpClient, MaxEventSize: -1}, sessionVersion),
-	}
-}
-
-func (g *supergateway) stop() {
-	syscall.Kill(-g.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-g.done:
-	case <-time.After(10 * time.Second):
-		syscall.Kill(-g.cmd.Process.Pid, syscall.SIGKILL)
-		<-g.done
-	}
-	// Children that outlived their gateway go with the group.
-	syscall.Kill(-g.cmd.Process.Pid, syscall.SIGKILL)
-}
-
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -352,6 +291,18 @@ func freePort() (int, error) {
 // waitListening waits until addr accepts connections, or fails once the
 // process whose exit closes exited has exited.
 func waitListening(addr string, exited <-chan struct{}) error {
+	return waitRunning(exited, func() error {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	})
+}
+
+// waitRunning polls check until it returns nil, or fails once the process
+// whose exit closes exited has exited.
+func waitRunning(exited <-chan struct{}, check func() error) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -361,13 +312,7 @@ func waitListening(addr string, exited <-chan struct{}) error {
 		case <-ctx.Done():
 		}
 	}()
-	err := poll(ctx, time.Minute, func() error {
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			conn.Close()
-		}
-		return err
-	})
+	err := poll(ctx, time.Minute, check)
 	if ctx.Err() != nil {
 		return errors.New("exited before listening")
 	}
