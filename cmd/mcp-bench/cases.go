@@ -65,6 +65,35 @@ func (b *bench) bridgeLauncher(command string, minIdle int, connect func(c *cadd
 	}
 }
 
+// frontLauncher starts a fresh bridge, and in front of it a second Caddy
+// whose reverse_proxy uses lb_policy mcp_session, as the README's
+// "Running several instances" deploys them (one instance is enough to
+// measure the hop). The CPU column is the front's: what the hop costs.
+func (b *bench) frontLauncher(command string, minIdle int) launcher {
+	var instance *caddyProcess
+	launch := b.bridgeLauncher(command, minIdle, func(c *caddyProcess) *system {
+		instance = c
+		return &system{name: "bridge via front"}
+	})
+	return func(ctx context.Context) (*system, error) {
+		sys, err := launch(ctx)
+		if err != nil {
+			return nil, err
+		}
+		front, err := b.startCaddy("front", fmt.Sprintf("\treverse_proxy %s {\n\t\tlb_policy mcp_session\n\t}\n", strings.TrimPrefix(instance.urls[0], "http://")))
+		if err != nil {
+			sys.stop()
+			return nil, err
+		}
+		stopInstance := sys.stop
+		sys.stop = func() { front.stop(); stopInstance() }
+		sys.pid = front.pid()
+		sys.profile = front.profile
+		sys.connect = connectWith(&mcp.StreamableClientTransport{Endpoint: front.urls[0] + "/mcp", HTTPClient: httpClient, MaxEventSize: -1}, sessionVersion)
+		return sys, nil
+	}
+}
+
 func (b *bench) transportLauncher(command, transport string, minIdle int) launcher {
 	return b.bridgeLauncher(command, minIdle, func(c *caddyProcess) *system {
 		return bridgeSystem(c, c.urls[0], transport, minIdle)
@@ -106,10 +135,12 @@ func (b *bench) callCases(ctx context.Context) error {
 			launchers = append(launchers, b.transportLauncher(b.server, t, l.sessions))
 			// The connector serves one desktop client: it is measured
 			// with one session, next to the direct client it adds to.
+			// So is the front of "Running several instances", whose hop
+			// is what it adds.
 			if l.sessions == 1 && t == "streamable" {
 				launchers = append(launchers, b.bridgeLauncher(b.server, l.sessions, func(c *caddyProcess) *system {
 					return connectorSystem(c, b.caddy, c.urls[0], l.sessions)
-				}))
+				}), b.frontLauncher(b.server, l.sessions))
 			}
 		}
 		for _, p := range b.peers() {

@@ -102,6 +102,14 @@ func TestBenchHarness(t *testing.T) {
 	if rep.find("8x5", "connector") != nil {
 		t.Error("the connector ran in the 8-session load")
 	}
+	// So does the front of "Running several instances", whose CPU is the
+	// front's, and a note says what its hop adds.
+	if c := rep.find("1x20", "bridge via front"); c == nil || c.Protocol != sessionVersion || c.P50Us <= 0 || c.CPUPerCallUs == nil {
+		t.Errorf("1x20 through the front: %+v", c)
+	}
+	if !slices.ContainsFunc(rep.Notes, func(n string) bool { return strings.HasPrefix(n, "bridge via front, 1x20: the front's hop adds") }) {
+		t.Errorf("no note on the front's hop among %q", rep.Notes)
+	}
 	// Issue 21's targets, and no peer in any of them.
 	for _, want := range []string{
 		"connector, 1x20: p50",

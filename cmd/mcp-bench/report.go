@@ -27,6 +27,8 @@ type report struct {
 	Idle      *idleResult    `json:"idle,omitempty"`
 	BigResult *bigResult     `json:"big_result,omitempty"`
 	Targets   []targetResult `json:"targets"`
+	// Notes are figures derived from two rows that no target covers.
+	Notes []string `json:"notes,omitempty"`
 }
 
 type machine struct {
@@ -247,6 +249,9 @@ func (r *report) evaluate() {
 			extra := c.P50Us - direct.P50Us
 			check(what+" p50 ≤ 150 µs more than bridge streamable", extra, "µs", extra <= 150, c.background)
 		}
+		if direct := r.find(c.Case, "bridge streamable"); c.System == "bridge via front" && direct != nil {
+			r.Notes = append(r.Notes, fmt.Sprintf("%s the front's hop adds %.0f µs to the p50 of bridge streamable (%.0f against %.0f µs)", what, c.P50Us-direct.P50Us, c.P50Us, direct.P50Us))
+		}
 		if key := r.find(c.Case, "bridge api key"); c.System == "bridge jwt" && key != nil && key.CPUPerCallUs != nil && c.CPUPerCallUs != nil {
 			extra := *c.CPUPerCallUs - *key.CPUPerCallUs
 			check(what+" CPU per call ≤ 20 µs more than with an API key", extra, "µs", extra <= 20, c.background)
@@ -355,6 +360,12 @@ func (r *report) print(out io.Writer) {
 	if b := r.BigResult; b != nil {
 		fmt.Fprintf(out, "Big result: %.0f MiB through %s; peak RSS growth per call %s MiB, worst ×%.2f the message.\n\n",
 			b.MessageMiB, b.System, strings.Trim(strings.Join(strings.Fields(fmt.Sprintf("%.1f", b.PeakGrowthMiB)), ", "), "[]"), b.WorstRatio)
+	}
+	if len(r.Notes) > 0 {
+		fmt.Fprintln(out, "Notes:")
+		for _, n := range r.Notes {
+			fmt.Fprintf(out, "  %s\n", n)
+		}
 	}
 	if len(r.Targets) > 0 {
 		fmt.Fprintln(out, "Targets:")
