@@ -119,8 +119,11 @@ func ownTicks(measured int) (int64, error) {
 		// in parentheses: state ppid … utime stime cutime cstime (the
 		// 3rd, 4th, and 14th to 17th fields).
 		i := strings.LastIndexByte(string(data), ')')
+		if i < 0 {
+			continue
+		}
 		fields := strings.Fields(string(data[i+1:]))
-		if i < 0 || len(fields) < 15 {
+		if len(fields) < 15 {
 			continue
 		}
 		parent[pid], _ = strconv.Atoi(fields[1])
@@ -132,7 +135,8 @@ func ownTicks(measured int) (int64, error) {
 	self := os.Getpid()
 	var total int64
 	for pid, t := range ticks {
-		for p := pid; p > 1; p = parent[p] {
+		// A bounded walk: a pid reused between reads could make a cycle.
+		for p, steps := pid, 0; p > 0 && steps < 64; p, steps = parent[p], steps+1 {
 			if p == self || p == measured {
 				total += t
 				break
@@ -144,7 +148,9 @@ func ownTicks(measured int) (int64, error) {
 
 // machineTicks reads the busy and total CPU time of all cores from the
 // first line of /proc/stat: user nice system idle iowait irq softirq
-// steal (guest time is already counted in user).
+// steal (guest time is already counted in user). Interrupt time (irq,
+// softirq) is left out of both: no process is charged for it, and most of
+// it during a run is the loopback traffic of the bench's own calls.
 func machineTicks() (busy, total int64, err error) {
 	data, err := os.ReadFile("/proc/stat")
 	if err != nil {
@@ -160,8 +166,12 @@ func machineTicks() (busy, total int64, err error) {
 		if err != nil {
 			return 0, 0, fmt.Errorf("/proc/stat: %v", err)
 		}
-		total += n
-		if i != 3 && i != 4 { // idle, iowait
+		switch i {
+		case 5, 6: // irq, softirq
+		case 3, 4: // idle, iowait
+			total += n
+		default:
+			total += n
 			busy += n
 		}
 	}

@@ -28,8 +28,12 @@ type bench struct {
 // whose client closed its stream is kept for resume_grace (30 s by
 // default) in case the client comes back; the bench's never do, so it is
 // cut to 1 s.
+//
+// Its node is the host the front dials it at (all bridges listen on
+// 127.0.0.1), so that lb_policy mcp_session finds the owner of a session
+// as in a real deployment.
 func bridgeSite(command string, pool ...string) string {
-	return fmt.Sprintf("\tmcp_bridge {\n\t\tcommand %s\n\t\tresume_grace 1s\n\t\tpool {\n\t\t\t%s\n\t\t}\n\t}\n",
+	return fmt.Sprintf("\tmcp_bridge {\n\t\tcommand %s\n\t\tresume_grace 1s\n\t\tnode 127.0.0.1\n\t\tpool {\n\t\t\t%s\n\t\t}\n\t}\n",
 		command, strings.Join(pool, "\n\t\t\t"))
 }
 
@@ -85,8 +89,11 @@ func (b *bench) frontLauncher(command string, minIdle int) launcher {
 			sys.stop()
 			return nil, err
 		}
-		stopInstance := sys.stop
+		stopInstance, bridge := sys.stop, instance
 		sys.stop = func() { front.stop(); stopInstance() }
+		// Timed calls start once the bridge has its spare again, as
+		// bridge streamable's do.
+		sys.settle = func(ctx context.Context) error { return bridge.waitSpares(ctx, bridge.urls[0], minIdle) }
 		sys.pid = front.pid()
 		sys.profile = front.profile
 		sys.connect = connectWith(&mcp.StreamableClientTransport{Endpoint: front.urls[0] + "/mcp", HTTPClient: httpClient, MaxEventSize: -1}, sessionVersion)
@@ -252,6 +259,9 @@ func (b *bench) measureSetups(ctx context.Context, name string, launch launcher)
 	n := b.setupSessions
 	if sys.settle == nil {
 		n = min(n, b.coldSessions)
+	}
+	if n == 0 {
+		return nil // asked for none: no row, and no target met by nothing
 	}
 	setups := make([]time.Duration, n)
 	for i := range setups {
