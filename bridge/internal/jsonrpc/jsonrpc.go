@@ -110,6 +110,9 @@ func (e *Envelope) MethodName() string {
 		return ""
 	}
 	inner := e.Method[1 : len(e.Method)-1]
+	if name, ok := methodNames[string(inner)]; ok {
+		return name // the map lookup copies nothing
+	}
 	if bytes.IndexByte(inner, '\\') < 0 {
 		return string(inner)
 	}
@@ -119,6 +122,31 @@ func (e *Envelope) MethodName() string {
 	}
 	return s
 }
+
+// methodNames interns the methods of MCP, so that naming the method of
+// a message, which every message does several times on its way, does not
+// allocate.
+var methodNames = func() map[string]string {
+	m := make(map[string]string)
+	for _, name := range []string{
+		"initialize", "ping", "server/discover", "subscriptions/listen",
+		"tools/list", "tools/call", "prompts/list", "prompts/get",
+		"resources/list", "resources/read", "resources/templates/list",
+		"resources/subscribe", "resources/unsubscribe",
+		"completion/complete", "logging/setLevel",
+		"sampling/createMessage", "elicitation/create", "roots/list",
+		"tasks/get", "tasks/result", "tasks/list", "tasks/cancel",
+		"notifications/initialized", "notifications/cancelled",
+		"notifications/progress", "notifications/message",
+		"notifications/resources/updated", "notifications/resources/list_changed",
+		"notifications/tools/list_changed", "notifications/prompts/list_changed",
+		"notifications/roots/list_changed", "notifications/elicitation/complete",
+		"notifications/tasks/status",
+	} {
+		m[name] = name
+	}
+	return m
+}()
 
 // requestID reports whether a request's raw id is one MCP allows: a string
 // or a number without a fraction (not null).
