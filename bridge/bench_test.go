@@ -2,6 +2,10 @@ package bridge
 
 import (
 	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,6 +58,45 @@ func BenchmarkInitialize(b *testing.B) {
 				b.StopTimer()
 				sess.end("benchmark")
 				b.StartTimer()
+			}
+		})
+	}
+}
+
+// BenchmarkStreamablePost measures a tools/call POST on a Streamable HTTP
+// session, through the handler, to testchild and back: the bridge's whole
+// hot path but the network. Its allocations include the benchmark's own
+// request and recorder (about ten).
+func BenchmarkStreamablePost(b *testing.B) {
+	exe := mcptest.Build(b, "github.com/mcpbridge/caddy-mcp-bridge/internal/testchild")
+	backend := NewBackend(BackendConfig{Process: ProcessConfig{Argv: []string{exe}}}, zap.NewNop())
+	backend.Start()
+	defer backend.Close()
+	srv := NewServer(backend, ServerConfig{}, zap.NewNop())
+	do := func(session, body string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodPost, "/mcp", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("Accept", "application/json, text/event-stream")
+		if session != "" {
+			r.Header.Set(headerSessionID, session)
+			r.Header.Set("MCP-Protocol-Version", version20251125)
+		}
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, r)
+		if w.Code != http.StatusOK && w.Code != http.StatusAccepted {
+			b.Fatalf("status %d: %s", w.Code, w.Body)
+		}
+		return w
+	}
+	session := do("", `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}`).Header().Get(headerSessionID)
+	do(session, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	for _, size := range []int{0, 64 << 10} {
+		b.Run(fmt.Sprintf("text%d", size), func(b *testing.B) {
+			body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"` + strings.Repeat("x", size) + `"}}}`
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				do(session, body)
 			}
 		})
 	}

@@ -45,6 +45,8 @@ type pump struct {
 	ids   bool
 	idTag string
 	idNum int
+	// id, if set, is a buffer for the event ids (the caller's, reused).
+	id []byte
 	// hold gives a request's answer a moment (firstAnswerHold) to leave
 	// with the headers, in one write, before anything is flushed.
 	hold bool
@@ -61,11 +63,21 @@ type pump struct {
 
 // run pumps until the stream ends, the client leaves or a write fails.
 func (p *pump) run() pumpEnd {
-	var hold <-chan time.Time
-	if p.hold {
-		var stopHold func() bool
-		hold, stopHold = answerHold()
-		defer stopHold()
+	// One timer serves the hold, then the keepalive: a request's stream
+	// answered within the hold, as most are, starts no other, and no
+	// stream has a ticker of its own.
+	holding := p.hold
+	var timer *time.Timer
+	var tick <-chan time.Time
+	switch {
+	case holding:
+		timer = time.NewTimer(firstAnswerHold)
+	case p.keepalive > 0:
+		timer = time.NewTimer(p.keepalive)
+	}
+	if timer != nil {
+		defer timer.Stop()
+		tick = timer.C
 	}
 	var poll <-chan time.Time
 	if p.poll > 0 {
@@ -73,13 +85,16 @@ func (p *pump) run() pumpEnd {
 		defer t.Stop()
 		poll = t.C
 	}
-	ping, stopPing := keepalive(p.keepalive)
-	defer stopPing()
 	var (
 		evs             []event // reused: writing allocates nothing
-		id              []byte
 		current, closed bool
 	)
+	// The event ids are built in one buffer, sized for the session's tag
+	// and two numbers, reused for every event.
+	id := p.id[:0]
+	if p.ids && id == nil {
+		id = make([]byte, 0, len(p.idTag)+2*20)
+	}
 	for {
 		evs, current, closed = p.st.events(p.gen, p.cursor, evs)
 		if !current {
@@ -111,16 +126,21 @@ func (p *pump) run() pumpEnd {
 		if closed {
 			return pumpClosed
 		}
-		if hold == nil && p.sink.flush() != nil {
+		if !holding && p.sink.flush() != nil {
 			return pumpFailed
 		}
 		select {
 		case <-p.st.wake:
-		case <-hold:
-			hold = nil
-		case <-ping:
-			if p.sink.ping() != nil {
+		case <-tick:
+			if holding {
+				holding = false
+			} else if p.sink.ping() != nil {
 				return pumpFailed
+			}
+			if p.keepalive > 0 {
+				timer.Reset(p.keepalive)
+			} else {
+				tick = nil
 			}
 		case <-poll:
 			return pumpPoll

@@ -368,6 +368,9 @@ type sseWriter struct {
 	rc    *http.ResponseController
 	buf   []byte
 	dirty bool // written since the last flush
+	// scratch backs buf at first: an event's id and name lines fit, so
+	// that a stream's first events allocate nothing more.
+	scratch [128]byte
 }
 
 // startSSE sends the headers of an event stream (on the first flush).
@@ -377,7 +380,9 @@ func startSSE(w http.ResponseWriter) *sseWriter {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	return &sseWriter{w: w, rc: http.NewResponseController(w), dirty: true}
+	sw := &sseWriter{w: w, rc: http.NewResponseController(w), dirty: true}
+	sw.buf = sw.scratch[:0]
+	return sw
 }
 
 // event writes one event. An empty data gives the bare "data:" line of a
@@ -447,13 +452,6 @@ func (sw *sseWriter) flush() error {
 // and a flush per call.
 const firstAnswerHold = 2 * time.Millisecond
 
-// answerHold returns a channel that fires after firstAnswerHold, and its
-// stop function.
-func answerHold() (<-chan time.Time, func() bool) {
-	t := time.NewTimer(firstAnswerHold)
-	return t.C, t.Stop
-}
-
 // appendSSEData appends data as "data:" lines. A JSON message has no raw
 // newlines inside strings, but may have CR or LF as whitespace between
 // tokens, which SSE would take as line ends: those become separate data
@@ -473,16 +471,6 @@ func appendSSEData(b, data []byte) []byte {
 		b = append(b, '\n')
 		data = data[i+1:]
 	}
-}
-
-// keepalive returns a ticker channel for SSE keepalive comments, or nil
-// (which never fires) when interval is zero.
-func keepalive(interval time.Duration) (<-chan time.Time, func()) {
-	if interval <= 0 {
-		return nil, func() {}
-	}
-	t := time.NewTicker(interval)
-	return t.C, t.Stop
 }
 
 // streamMode is what a stream carries.
@@ -510,9 +498,10 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 	}
 	defer st.detach(gen)
 	sw := startSSE(w)
+	id := make([]byte, 0, len(sess.tag)+3*20) // the priming id's, then the pump's
 	p := pump{
 		st: st, gen: gen, cursor: cursor, sink: sw,
-		ids: true, idTag: sess.tag, idNum: st.num,
+		ids: true, idTag: sess.tag, idNum: st.num, id: id,
 		keepalive: s.cfg.Keepalive,
 		done:      done,
 		replaced:  replaced,
@@ -525,7 +514,7 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 	case resumable:
 		// A priming event, on every connection, resumed or not: the client
 		// may resume from here if cut off, and its id is always new.
-		err = sw.event(appendPrimingID(nil, sess.tag, st.num, cursor-1, gen), "", nil)
+		err = sw.event(appendPrimingID(id, sess.tag, st.num, cursor-1, gen), "", nil)
 	}
 	// A request's stream waits a moment for its answer before it sends
 	// anything; other streams send as soon as they would wait.
