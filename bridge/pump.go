@@ -2,6 +2,9 @@ package bridge
 
 import (
 	"context"
+	"errors"
+	"net"
+	"os"
 	"time"
 
 	"github.com/coder/websocket"
@@ -57,6 +60,10 @@ type pump struct {
 	// The pump stops (pumpLeft) when any of these closes: the client left,
 	// the server stops serving the stream, another writer took it.
 	done, closing, replaced <-chan struct{}
+	// conn, when set, is a detached stream's connection, which the pump
+	// waits on (waitConn) in place of done and of its timers.
+	conn    net.Conn
+	oneByte [1]byte // what waitConn reads into
 	// before and after, if set, run around the write of each event.
 	before, after func(ev event)
 }
@@ -68,8 +75,16 @@ func (p *pump) run() pumpEnd {
 	// stream has a ticker of its own.
 	holding := p.hold
 	var timer *time.Timer
-	var tick <-chan time.Time
-	switch {
+	var tick, poll <-chan time.Time
+	var nextPing, pollAt time.Time // a detached stream's deadlines
+	switch now := time.Now(); {
+	case p.conn != nil:
+		if p.keepalive > 0 {
+			nextPing = now.Add(p.keepalive)
+		}
+		if p.poll > 0 {
+			pollAt = now.Add(p.poll)
+		}
 	case holding:
 		timer = time.NewTimer(firstAnswerHold)
 	case p.keepalive > 0:
@@ -79,8 +94,7 @@ func (p *pump) run() pumpEnd {
 		defer timer.Stop()
 		tick = timer.C
 	}
-	var poll <-chan time.Time
-	if p.poll > 0 {
+	if p.poll > 0 && p.conn == nil {
 		t := time.NewTimer(p.poll)
 		defer t.Stop()
 		poll = t.C
@@ -129,6 +143,12 @@ func (p *pump) run() pumpEnd {
 		if !holding && p.sink.flush() != nil {
 			return pumpFailed
 		}
+		if p.conn != nil {
+			if end, stop := p.waitConn(&nextPing, pollAt); stop {
+				return end
+			}
+			continue
+		}
 		select {
 		case <-p.st.wake:
 		case <-tick:
@@ -152,6 +172,48 @@ func (p *pump) run() pumpEnd {
 			return pumpLeft
 		}
 	}
+}
+
+// aLongTimeAgo, as a read deadline, ends a Read at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// waitConn waits, for a detached stream, in its connection's Read: the
+// stream's goroutine is then its only one, and an idle stream has no
+// timer of its own, only the poller's read deadline, set to its next ping
+// or poll. The Read returns when the client sends anything or leaves
+// (the pump stops, as for done), at that deadline, or when the stream's
+// waker (news, the stream closing or taken over) or CloseStreams pulls
+// the deadline in. Whatever came before the deadline was set is seen by
+// the checks after it; whatever comes later ends the Read.
+func (p *pump) waitConn(nextPing *time.Time, pollAt time.Time) (pumpEnd, bool) {
+	deadline := *nextPing
+	if !pollAt.IsZero() && (deadline.IsZero() || pollAt.Before(deadline)) {
+		deadline = pollAt
+	}
+	_ = p.conn.SetReadDeadline(deadline)
+	select {
+	case <-p.st.wake:
+		return 0, false
+	case <-p.closing:
+		return pumpLeft, true
+	case <-p.replaced:
+		return pumpLeft, true
+	default:
+	}
+	if _, err := p.conn.Read(p.oneByte[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
+		return pumpLeft, true // a GET has no body: anything read, or EOF, means the client is done
+	}
+	now := time.Now()
+	if !pollAt.IsZero() && !now.Before(pollAt) {
+		return pumpPoll, true
+	}
+	if !nextPing.IsZero() && !now.Before(*nextPing) {
+		if p.sink.ping() != nil {
+			return pumpFailed, true
+		}
+		*nextPing = now.Add(p.keepalive)
+	}
+	return 0, false
 }
 
 // send writes a message as an SSE event named sw.name ("" for the

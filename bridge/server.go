@@ -95,6 +95,7 @@ type Server struct {
 
 	closeOnce sync.Once
 	closing   chan struct{} // closed when this front stops serving streams
+	detached  detachedConns // of the GET streams it serves detached
 }
 
 // NewServer returns a Server in front of backend.
@@ -198,6 +199,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // clients reconnect, to the same sessions. It ends no session.
 func (s *Server) CloseStreams() {
 	s.closeOnce.Do(func() { close(s.closing) })
+	s.detached.wakeAll()
 }
 
 // WriteError writes an HTTP error whose body is a JSON-RPC error response
