@@ -211,6 +211,16 @@ func StringValue(raw []byte) string {
 	return s
 }
 
+// StringIs reports whether StringValue(raw) is s, without allocating when
+// raw has no escapes, as the strings the bridge checks on every request
+// (a stateless request's version and tool name) have.
+func StringIs(raw []byte, s string) bool {
+	if len(raw) >= 2 && raw[0] == '"' && bytes.IndexByte(raw, '\\') < 0 {
+		return string(raw[1:len(raw)-1]) == s
+	}
+	return StringValue(raw) == s
+}
+
 // ErrorResponse builds a JSON-RPC error response. id is a raw id token; nil
 // gives "id": null, as JSON-RPC requires when the id could not be read.
 func ErrorResponse(id []byte, code int, message string) []byte {

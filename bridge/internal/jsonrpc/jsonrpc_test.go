@@ -361,3 +361,14 @@ func BenchmarkMethodName(b *testing.B) {
 		})
 	}
 }
+
+// TestStringIs holds StringIs to StringValue's answer.
+func TestStringIs(t *testing.T) {
+	for _, raw := range []string{`"tools"`, `"to\u006fls"`, `"tool"`, `tools`, `""`, `"`, `1`, `"a\"b"`} {
+		for _, s := range []string{"tools", "", "a\"b", "tool"} {
+			if got, want := StringIs([]byte(raw), s), StringValue([]byte(raw)) == s; got != want {
+				t.Errorf("StringIs(%s, %q) = %v, want %v", raw, s, got, want)
+			}
+		}
+	}
+}
