@@ -210,6 +210,7 @@ func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *sessi
 		single:         opts.Single,
 		created:        time.Now(),
 		backend:        b,
+		logger:         b.logger,
 		undelivered:    &undelivered{limit: int64(b.cfg.MaxUndelivered)},
 		pending:        make(map[string]*stream),
 		sent:           make(map[string]sentRequest),
@@ -222,7 +223,7 @@ func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *sessi
 	}
 	_, err = b.placement.Acquire(ctx, placement.Request{Group: b.childGroup(opts.Principal), Deliver: s.fromChild, Oversize: s.onOversize, Exited: s.onChildExit, Bind: func(l placement.Lease) {
 		s.up = l
-		s.logger = b.logger.With(zap.String("session", s.ID[:8]), zap.Int("pid", l.Pid()))
+		s.logFields = [2]zap.Field{zap.String("session", s.ID[:8]), zap.Int("pid", l.Pid())}
 	}})
 	if err != nil {
 		b.release(opts.Principal)
@@ -241,7 +242,7 @@ func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *sessi
 	if ended {
 		return nil, errors.New("the MCP server process exited")
 	}
-	s.logger.Info("session opened", zap.String("transport", opts.Transport), zap.String("principal", opts.Principal.Key), zap.String("site", opts.Principal.Site))
+	s.logAt(zap.InfoLevel, "session opened", zap.String("transport", opts.Transport), zap.String("principal", opts.Principal.Key), zap.String("site", opts.Principal.Site))
 	return s, nil
 }
 

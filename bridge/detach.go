@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -11,17 +12,18 @@ import (
 // that a client that stopped reading does not hold its goroutine forever.
 const detachedWriteTimeout = time.Minute
 
-// detachStream serves a long-lived stream on goroutines of its own. Over
+// detachStream serves a long-lived stream on a goroutine of its own. Over
 // HTTP/1.1 it takes the connection from net/http, as a WebSocket upgrade
 // does, so that the request's goroutine (with the deep stack of Caddy's
 // handler chain) and the server's connection buffers are let go while the
-// stream idles: an idle GET stream then costs a few KiB rather than about
-// 25 KiB, which is what lets one bridge hold ten thousand of them. serve
-// writes the stream to w until it ends or done is closed (the client
-// left). It reports false, having done nothing, where the connection
-// cannot be taken (HTTP/2 and HTTP/3) or the body could not be chunked
-// (HTTP/1.0).
-func detachStream(w http.ResponseWriter, r *http.Request, serve func(w http.ResponseWriter, done <-chan struct{})) bool {
+// stream idles: the stream's goroutine waits in the connection's Read
+// (see pump.waitConn), which also tells it of the client leaving, and an
+// idle GET stream then costs a few KiB, which is what lets one bridge hold
+// ten thousand of them. serve writes the stream to w until it ends (done
+// is nil: the connection tells). It reports false, having done nothing,
+// where the connection cannot be taken (HTTP/2 and HTTP/3) or the body
+// could not be chunked (HTTP/1.0).
+func (s *Server) detachStream(w http.ResponseWriter, r *http.Request, serve func(w http.ResponseWriter, done <-chan struct{})) bool {
 	if r.ProtoMajor != 1 || !r.ProtoAtLeast(1, 1) {
 		return false
 	}
@@ -29,21 +31,47 @@ func detachStream(w http.ResponseWriter, r *http.Request, serve func(w http.Resp
 	if err != nil {
 		return false
 	}
-	// A GET has no body; anything the client sends after it ends the stream.
 	_ = conn.SetDeadline(time.Time{})
 	hw := &hijackedWriter{conn: conn, header: w.Header()}
-	done := make(chan struct{})
+	s.detached.add(conn)
 	go func() {
-		var b [1]byte
-		_, _ = conn.Read(b[:])
-		close(done)
-	}()
-	go func() {
-		serve(hw, done)
+		defer s.detached.remove(conn)
+		serve(hw, nil)
 		hw.finish()
 		conn.Close()
 	}()
 	return true
+}
+
+// detachedConns are the connections of a Server's detached streams, whose
+// goroutines wait in Read, so that CloseStreams can wake them.
+type detachedConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func (d *detachedConns) add(c net.Conn) {
+	d.mu.Lock()
+	if d.conns == nil {
+		d.conns = make(map[net.Conn]struct{})
+	}
+	d.conns[c] = struct{}{}
+	d.mu.Unlock()
+}
+
+func (d *detachedConns) remove(c net.Conn) {
+	d.mu.Lock()
+	delete(d.conns, c)
+	d.mu.Unlock()
+}
+
+// wakeAll ends the Read each stream waits in; the stream then sees why.
+func (d *detachedConns) wakeAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for c := range d.conns {
+		_ = c.SetReadDeadline(aLongTimeAgo)
+	}
 }
 
 // hijackedWriter is a minimal http.ResponseWriter over a connection taken
@@ -57,6 +85,9 @@ type hijackedWriter struct {
 }
 
 func (h *hijackedWriter) Header() http.Header { return h.header }
+
+// wake ends the Read the stream's goroutine waits in (a stream's waker).
+func (h *hijackedWriter) wake() { _ = h.conn.SetReadDeadline(aLongTimeAgo) }
 
 func (h *hijackedWriter) WriteHeader(code int) {
 	if h.status != 0 {

@@ -2,6 +2,9 @@ package bridge
 
 import (
 	"context"
+	"errors"
+	"net"
+	"os"
 	"time"
 
 	"github.com/coder/websocket"
@@ -45,6 +48,8 @@ type pump struct {
 	ids   bool
 	idTag string
 	idNum int
+	// id, if set, is a buffer for the event ids (the caller's, reused).
+	id []byte
 	// hold gives a request's answer a moment (firstAnswerHold) to leave
 	// with the headers, in one write, before anything is flushed.
 	hold bool
@@ -55,31 +60,55 @@ type pump struct {
 	// The pump stops (pumpLeft) when any of these closes: the client left,
 	// the server stops serving the stream, another writer took it.
 	done, closing, replaced <-chan struct{}
+	// conn, when set, is a detached stream's connection, which the pump
+	// waits on (waitConn) in place of done and of its timers.
+	conn    net.Conn
+	oneByte [1]byte // what waitConn reads into
 	// before and after, if set, run around the write of each event.
 	before, after func(ev event)
 }
 
 // run pumps until the stream ends, the client leaves or a write fails.
 func (p *pump) run() pumpEnd {
-	var hold <-chan time.Time
-	if p.hold {
-		var stopHold func() bool
-		hold, stopHold = answerHold()
-		defer stopHold()
+	// One timer serves the hold, then the keepalive: a request's stream
+	// answered within the hold, as most are, starts no other, and no
+	// stream has a ticker of its own.
+	holding := p.hold
+	var timer *time.Timer
+	var tick, poll <-chan time.Time
+	var nextPing, pollAt time.Time // a detached stream's deadlines
+	switch now := time.Now(); {
+	case p.conn != nil:
+		if p.keepalive > 0 {
+			nextPing = now.Add(p.keepalive)
+		}
+		if p.poll > 0 {
+			pollAt = now.Add(p.poll)
+		}
+	case holding:
+		timer = time.NewTimer(firstAnswerHold)
+	case p.keepalive > 0:
+		timer = time.NewTimer(p.keepalive)
 	}
-	var poll <-chan time.Time
-	if p.poll > 0 {
+	if timer != nil {
+		defer timer.Stop()
+		tick = timer.C
+	}
+	if p.poll > 0 && p.conn == nil {
 		t := time.NewTimer(p.poll)
 		defer t.Stop()
 		poll = t.C
 	}
-	ping, stopPing := keepalive(p.keepalive)
-	defer stopPing()
 	var (
 		evs             []event // reused: writing allocates nothing
-		id              []byte
 		current, closed bool
 	)
+	// The event ids are built in one buffer, sized for the session's tag
+	// and two numbers, reused for every event.
+	id := p.id[:0]
+	if p.ids && id == nil {
+		id = make([]byte, 0, len(p.idTag)+2*20)
+	}
 	for {
 		evs, current, closed = p.st.events(p.gen, p.cursor, evs)
 		if !current {
@@ -111,16 +140,27 @@ func (p *pump) run() pumpEnd {
 		if closed {
 			return pumpClosed
 		}
-		if hold == nil && p.sink.flush() != nil {
+		if !holding && p.sink.flush() != nil {
 			return pumpFailed
+		}
+		if p.conn != nil {
+			if end, stop := p.waitConn(&nextPing, pollAt); stop {
+				return end
+			}
+			continue
 		}
 		select {
 		case <-p.st.wake:
-		case <-hold:
-			hold = nil
-		case <-ping:
-			if p.sink.ping() != nil {
+		case <-tick:
+			if holding {
+				holding = false
+			} else if p.sink.ping() != nil {
 				return pumpFailed
+			}
+			if p.keepalive > 0 {
+				timer.Reset(p.keepalive)
+			} else {
+				tick = nil
 			}
 		case <-poll:
 			return pumpPoll
@@ -132,6 +172,48 @@ func (p *pump) run() pumpEnd {
 			return pumpLeft
 		}
 	}
+}
+
+// aLongTimeAgo, as a read deadline, ends a Read at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// waitConn waits, for a detached stream, in its connection's Read: the
+// stream's goroutine is then its only one, and an idle stream has no
+// timer of its own, only the poller's read deadline, set to its next ping
+// or poll. The Read returns when the client sends anything or leaves
+// (the pump stops, as for done), at that deadline, or when the stream's
+// waker (news, the stream closing or taken over) or CloseStreams pulls
+// the deadline in. Whatever came before the deadline was set is seen by
+// the checks after it; whatever comes later ends the Read.
+func (p *pump) waitConn(nextPing *time.Time, pollAt time.Time) (pumpEnd, bool) {
+	deadline := *nextPing
+	if !pollAt.IsZero() && (deadline.IsZero() || pollAt.Before(deadline)) {
+		deadline = pollAt
+	}
+	_ = p.conn.SetReadDeadline(deadline)
+	select {
+	case <-p.st.wake:
+		return 0, false
+	case <-p.closing:
+		return pumpLeft, true
+	case <-p.replaced:
+		return pumpLeft, true
+	default:
+	}
+	if _, err := p.conn.Read(p.oneByte[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
+		return pumpLeft, true // a GET has no body: anything read, or EOF, means the client is done
+	}
+	now := time.Now()
+	if !pollAt.IsZero() && !now.Before(pollAt) {
+		return pumpPoll, true
+	}
+	if !nextPing.IsZero() && !now.Before(*nextPing) {
+		if p.sink.ping() != nil {
+			return pumpFailed, true
+		}
+		*nextPing = now.Add(p.keepalive)
+	}
+	return 0, false
 }
 
 // send writes a message as an SSE event named sw.name ("" for the

@@ -99,6 +99,7 @@ type Server struct {
 
 	closeOnce sync.Once
 	closing   chan struct{} // closed when this front stops serving streams
+	detached  detachedConns // of the GET streams it serves detached
 }
 
 // NewServer returns a Server in front of backend.
@@ -121,7 +122,7 @@ func NewServer(backend *Backend, cfg ServerConfig, logger *zap.Logger) *Server {
 	case cfg.Keepalive == 0:
 		cfg.Keepalive = DefaultKeepalive
 	case cfg.Keepalive < 0:
-		cfg.Keepalive = 0 // keepalive() sends none for zero
+		cfg.Keepalive = 0 // a pump sends none for zero
 	}
 	if logger == nil {
 		logger = zap.NewNop()
@@ -135,20 +136,22 @@ func setDefault(s *string, def string) {
 	}
 }
 
-// route returns the transport handler for the request's path, or nil.
-func (s *Server) route(r *http.Request) func(http.ResponseWriter, *http.Request) {
+// route returns the transport handler for the request's path, or nil. The
+// handlers are method expressions: a method value would allocate a
+// closure per request.
+func (s *Server) route(r *http.Request) func(*Server, http.ResponseWriter, *http.Request) {
 	t := s.cfg.Transports
 	switch p := r.URL.Path; {
 	case p == s.cfg.StreamablePath && t&TransportStreamable != 0:
-		return s.serveStreamable
+		return (*Server).serveStreamable
 	case p == s.cfg.SSEPath && t&TransportSSE != 0:
-		return s.sseGet
+		return (*Server).sseGet
 	case p == s.cfg.MessagePath && t&TransportSSE != 0:
-		return s.ssePost
+		return (*Server).ssePost
 	case p == s.cfg.WSPath && t&TransportWebSocket != 0:
-		return s.serveWebSocket
+		return (*Server).serveWebSocket
 	case p == s.cfg.HealthPath:
-		return s.serveHealth
+		return (*Server).serveHealth
 	}
 	return nil
 }
@@ -192,7 +195,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusForbidden, jsonrpc.CodeInvalidRequest, "origin not allowed")
 		return
 	}
-	serve(w, r)
+	serve(s, w, r)
 }
 
 // CloseStreams ends the Streamable HTTP GET streams this Server holds
@@ -200,6 +203,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // clients reconnect, to the same sessions. It ends no session.
 func (s *Server) CloseStreams() {
 	s.closeOnce.Do(func() { close(s.closing) })
+	s.detached.wakeAll()
 }
 
 // WriteError writes an HTTP error whose body is a JSON-RPC error response
@@ -307,7 +311,12 @@ func readBodyBytes(body io.Reader, contentLength int64, limit int) ([]byte, erro
 }
 
 // hasMediaType reports whether a Content-Type header names mediaType.
+// A header that is just the media type, as nearly every client sends it,
+// needs no parse (which allocates a map for the parameters).
 func hasMediaType(header, mediaType string) bool {
+	if strings.EqualFold(header, mediaType) {
+		return true
+	}
 	mt, _, err := mime.ParseMediaType(header)
 	return err == nil && strings.EqualFold(mt, mediaType)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/jsonrpc"
 	"github.com/mcpbridge/caddy-mcp-bridge/bridge/internal/placement"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // debugMessageBytes is how much of each message debug logs show.
@@ -40,7 +41,13 @@ type session struct {
 	created time.Time
 	backend *Backend
 	up      placement.Lease
-	logger  *zap.Logger
+	// logger is the backend's; logFields (the session's id and its
+	// child's pid) are added to each entry (logAt, withLogFields) rather
+	// than kept by a logger of the session's own (zap's With), which
+	// holds an encoded copy of them: about 1 KiB a session, the largest
+	// part of an idle session's heap.
+	logger    *zap.Logger
+	logFields [2]zap.Field
 	// undelivered bounds what the session's streams hold for a client
 	// that does not read them.
 	undelivered *undelivered
@@ -67,6 +74,18 @@ type session struct {
 	ended      bool
 	exited     bool // the child is gone: a new request would get no answer
 	done       chan struct{}
+}
+
+// logAt logs msg at level with the session's fields, and more.
+func (s *session) logAt(level zapcore.Level, msg string, more ...zap.Field) {
+	if ce := s.logger.Check(level, msg); ce != nil {
+		ce.Write(s.withLogFields(more...)...)
+	}
+}
+
+// withLogFields returns the session's log fields followed by more.
+func (s *session) withLogFields(more ...zap.Field) []zap.Field {
+	return append(s.logFields[:len(s.logFields):len(s.logFields)], more...)
 }
 
 // ProtocolVersion is the version the child negotiated, once known.
@@ -287,7 +306,7 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 	s.mu.Unlock()
 	s.backend.obs.MessageBytes("in", len(msg))
 	if ce := s.logger.Check(zap.DebugLevel, "message from client"); ce != nil {
-		ce.Write(zap.ByteString("message", msg[:min(len(msg), debugMessageBytes)]))
+		ce.Write(s.withLogFields(zap.ByteString("message", msg[:min(len(msg), debugMessageBytes)]))...)
 	}
 	if rewrite != nil {
 		msg = jsonrpc.ApplySplices(msg, rewrite...)
@@ -371,7 +390,7 @@ func (s *session) fromChild(msg []byte) {
 	}
 	s.backend.obs.MessageBytes("out", len(msg))
 	if ce := s.logger.Check(zap.DebugLevel, "message to client"); ce != nil {
-		ce.Write(zap.ByteString("message", msg[:min(len(msg), debugMessageBytes)]))
+		ce.Write(s.withLogFields(zap.ByteString("message", msg[:min(len(msg), debugMessageBytes)]))...)
 	}
 	s.mu.Lock()
 	s.lastActive = time.Now()
@@ -393,7 +412,7 @@ func (s *session) fromChild(msg []byte) {
 			// Answered already (by request_timeout, say): a late answer
 			// is dropped, on every transport.
 			s.mu.Unlock()
-			s.logger.Debug("dropped a response to no pending request", zap.ByteString("id", env.ID))
+			s.logAt(zap.DebugLevel, "dropped a response to no pending request", zap.ByteString("id", env.ID))
 			return
 		}
 		delete(s.pending, string(env.ID))
@@ -430,7 +449,7 @@ func (s *session) fromChild(msg []byte) {
 		}
 	default:
 		s.mu.Unlock()
-		s.logger.Warn("child sent an invalid JSON-RPC message; dropped")
+		s.logAt(zap.WarnLevel, "child sent an invalid JSON-RPC message; dropped")
 		return
 	}
 	if target == nil {
@@ -442,10 +461,10 @@ func (s *session) fromChild(msg []byte) {
 	}
 	switch err := target.push(msg, last, s.pushPolicy(target)); {
 	case errors.Is(err, errStreamFull):
-		s.logger.Warn("ending a session whose client reads too slowly for the shared server")
+		s.logAt(zap.WarnLevel, "ending a session whose client reads too slowly for the shared server")
 		s.backend.owned.Go(func() { s.end("client too slow: its stream filled up") })
 	case err != nil:
-		s.logger.Debug("stream closed before a message could be delivered")
+		s.logAt(zap.DebugLevel, "stream closed before a message could be delivered")
 	}
 }
 
@@ -490,7 +509,7 @@ func (s *session) requestTimedOut(id []byte, after time.Duration) {
 	if !pending {
 		return
 	}
-	s.logger.Warn("request timed out; cancelling it at the child", zap.ByteString("id", id), zap.Duration("request_timeout", after))
+	s.logAt(zap.WarnLevel, "request timed out; cancelling it at the child", zap.ByteString("id", id), zap.Duration("request_timeout", after))
 	s.fromChild(requestTimeoutError(id, after))
 	if childID != nil {
 		id = childID
@@ -566,7 +585,7 @@ func (s *session) end(reason string) {
 	}
 	close(s.done)
 	s.backend.removeSession(s)
-	s.logger.Info("session closed", zap.String("reason", reason))
+	s.logAt(zap.InfoLevel, "session closed", zap.String("reason", reason))
 	s.backend.owned.Go(s.up.Release)
 }
 

@@ -67,7 +67,7 @@ func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusMethodNotAllowed, jsonrpc.CodeInvalidRequest, "method not allowed")
 		return
 	}
-	id := r.URL.Query().Get("sessionId")
+	id := queryValue(r.URL.RawQuery, "sessionId")
 	if id == "" {
 		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "missing sessionId query parameter")
 		return
@@ -109,6 +109,39 @@ func (s *Server) ssePost(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// No body: a client that closes the response without reading it (the
+	// go-sdk's does) can then reuse the connection; with one, each POST
+	// cost it a new connection.
 	w.WriteHeader(http.StatusAccepted)
-	_, _ = w.Write([]byte("Accepted"))
+}
+
+// queryValue returns the first value of key in a raw query, as
+// url.Values.Get would (pairs that do not decode are skipped), without
+// building the map of every parameter for each POST.
+func queryValue(rawQuery, key string) string {
+	for rawQuery != "" {
+		var pair string
+		pair, rawQuery, _ = strings.Cut(rawQuery, "&")
+		k, v, _ := strings.Cut(pair, "=")
+		if k, ok := unescapeQuery(k); !ok || k != key {
+			continue
+		}
+		if v, ok := unescapeQuery(v); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// unescapeQuery decodes a query component, without allocating when there
+// is nothing to decode.
+func unescapeQuery(s string) (string, bool) {
+	if !strings.ContainsAny(s, "%+;") {
+		return s, true
+	}
+	if strings.Contains(s, ";") {
+		return "", false // url.ParseQuery refuses semicolons
+	}
+	u, err := url.QueryUnescape(s)
+	return u, err == nil
 }

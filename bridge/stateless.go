@@ -56,8 +56,8 @@ func decodeHeaderValue(v string) (string, bool) {
 // checkStatelessHeaders compares the headers of a stateless request with its
 // body; it returns what is wrong, or "".
 func checkStatelessHeaders(r *http.Request, env *jsonrpc.Envelope, version string) string {
-	if meta := jsonrpc.StringValue(jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), jsonrpc.MetaProtocolVersion)); meta != version {
-		return "MCP-Protocol-Version header " + version + " does not match _meta " + jsonrpc.MetaProtocolVersion + " '" + meta + "'"
+	if meta := jsonrpc.Member(jsonrpc.Member(env.Params, "_meta"), jsonrpc.MetaProtocolVersion); !jsonrpc.StringIs(meta, version) {
+		return "MCP-Protocol-Version header " + version + " does not match _meta " + jsonrpc.MetaProtocolVersion + " '" + jsonrpc.StringValue(meta) + "'"
 	}
 	method := env.MethodName()
 	if h := r.Header.Get("Mcp-Method"); h != method {
@@ -65,8 +65,8 @@ func checkStatelessHeaders(r *http.Request, env *jsonrpc.Envelope, version strin
 	}
 	if field, ok := nameField[method]; ok {
 		name, valid := decodeHeaderValue(r.Header.Get("Mcp-Name"))
-		if body := jsonrpc.StringValue(jsonrpc.Member(env.Params, field)); !valid || name != body {
-			return "Mcp-Name header does not match body " + field + " '" + body + "'"
+		if body := jsonrpc.Member(env.Params, field); !valid || !jsonrpc.StringIs(body, name) {
+			return "Mcp-Name header does not match body " + field + " '" + jsonrpc.StringValue(body) + "'"
 		}
 	}
 	return ""

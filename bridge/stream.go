@@ -80,8 +80,11 @@ type stream struct {
 	cutOff   bool // a writer left before the stream was finished, and none took over
 	closed   bool
 	wake     chan struct{} // the writer waits here for events (cap 1)
-	room     chan struct{} // a waiting push waits here (cap 1)
-	done     chan struct{} // closed with the stream
+	// waker, when set, also wakes the writer: a detached stream's writer
+	// waits in its connection's Read, not on wake (see pump.waitConn).
+	waker func()
+	room  chan struct{} // a waiting push waits here (cap 1)
+	done  chan struct{} // closed with the stream
 
 	// Guarded by the session's mutex.
 	pending int // responses this stream still waits for
@@ -160,9 +163,28 @@ func (st *stream) push(data []byte, last bool, policy pushPolicy) error {
 	if st.cutOff {
 		st.trimLocked()
 	}
+	waker := st.waker
 	st.mu.Unlock()
-	signal(st.wake)
+	st.wakeWriter(waker)
 	return nil
+}
+
+// wakeWriter tells the writer there is news: on wake, and through its
+// waker, if it has one (taken under the lock, called without it).
+func (st *stream) wakeWriter(waker func()) {
+	signal(st.wake)
+	if waker != nil {
+		waker()
+	}
+}
+
+// setWaker gives the writer gen a waker, if it is still the writer.
+func (st *stream) setWaker(gen int, waker func()) {
+	st.mu.Lock()
+	if st.writer == gen {
+		st.waker = waker
+	}
+	st.mu.Unlock()
 }
 
 // dropOldestLocked gives up the oldest unwritten event, as if written:
@@ -224,6 +246,12 @@ func (st *stream) evictLocked() {
 // after is negative. It returns the writer's generation, its first seq,
 // and a channel closed when another writer replaces it.
 func (st *stream) attach(after int) (gen, cursor int, replaced <-chan struct{}, err error) {
+	var wakeReplaced func()
+	defer func() {
+		if wakeReplaced != nil {
+			wakeReplaced() // after the unlock below
+		}
+	}()
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	cursor = st.sent
@@ -243,6 +271,7 @@ func (st *stream) attach(after int) (gen, cursor int, replaced <-chan struct{}, 
 	if st.replaced != nil {
 		close(st.replaced) // a writer it replaces leaves
 	}
+	wakeReplaced, st.waker = st.waker, nil
 	st.replaced = make(chan struct{})
 	return st.writer, cursor, st.replaced, nil
 }
@@ -253,6 +282,7 @@ func (st *stream) detach(gen int) {
 	st.mu.Lock()
 	if st.writer == gen {
 		st.writer = 0
+		st.waker = nil
 		if st.sent < st.next {
 			st.cutOff = true
 			st.trimLocked()
@@ -313,8 +343,9 @@ func (st *stream) close() {
 		st.closed = true
 		close(st.done)
 	}
+	waker := st.waker
 	st.mu.Unlock()
-	signal(st.wake)
+	st.wakeWriter(waker)
 }
 
 // appendEventID appends an event's id: the session's tag, the stream and
@@ -368,6 +399,9 @@ type sseWriter struct {
 	rc    *http.ResponseController
 	buf   []byte
 	dirty bool // written since the last flush
+	// scratch backs buf at first: an event's id and name lines fit, so
+	// that a stream's first events allocate nothing more.
+	scratch [128]byte
 }
 
 // startSSE sends the headers of an event stream (on the first flush).
@@ -377,7 +411,9 @@ func startSSE(w http.ResponseWriter) *sseWriter {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	return &sseWriter{w: w, rc: http.NewResponseController(w), dirty: true}
+	sw := &sseWriter{w: w, rc: http.NewResponseController(w), dirty: true}
+	sw.buf = sw.scratch[:0]
+	return sw
 }
 
 // event writes one event. An empty data gives the bare "data:" line of a
@@ -447,13 +483,6 @@ func (sw *sseWriter) flush() error {
 // and a flush per call.
 const firstAnswerHold = 2 * time.Millisecond
 
-// answerHold returns a channel that fires after firstAnswerHold, and its
-// stop function.
-func answerHold() (<-chan time.Time, func() bool) {
-	t := time.NewTimer(firstAnswerHold)
-	return t.C, t.Stop
-}
-
 // appendSSEData appends data as "data:" lines. A JSON message has no raw
 // newlines inside strings, but may have CR or LF as whitespace between
 // tokens, which SSE would take as line ends: those become separate data
@@ -473,16 +502,6 @@ func appendSSEData(b, data []byte) []byte {
 		b = append(b, '\n')
 		data = data[i+1:]
 	}
-}
-
-// keepalive returns a ticker channel for SSE keepalive comments, or nil
-// (which never fires) when interval is zero.
-func keepalive(interval time.Duration) (<-chan time.Time, func()) {
-	if interval <= 0 {
-		return nil, func() {}
-	}
-	t := time.NewTicker(interval)
-	return t.C, t.Stop
 }
 
 // streamMode is what a stream carries.
@@ -510,9 +529,10 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 	}
 	defer st.detach(gen)
 	sw := startSSE(w)
+	id := make([]byte, 0, len(sess.tag)+3*20) // the priming id's, then the pump's
 	p := pump{
 		st: st, gen: gen, cursor: cursor, sink: sw,
-		ids: true, idTag: sess.tag, idNum: st.num,
+		ids: true, idTag: sess.tag, idNum: st.num, id: id,
 		keepalive: s.cfg.Keepalive,
 		done:      done,
 		replaced:  replaced,
@@ -525,7 +545,7 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 	case resumable:
 		// A priming event, on every connection, resumed or not: the client
 		// may resume from here if cut off, and its id is always new.
-		err = sw.event(appendPrimingID(nil, sess.tag, st.num, cursor-1, gen), "", nil)
+		err = sw.event(appendPrimingID(id, sess.tag, st.num, cursor-1, gen), "", nil)
 	}
 	// A request's stream waits a moment for its answer before it sends
 	// anything; other streams send as soon as they would wait.
@@ -538,6 +558,12 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 	// itself, so it stays with the old instance through a reload.
 	if mode == streamStandalone {
 		p.closing = s.closing
+	}
+	if hw, ok := w.(*hijackedWriter); ok {
+		// A detached stream: its one goroutine waits on the connection,
+		// which tells it of the client leaving too.
+		p.conn, p.done = hw.conn, nil
+		st.setWaker(gen, hw.wake)
 	}
 	if mode == streamInitialize {
 		initFailed := false

@@ -218,7 +218,7 @@ func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 	serve := func(w http.ResponseWriter, done <-chan struct{}) {
 		s.writeStream(w, done, "", sess, st, streamStandalone, -1)
 	}
-	if !detachStream(w, r, serve) {
+	if !s.detachStream(w, r, serve) {
 		serve(w, r.Context().Done())
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"runtime"
 	"strings"
 	"testing"
@@ -260,5 +261,28 @@ func TestKeepalive(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("no WebSocket ping arrived")
 		}
+	}
+}
+
+// TestQueryValue checks queryValue against url.Values.Get.
+func TestQueryValue(t *testing.T) {
+	for _, q := range []string{
+		"", "sessionId=abc", "a=1&sessionId=abc&sessionId=def", "sessionId", "sessionId=",
+		"session%49d=x%20y", "sessionId=%zz&sessionId=ok", "sessionId=a;b&sessionId=c", "x=1&&sessionId=a+b",
+	} {
+		want := ""
+		if v, _ := url.ParseQuery(q); v != nil {
+			want = v.Get("sessionId")
+		}
+		if got := queryValue(q, "sessionId"); got != want {
+			t.Errorf("queryValue(%q) = %q, want %q", q, got, want)
+		}
+	}
+}
+
+func BenchmarkQueryValue(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = queryValue("sessionId=0123456789abcdef0123456789abcdef", "sessionId")
 	}
 }

@@ -428,7 +428,7 @@ func (h *Handler) provisionPool(ctx caddy.Context, cfg bridge.BackendConfig, tra
 		return nil, err
 	}
 	key := cfg.Key()
-	cfg.Observer = poolObserver{pool: key[:12], server: cfg.Name}
+	cfg.Observer = newPoolObserver(key[:12], cfg.Name)
 	val, loaded, err := backends.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return newBackendHandle(bridge.NewBackend(cfg, h.logger.With(zap.String("pool", key[:12])))), nil
 	})

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -116,6 +117,17 @@ func (stateCollector) Collect(ch chan<- prometheus.Metric) {
 // poolObserver feeds one pool's events to the collectors.
 type poolObserver struct {
 	pool, server string
+	// bytesIn and bytesOut find the pool's message byte counters once, at
+	// the first message each way: every message counts, and a lookup by
+	// label values hashes them each time.
+	bytesIn, bytesOut func() prometheus.Counter
+}
+
+func newPoolObserver(pool, server string) poolObserver {
+	counter := func(direction string) func() prometheus.Counter {
+		return sync.OnceValue(func() prometheus.Counter { return messageBytes.WithLabelValues(server, pool, direction) })
+	}
+	return poolObserver{pool: pool, server: server, bytesIn: counter("in"), bytesOut: counter("out")}
 }
 
 func (o poolObserver) ChildStarted(role string) {
@@ -138,7 +150,14 @@ func (o poolObserver) RequestDone(method, outcome string, d time.Duration) {
 }
 
 func (o poolObserver) MessageBytes(direction string, n int) {
-	messageBytes.WithLabelValues(o.server, o.pool, direction).Add(float64(n))
+	switch direction {
+	case "in":
+		o.bytesIn().Add(float64(n))
+	case "out":
+		o.bytesOut().Add(float64(n))
+	default:
+		messageBytes.WithLabelValues(o.server, o.pool, direction).Add(float64(n))
+	}
 }
 
 func (o poolObserver) SessionStart(outcome string, d time.Duration) {

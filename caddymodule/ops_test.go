@@ -675,7 +675,7 @@ func TestMetricsLintCollectors(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	o := poolObserver{pool: "lint00000000", server: "lint"}
+	o := newPoolObserver("lint00000000", "lint")
 	o.ChildStarted("isolated")
 	o.ChildExited("isolated", true)
 	o.ChildExited("spare", false)

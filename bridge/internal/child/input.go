@@ -21,14 +21,19 @@ var ErrInputFull = errors.New("the MCP server is not reading its input")
 // in bytes, so that no caller ever blocks on a child that stops reading
 // (and so holds no lock across that I/O): the queue fills and Send fails,
 // and the write that stalls shows in stalledFor for the liveness check.
+// A message that finds nothing queued nor being written is written by
+// its sender, where the pipe takes it at once (see nowWriter), which
+// spares a wake-up of the writer per message; the rest is queued.
 type input struct {
 	f     *os.File
-	limit int // queued bytes beyond which Send fails
+	now   *nowWriter // writes for senders; nil where pipes block
+	limit int        // queued bytes beyond which Send fails
 
 	mu      sync.Mutex
 	queue   [][]byte
 	pending int  // bytes queued or being written
 	closing bool // close after what is queued
+	busy    bool // a write is under way, by the writer or by a sender
 	err     error
 	wake    chan struct{} // capacity 1: the writer has work or must close
 
@@ -38,6 +43,7 @@ type input struct {
 
 func newInput(f *os.File, limit int) *input {
 	in := &input{f: f, limit: limit, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	in.now = newNowWriter(f)
 	go in.write()
 	return in
 }
@@ -60,10 +66,34 @@ func (in *input) send(msg []byte) error {
 		in.mu.Unlock()
 		return fmt.Errorf("%w (%d bytes wait for it)", ErrInputFull, pending)
 	}
-	in.queue = append(in.queue, msg)
 	in.pending += len(msg)
+	if in.busy || len(in.queue) > 0 || in.now == nil {
+		in.queue = append(in.queue, msg)
+		in.mu.Unlock()
+		in.signal()
+		return nil
+	}
+	in.busy = true
 	in.mu.Unlock()
-	in.signal()
+	n, err := in.now.write(msg)
+	in.mu.Lock()
+	in.busy = false
+	in.pending -= n
+	switch {
+	case err != nil:
+		// As if the writer had failed: it ends, closing stdin.
+		in.err = fmt.Errorf("writing to the MCP server: %w", err)
+		in.queue, in.pending = nil, 0
+	case n < len(msg):
+		// The pipe is full: the writer waits for the child, and what came
+		// meanwhile follows the rest of this message.
+		in.queue = append([][]byte{msg[n:]}, in.queue...)
+	}
+	wake := in.err != nil || in.closing || len(in.queue) > 0
+	in.mu.Unlock()
+	if wake {
+		in.signal()
+	}
 	return nil
 }
 
@@ -106,12 +136,18 @@ func (in *input) write() {
 	defer in.f.Close()
 	for {
 		in.mu.Lock()
-		batch := in.queue
-		in.queue = nil
-		closing := in.closing
+		var batch [][]byte
+		if !in.busy {
+			batch, in.queue = in.queue, nil
+			in.busy = len(batch) > 0
+		}
+		closing, idle, failed := in.closing, !in.busy, in.err != nil
 		in.mu.Unlock()
+		if failed && idle {
+			return // a sender's write failed
+		}
 		if len(batch) == 0 {
-			if closing {
+			if closing && idle {
 				return
 			}
 			<-in.wake
@@ -128,6 +164,7 @@ func (in *input) write() {
 		}
 		in.writingSince.Store(0)
 		in.mu.Lock()
+		in.busy = false
 		in.pending -= n
 		if err != nil {
 			in.err = fmt.Errorf("writing to the MCP server: %w", err)

@@ -110,6 +110,9 @@ func (e *Envelope) MethodName() string {
 		return ""
 	}
 	inner := e.Method[1 : len(e.Method)-1]
+	if name, ok := methodNames[string(inner)]; ok {
+		return name // the map lookup copies nothing
+	}
 	if bytes.IndexByte(inner, '\\') < 0 {
 		return string(inner)
 	}
@@ -119,6 +122,31 @@ func (e *Envelope) MethodName() string {
 	}
 	return s
 }
+
+// methodNames interns the methods of MCP, so that naming the method of
+// a message, which every message does several times on its way, does not
+// allocate.
+var methodNames = func() map[string]string {
+	m := make(map[string]string)
+	for _, name := range []string{
+		"initialize", "ping", "server/discover", "subscriptions/listen",
+		"tools/list", "tools/call", "prompts/list", "prompts/get",
+		"resources/list", "resources/read", "resources/templates/list",
+		"resources/subscribe", "resources/unsubscribe",
+		"completion/complete", "logging/setLevel",
+		"sampling/createMessage", "elicitation/create", "roots/list",
+		"tasks/get", "tasks/result", "tasks/list", "tasks/cancel",
+		"notifications/initialized", "notifications/cancelled",
+		"notifications/progress", "notifications/message",
+		"notifications/resources/updated", "notifications/resources/list_changed",
+		"notifications/tools/list_changed", "notifications/prompts/list_changed",
+		"notifications/roots/list_changed", "notifications/elicitation/complete",
+		"notifications/tasks/status",
+	} {
+		m[name] = name
+	}
+	return m
+}()
 
 // requestID reports whether a request's raw id is one MCP allows: a string
 // or a number without a fraction (not null).
@@ -181,6 +209,16 @@ func StringValue(raw []byte) string {
 		return ""
 	}
 	return s
+}
+
+// StringIs reports whether StringValue(raw) is s, without allocating when
+// raw has no escapes, as the strings the bridge checks on every request
+// (a stateless request's version and tool name) have.
+func StringIs(raw []byte, s string) bool {
+	if len(raw) >= 2 && raw[0] == '"' && bytes.IndexByte(raw, '\\') < 0 {
+		return string(raw[1:len(raw)-1]) == s
+	}
+	return StringValue(raw) == s
 }
 
 // ErrorResponse builds a JSON-RPC error response. id is a raw id token; nil
@@ -264,21 +302,28 @@ func SkipSpace(b []byte, i int) int {
 }
 
 // skipString returns the index just past the string token starting at b[i].
+// In valid JSON, which callers hold (a control character or a bad escape
+// is not looked for), the string ends at the first quote that no odd run
+// of backslashes escapes: IndexByte finds the quotes, many bytes at a
+// time, so that skipping the long strings of a large result costs little
+// next to validating them.
 func skipString(b []byte, i int) (int, error) {
 	if i >= len(b) || b[i] != '"' {
 		return 0, errTruncated
 	}
-	for i++; ; {
-		i = plainRun(b, i)
-		switch {
-		case i >= len(b):
+	start := i + 1
+	for i = start; ; i++ {
+		j := bytes.IndexByte(b[i:], '"')
+		if j < 0 {
 			return 0, errTruncated
-		case b[i] == '"':
+		}
+		i += j
+		k := i
+		for k > start && b[k-1] == '\\' {
+			k--
+		}
+		if (i-k)%2 == 0 {
 			return i + 1, nil
-		case b[i] == '\\':
-			i += 2
-		default: // a control character, which validJSON rejects
-			i++
 		}
 	}
 }

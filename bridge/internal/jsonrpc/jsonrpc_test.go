@@ -3,6 +3,7 @@ package jsonrpc
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
@@ -338,6 +339,36 @@ func TestEchoableID(t *testing.T) {
 	} {
 		if got := EchoableID([]byte(id)); got != want {
 			t.Errorf("EchoableID(%s) = %v, want %v", id, got, want)
+		}
+	}
+}
+
+// BenchmarkMethodName measures naming the method of a request, which the
+// bridge does several times per message: MCP's own methods are interned.
+func BenchmarkMethodName(b *testing.B) {
+	for _, method := range []string{"tools/call", "vendor/custom"} {
+		b.Run(strings.ReplaceAll(method, "/", "_"), func(b *testing.B) {
+			env, err := ParseEnvelope([]byte(`{"jsonrpc":"2.0","id":1,"method":"` + method + `"}`))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if env.MethodName() != method {
+					b.Fatal("wrong method")
+				}
+			}
+		})
+	}
+}
+
+// TestStringIs holds StringIs to StringValue's answer.
+func TestStringIs(t *testing.T) {
+	for _, raw := range []string{`"tools"`, `"to\u006fls"`, `"tool"`, `tools`, `""`, `"`, `1`, `"a\"b"`} {
+		for _, s := range []string{"tools", "", "a\"b", "tool"} {
+			if got, want := StringIs([]byte(raw), s), StringValue([]byte(raw)) == s; got != want {
+				t.Errorf("StringIs(%s, %q) = %v, want %v", raw, s, got, want)
+			}
 		}
 	}
 }

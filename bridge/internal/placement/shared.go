@@ -27,7 +27,7 @@ type Shared struct {
 	mu       sync.Mutex
 	muxes    []*mux.Mux
 	starting int
-	freed    chan struct{} // closed and replaced whenever room frees up
+	freed    supervisor.Notifier // wakes whoever waits for room
 	started  bool
 	closed   bool
 	failures failures
@@ -41,7 +41,7 @@ func NewShared(sup *supervisor.Supervisor, role supervisor.Role, cfg Config, log
 	if role != supervisor.RoleShared {
 		cfg.MinProcesses = 0
 	}
-	p := &Shared{sup: sup, role: role, cfg: cfg, logger: logger, freed: make(chan struct{}), stop: make(chan struct{})}
+	p := &Shared{sup: sup, role: role, cfg: cfg, logger: logger, stop: make(chan struct{})}
 	sup.OnFull(p.reclaimIdle)
 	sup.OnFreed(func() {
 		p.mu.Lock()
@@ -69,8 +69,17 @@ func (p *Shared) Start() {
 // that crash-loops is refused by the supervisor's breaker, at once.
 func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 	p.Start()
-	deadline, cancel := context.WithTimeout(ctx, p.cfg.AcquireTimeout)
-	defer cancel()
+	// The deadline is made once the request must start a child or wait:
+	// attaching to a child with room, as nearly every request does, needs
+	// none (and a stateless request comes here each time).
+	var deadline context.Context
+	cancel := context.CancelFunc(func() {})
+	defer func() { cancel() }()
+	setDeadline := func() {
+		if deadline == nil {
+			deadline, cancel = context.WithTimeout(ctx, p.cfg.AcquireTimeout)
+		}
+	}
 	busy := func() error {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -100,6 +109,7 @@ func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 		if p.starting == 0 {
 			p.starting++
 			p.mu.Unlock()
+			setDeadline()
 			c, err := p.sup.Start(deadline, p.role, true, 0)
 			p.mu.Lock()
 			p.starting--
@@ -124,8 +134,9 @@ func (p *Shared) Acquire(ctx context.Context, req Request) (Lease, error) {
 			p.mu.Unlock()
 			continue
 		}
-		freed := p.freed
+		freed := p.freed.WaitLocked()
 		p.mu.Unlock()
+		setDeadline()
 		select {
 		case <-freed:
 		case <-deadline.Done():
@@ -220,8 +231,7 @@ func (p *Shared) Load() (idle, busy int) {
 func (p *Shared) LastError() error { return p.failures.lastError() }
 
 func (p *Shared) notifyLocked() {
-	close(p.freed)
-	p.freed = make(chan struct{})
+	p.freed.NotifyLocked()
 }
 
 // refillLocked starts children until MinProcesses run or are starting;

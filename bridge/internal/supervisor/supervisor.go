@@ -137,9 +137,9 @@ type Supervisor struct {
 
 	mu         sync.Mutex
 	children   map[*Child]struct{}
-	starting   int           // starts under way: they hold room already
-	waiting    int           // callers of Start waiting for room
-	freed      chan struct{} // closed and replaced whenever room frees up
+	starting   int      // starts under way: they hold room already
+	waiting    int      // callers of Start waiting for room
+	freed      Notifier // wakes whoever waits for room
 	closed     bool
 	reclaimers []func() bool
 	onFreed    []func()
@@ -163,7 +163,7 @@ type Supervisor struct {
 // New returns a supervisor that has started nothing.
 func New(cfg Config, logger *zap.Logger, obs Observer) *Supervisor {
 	s := &Supervisor{cfg: cfg, logger: logger, obs: obs, children: make(map[*Child]struct{}),
-		freed: make(chan struct{}), stop: make(chan struct{}), pingPrefix: newPingPrefix()}
+		stop: make(chan struct{}), pingPrefix: newPingPrefix()}
 	if cfg.HealthCheck > 0 {
 		s.owned.Add(1)
 		go s.checkLiveness()
@@ -227,7 +227,7 @@ func (s *Supervisor) Start(ctx context.Context, role Role, wait bool, restarts i
 			s.mu.Unlock()
 			return nil, ErrBusy
 		}
-		freed := s.freed
+		freed := s.freed.WaitLocked()
 		s.waiting++
 		counted = true
 		s.mu.Unlock()
@@ -368,8 +368,7 @@ func (s *Supervisor) watch(c *Child) {
 }
 
 func (s *Supervisor) notifyLocked() {
-	close(s.freed)
-	s.freed = make(chan struct{})
+	s.freed.NotifyLocked()
 }
 
 // Close refuses new children, stops those still running (the placements
