@@ -63,14 +63,7 @@ func TestBenchHarness(t *testing.T) {
 			t.Errorf("the printed report has no %q:\n%s", want, output)
 		}
 	}
-	data, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep report
-	if err := json.Unmarshal(data, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := readReport(t, out)
 
 	systems := []string{"stdio", "bridge streamable", "bridge stateless", "bridge sse", "bridge ws", "supergateway", "mcp-proxy", "native go"}
 	for _, name := range []string{"1x20", "8x5"} {
@@ -185,14 +178,7 @@ func TestURL(t *testing.T) {
 	if err != nil {
 		t.Fatalf("mcp-bench url: %v\n%s", err, output)
 	}
-	data, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep report
-	if err := json.Unmarshal(data, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := readReport(t, out)
 	for _, name := range []string{"1x20", "2x10"} {
 		if c := rep.find(name, "native go"); c == nil || c.Runs != 1 || c.Protocol != sessionVersion || c.CPUPerCallUs == nil || *c.CPUPerCallUs <= 0 {
 			t.Errorf("%s: %+v", name, c)
@@ -230,4 +216,18 @@ func TestOwnLoad(t *testing.T) {
 		t.Errorf("own CPU over 1 s with a busy child: %d ticks", ticks1-ticks0)
 	}
 	t.Logf("own CPU %d ticks, foreign share %.1f%%", ticks1-ticks0, share)
+}
+
+// readReport reads the JSON report mcp-bench wrote to path.
+func readReport(t *testing.T, path string) report {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep report
+	if err := json.Unmarshal(data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep
 }

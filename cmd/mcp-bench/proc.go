@@ -74,23 +74,33 @@ func resetPeakRSS(pid int) error {
 	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
 }
 
-// establishedTo counts the TCP connections in state ESTABLISHED whose local
-// port is port: the server side of the clients' connections.
-func establishedTo(port int) int {
-	n := 0
+// tcpSockets calls fn with the fields of each line of the kernel's TCP
+// tables (IPv4 and IPv6) whose local port is port: fields[3] is the state,
+// fields[9] the inode.
+func tcpSockets(port int, fn func(fields []string)) {
+	suffix := fmt.Sprintf(":%04X", port)
 	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		data, err := os.ReadFile(table)
 		if err != nil {
 			continue
 		}
-		suffix := fmt.Sprintf(":%04X", port)
 		for line := range strings.Lines(string(data)) {
-			fields := strings.Fields(line)
-			if len(fields) > 3 && strings.HasSuffix(fields[1], suffix) && fields[3] == "01" {
-				n++
+			if fields := strings.Fields(line); len(fields) > 9 && strings.HasSuffix(fields[1], suffix) {
+				fn(fields)
 			}
 		}
 	}
+}
+
+// establishedTo counts the TCP connections in state ESTABLISHED whose local
+// port is port: the server side of the clients' connections.
+func establishedTo(port int) int {
+	n := 0
+	tcpSockets(port, func(fields []string) {
+		if fields[3] == "01" {
+			n++
+		}
+	})
 	return n
 }
 
@@ -100,19 +110,11 @@ func establishedTo(port int) int {
 // would then be that program's.
 func listens(pid, port int) bool {
 	sockets := map[string]bool{}
-	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		data, err := os.ReadFile(table)
-		if err != nil {
-			continue
+	tcpSockets(port, func(fields []string) {
+		if fields[3] == "0A" { // LISTEN
+			sockets["socket:["+fields[9]+"]"] = true
 		}
-		suffix := fmt.Sprintf(":%04X", port)
-		for line := range strings.Lines(string(data)) {
-			fields := strings.Fields(line)
-			if len(fields) > 9 && strings.HasSuffix(fields[1], suffix) && fields[3] == "0A" { // LISTEN
-				sockets["socket:["+fields[9]+"]"] = true
-			}
-		}
-	}
+	})
 	if len(sockets) == 0 {
 		return false
 	}
