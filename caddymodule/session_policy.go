@@ -35,7 +35,7 @@ func init() {
 type SessionSelection struct {
 	// FallbackRaw is the policy for requests that name no session, or
 	// whose owner is down. Default: random.
-	FallbackRaw json.RawMessage `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
+	FallbackRaw json.RawMessage       `json:"fallback,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
 	fallback    reverseproxy.Selector // FallbackRaw, loaded
 }
 
