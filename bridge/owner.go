@@ -49,10 +49,8 @@ func Owner(r *http.Request) string {
 	if id := r.Header.Get("Mcp-Session-Id"); id != "" {
 		return nodeOf(id)
 	}
-	if r.URL.RawQuery != "" {
-		if id := r.URL.Query().Get("sessionId"); id != "" {
-			return nodeOf(id)
-		}
+	if id := queryValue(r.URL.RawQuery, "sessionId"); id != "" {
+		return nodeOf(id)
 	}
 	if id := r.Header.Get("Last-Event-ID"); id != "" {
 		tag, _, _ := strings.Cut(id, "_")
