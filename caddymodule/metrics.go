@@ -149,15 +149,14 @@ func (o poolObserver) RequestDone(method, outcome string, d time.Duration) {
 	requestDuration.WithLabelValues(o.server, o.pool, method).Observe(d.Seconds())
 }
 
+// MessageBytes counts n bytes of messages in direction, "in" (from
+// clients) or "out" (from the child), the only two the bridge reports.
 func (o poolObserver) MessageBytes(direction string, n int) {
-	switch direction {
-	case "in":
-		o.bytesIn().Add(float64(n))
-	case "out":
-		o.bytesOut().Add(float64(n))
-	default:
-		messageBytes.WithLabelValues(o.server, o.pool, direction).Add(float64(n))
+	counter := o.bytesOut
+	if direction == "in" {
+		counter = o.bytesIn
 	}
+	counter().Add(float64(n))
 }
 
 func (o poolObserver) SessionStart(outcome string, d time.Duration) {
