@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -40,22 +39,6 @@ func startClusterInstance(t *testing.T, ports [2]int, command, storage string, o
 		c.admin, storage, ports[0], opBridge(command, append([]string{"node " + node}, opts...)...))
 	c.Caddy = mcptest.StartCaddy(t, t.TempDir(), caddyfile, c.admin, node)
 	return &clusterInstance{opCaddy: c, node: node}
-}
-
-// freePorts returns n distinct free ports: unlike n calls of FreePort, it
-// holds each until it has them all.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
 }
 
 // accepts reports whether the instance takes key, with a request that
@@ -195,7 +178,7 @@ func TestSeveralInstances(t *testing.T) {
 	storage := t.TempDir()
 	// They start at once: one of them writes a new key, and all take it.
 	shared := []string{"api_key_storage mcp_bridge/keys/team", "policy everyone {\n\t\t\tquota 100000/day\n\t\t}"}
-	ports := freePorts(t, 8)
+	ports := mcptest.FreePorts(t, 8)
 	instances := make([]*clusterInstance, 3)
 	var started sync.WaitGroup
 	for i := range instances {
@@ -350,7 +333,7 @@ func TestSeveralInstances(t *testing.T) {
 
 	// A fourth instance: no session moves, and it takes its share of new
 	// requests.
-	instances = append(instances, startClusterInstance(t, [2]int(freePorts(t, 2)), everything, storage, shared...))
+	instances = append(instances, startClusterInstance(t, [2]int(mcptest.FreePorts(t, 2)), everything, storage, shared...))
 	front.Reload(t, frontCaddyfile(frontAdmin, frontPort, instances))
 	for _, c := range clients {
 		if err := c.call(); err != nil {
