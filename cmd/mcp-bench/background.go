@@ -100,12 +100,41 @@ func (m meter) foreign() (float64, error) {
 // moves its time into its parent's, so the sum only grows. Process
 // measured and its descendants count too, if it is not 0.
 func ownTicks(measured int) (int64, error) {
-	entries, err := os.ReadDir("/proc")
+	parent, ticks, err := processes()
 	if err != nil {
 		return 0, err
 	}
-	parent := map[int]int{}
-	ticks := map[int]int64{}
+	self := os.Getpid()
+	var total int64
+	for pid, t := range ticks {
+		if descends(parent, pid, self) || descends(parent, pid, measured) {
+			total += t
+		}
+	}
+	return total, nil
+}
+
+// descends reports whether pid is ancestor or a descendant of it, in the
+// parent map of processes; ancestor 0 has none. The walk is bounded: a pid
+// reused between reads could make a cycle.
+func descends(parent map[int]int, pid, ancestor int) bool {
+	for p, steps := pid, 0; ancestor != 0 && p > 0 && steps < 64; p, steps = parent[p], steps+1 {
+		if p == ancestor {
+			return true
+		}
+	}
+	return false
+}
+
+// processes reads every process's parent and CPU time, in ticks, with that
+// of the descendants it reaped (utime, stime, cutime and cstime).
+func processes() (parent map[int]int, ticks map[int]int64, err error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, nil, err
+	}
+	parent = map[int]int{}
+	ticks = map[int]int64{}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -132,18 +161,7 @@ func ownTicks(measured int) (int64, error) {
 			ticks[pid] += n
 		}
 	}
-	self := os.Getpid()
-	var total int64
-	for pid, t := range ticks {
-		// A bounded walk: a pid reused between reads could make a cycle.
-		for p, steps := pid, 0; p > 0 && steps < 64; p, steps = parent[p], steps+1 {
-			if p == self || p == measured {
-				total += t
-				break
-			}
-		}
-	}
-	return total, nil
+	return parent, ticks, nil
 }
 
 // machineTicks reads the busy and total CPU time of all cores from the

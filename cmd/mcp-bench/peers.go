@@ -81,7 +81,8 @@ func (p peer) launcher(command string) launcher {
 }
 
 // process is a peer running in a process group of its own, so that
-// stopping it also stops the children it spawned.
+// stopping it also stops the children it spawned; stop finds those it
+// put in groups of their own too.
 type process struct {
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -109,6 +110,16 @@ func startProcess(args []string, port int) (*process, error) {
 }
 
 func (p *process) stop() {
+	// A peer may start its children in process groups of their own
+	// (supergateway does): they are found now, while they are still its.
+	var children []int
+	if parent, _, err := processes(); err == nil {
+		for pid := range parent {
+			if pid != p.cmd.Process.Pid && descends(parent, pid, p.cmd.Process.Pid) {
+				children = append(children, pid)
+			}
+		}
+	}
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
 	select {
 	case <-p.done:
@@ -116,8 +127,11 @@ func (p *process) stop() {
 		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
 	}
-	// Children that outlived their parent go with the group.
+	// Children that outlived their parent go, with the group and alone.
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	for _, pid := range children {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 // packageVersion reads the version of the npm package that file belongs
