@@ -204,22 +204,18 @@ func (b *Backend) newSession(ctx context.Context, opts sessionOptions) (_ *sessi
 		return nil, ErrTooManySessions
 	}
 	s := &session{
-		ID:             newOwnedID(opts.Node),
-		Transport:      opts.Transport,
-		Principal:      opts.Principal,
-		single:         opts.Single,
-		created:        time.Now(),
-		backend:        b,
-		logger:         b.logger,
-		undelivered:    &undelivered{limit: int64(b.cfg.MaxUndelivered)},
-		pending:        make(map[string]*stream),
-		sent:           make(map[string]sentRequest),
-		progress:       make(map[string]*stream),
-		requestStreams: make(map[*stream]struct{}),
-		streams:        make(map[int]*stream),
-		tag:            newOwnedID(opts.Node),
-		lastActive:     time.Now(),
-		done:           make(chan struct{}),
+		ID:          newOwnedID(opts.Node),
+		Transport:   opts.Transport,
+		Principal:   opts.Principal,
+		single:      opts.Single,
+		created:     time.Now(),
+		backend:     b,
+		logger:      b.logger,
+		undelivered: &undelivered{limit: int64(b.cfg.MaxUndelivered)},
+		streams:     make(map[int]*stream),
+		tag:         newOwnedID(opts.Node),
+		lastActive:  time.Now(),
+		done:        make(chan struct{}),
 	}
 	_, err = b.placement.Acquire(ctx, placement.Request{Group: b.childGroup(opts.Principal), Deliver: s.fromChild, Oversize: s.onOversize, Exited: s.onChildExit, Bind: func(l placement.Lease) {
 		s.up = l

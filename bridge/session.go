@@ -54,12 +54,14 @@ type session struct {
 
 	mu              sync.Mutex
 	protocolVersion string
-	pending         map[string]*stream     // client request id → the stream awaiting its response (nil: the standalone stream)
-	sent            map[string]sentRequest // client request id → what metrics need of it
-	progress        map[string]*stream     // progress token → the stream of its request
-	requestStreams  map[*stream]struct{}   // streams with responses to come
-	standalone      *stream                // the stream for everything else; created on demand
-	streams         map[int]*stream        // every stream a client may resume, by number
+	// pending, sent, progress and requestStreams are nil when empty (see
+	// putIn and deleteFrom).
+	pending        map[string]*stream     // client request id → the stream awaiting its response (nil: the standalone stream)
+	sent           map[string]sentRequest // client request id → what metrics need of it
+	progress       map[string]*stream     // progress token → the stream of its request
+	requestStreams map[*stream]struct{}   // streams with responses to come
+	standalone     *stream                // the stream for everything else; created on demand
+	streams        map[int]*stream        // every stream a client may resume, by number
 	// tag names the session in its event ids. A legacy SSE session is
 	// resumed by its event id alone (with the key that opened it), so the
 	// tag is as hard to guess as a session id, and names the node too.
@@ -142,13 +144,13 @@ func (s *session) openRequestStream(ids [][]byte, tokens [][]byte) (*stream, err
 	s.nextStream++
 	st := newStream(s.nextStream, s.backend.cfg.Replay, s.undelivered)
 	for _, id := range ids {
-		s.pending[string(id)] = st
+		putIn(&s.pending, string(id), st)
 	}
 	for _, tok := range tokens {
-		s.progress[string(tok)] = st
+		putIn(&s.progress, string(tok), st)
 	}
 	st.pending = len(ids)
-	s.requestStreams[st] = struct{}{}
+	putIn(&s.requestStreams, st, struct{}{})
 	s.streams[st.num] = st
 	s.lastActive = time.Now()
 	return st, nil
@@ -186,17 +188,17 @@ func (s *session) releaseRequestStream(st *stream, finished bool) {
 func (s *session) forgetStreamLocked(st *stream) {
 	st.close()
 	st.release()
-	delete(s.requestStreams, st)
+	deleteFrom(&s.requestStreams, st)
 	delete(s.streams, st.num)
 	for id, owner := range s.pending {
 		if owner == st {
-			delete(s.pending, id)
+			deleteFrom(&s.pending, id)
 			s.forgetSentLocked(id)
 		}
 	}
 	for tok, owner := range s.progress {
 		if owner == st {
-			delete(s.progress, tok)
+			deleteFrom(&s.progress, tok)
 		}
 	}
 }
@@ -258,7 +260,7 @@ func (s *session) forgetSentLocked(id string) {
 		if req.timer != nil {
 			req.timer.Stop()
 		}
-		delete(s.sent, id)
+		deleteFrom(&s.sent, id)
 	}
 }
 
@@ -279,7 +281,7 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 			id := bytes.Clone(env.ID)
 			req.timer = time.AfterFunc(d, func() { s.requestTimedOut(id, d) })
 		}
-		s.sent[string(env.ID)] = req
+		putIn(&s.sent, string(env.ID), req)
 	case jsonrpc.KindNotification:
 		// A cancelled request may never be answered (the spec lets the
 		// server drop it): forget it, or it stays in flight for the
@@ -293,7 +295,7 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 				s.ids.forget(requestID)
 			}
 			if owner, ok := s.pending[id]; ok {
-				delete(s.pending, id)
+				deleteFrom(&s.pending, id)
 				s.forgetSentLocked(id)
 				if owner != nil {
 					if owner.pending--; owner.pending <= 0 {
@@ -334,7 +336,7 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 func (s *session) forward(msg []byte, env *jsonrpc.Envelope, refusal *Refusal) error {
 	if env.Kind() == jsonrpc.KindRequest {
 		s.mu.Lock()
-		s.pending[string(env.ID)] = nil
+		putIn(&s.pending, string(env.ID), nil)
 		s.mu.Unlock()
 		if env.MethodName() == "server/discover" {
 			s.fromChild(jsonrpc.ErrorResponse(env.ID, jsonrpc.CodeMethodNotFound, "server/discover is not served on this transport; send initialize"))
@@ -415,7 +417,7 @@ func (s *session) fromChild(msg []byte) {
 			s.logAt(zap.DebugLevel, "dropped a response to no pending request", zap.ByteString("id", env.ID))
 			return
 		}
-		delete(s.pending, string(env.ID))
+		deleteFrom(&s.pending, string(env.ID))
 		if req, ok := s.sent[string(env.ID)]; ok {
 			filter = req.filter
 			s.forgetSentLocked(string(env.ID))
@@ -426,7 +428,7 @@ func (s *session) fromChild(msg []byte) {
 			last = owner.pending == 0
 			target = owner
 			if last {
-				delete(s.requestStreams, owner) // nothing more belongs on it
+				deleteFrom(&s.requestStreams, owner) // nothing more belongs on it
 			}
 		}
 	case jsonrpc.KindNotification:
@@ -642,4 +644,22 @@ func (s *session) idleSince() (time.Time, bool) {
 		}
 	}
 	return s.lastActive, false
+}
+
+// putIn stores v at k in *m, making the map if there is none.
+func putIn[K comparable, V any](m *map[K]V, k K, v V) {
+	if *m == nil {
+		*m = make(map[K]V, 1)
+	}
+	(*m)[k] = v
+}
+
+// deleteFrom deletes k from *m, and lets go of the map once it is empty:
+// a map keeps its table when its entries are deleted, and an idle session
+// should keep none (ten thousand of them would hold megabytes).
+func deleteFrom[K comparable, V any](m *map[K]V, k K) {
+	delete(*m, k)
+	if len(*m) == 0 {
+		*m = nil
+	}
 }
