@@ -6,24 +6,27 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // detachedWriteTimeout bounds one write to a detached stream's client, so
 // that a client that stopped reading does not hold its goroutine forever.
 const detachedWriteTimeout = time.Minute
 
-// detachStream serves a long-lived stream on a goroutine of its own. Over
-// HTTP/1.1 it takes the connection from net/http, as a WebSocket upgrade
-// does, so that the request's goroutine (with the deep stack of Caddy's
-// handler chain) and the server's connection buffers are let go while the
-// stream idles: the stream's goroutine waits in the connection's Read
-// (see pump.waitConn), which also tells it of the client leaving, and an
-// idle GET stream then costs a few KiB, which is what lets one bridge hold
-// ten thousand of them. serve writes the stream to w until it ends (done
-// is nil: the connection tells). It reports false, having done nothing,
-// where the connection cannot be taken (HTTP/2 and HTTP/3) or the body
-// could not be chunked (HTTP/1.0).
-func (s *Server) detachStream(w http.ResponseWriter, r *http.Request, serve func(w http.ResponseWriter, done <-chan struct{})) bool {
+// detachStream serves a long-lived stream off net/http. Over HTTP/1.1 it
+// takes the connection from net/http, as a WebSocket upgrade does, so
+// that the request's goroutine (with the deep stack of Caddy's handler
+// chain) and the server's connection buffers are let go while the stream
+// idles. open starts the stream on the connection (nil if it could not);
+// its writer then runs on a goroutine of its own, which an idle stream
+// gives up where it can park (see parking), and which otherwise waits in
+// the connection's Read (see pump.waitConn): either way the connection
+// tells of the client leaving, and an idle GET stream costs little enough
+// for one bridge to hold ten thousand. It reports false, having done
+// nothing, where the connection cannot be taken (HTTP/2 and HTTP/3) or the
+// body could not be chunked (HTTP/1.0).
+func (s *Server) detachStream(w http.ResponseWriter, r *http.Request, open func(w http.ResponseWriter) *streamWriter) bool {
 	if r.ProtoMajor != 1 || !r.ProtoAtLeast(1, 1) {
 		return false
 	}
@@ -32,45 +35,85 @@ func (s *Server) detachStream(w http.ResponseWriter, r *http.Request, serve func
 		return false
 	}
 	_ = conn.SetDeadline(time.Time{})
-	hw := &hijackedWriter{conn: conn, header: w.Header()}
-	s.detached.add(conn)
+	d := &detachedStream{s: s, hw: &hijackedWriter{conn: conn, header: w.Header()}}
+	d.hw.parking = newParking(conn, d.serve)
+	s.detached.add(d)
 	go func() {
-		defer s.detached.remove(conn)
-		serve(hw, nil)
-		hw.finish()
-		conn.Close()
+		if d.wr = open(d.hw); d.wr == nil {
+			d.end()
+			return
+		}
+		d.serve()
 	}()
 	return true
 }
 
-// detachedConns are the connections of a Server's detached streams, whose
-// goroutines wait in Read, so that CloseStreams can wake them.
-type detachedConns struct {
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+// detachedStream is a stream served on a connection taken from net/http.
+type detachedStream struct {
+	s  *Server
+	hw *hijackedWriter
+	wr *streamWriter
 }
 
-func (d *detachedConns) add(c net.Conn) {
-	d.mu.Lock()
-	if d.conns == nil {
-		d.conns = make(map[net.Conn]struct{})
+// serve runs the stream's writer until the stream ends, or until it parks:
+// a wake-up then runs serve again, on a goroutine of its own.
+func (d *detachedStream) serve() {
+	pk := d.hw.parking
+	for {
+		pk.running()
+		if _, parked := d.wr.run(); !parked {
+			d.end()
+			return
+		}
+		d.hw.idle()
+		parked, err := pk.park(d.wr.p.deadline())
+		if err != nil {
+			// The poller would not take it: wait in Read, as elsewhere.
+			d.s.logger.Debug("cannot park a stream", zap.Error(err))
+			d.wr.p.parking = nil
+		}
+		if parked {
+			return
+		}
 	}
-	d.conns[c] = struct{}{}
-	d.mu.Unlock()
 }
 
-func (d *detachedConns) remove(c net.Conn) {
+// end closes the connection, its stream over.
+func (d *detachedStream) end() {
+	d.hw.parking.unwatch()
+	d.hw.finish()
+	d.hw.conn.Close()
+	d.s.detached.remove(d)
+}
+
+// detachedConns are a Server's detached streams, so that CloseStreams can
+// wake them.
+type detachedConns struct {
+	mu      sync.Mutex
+	streams map[*detachedStream]struct{}
+}
+
+func (d *detachedConns) add(ds *detachedStream) {
 	d.mu.Lock()
-	delete(d.conns, c)
+	if d.streams == nil {
+		d.streams = make(map[*detachedStream]struct{})
+	}
+	d.streams[ds] = struct{}{}
 	d.mu.Unlock()
 }
 
-// wakeAll ends the Read each stream waits in; the stream then sees why.
+func (d *detachedConns) remove(ds *detachedStream) {
+	d.mu.Lock()
+	delete(d.streams, ds)
+	d.mu.Unlock()
+}
+
+// wakeAll wakes every stream's writer; it then sees why.
 func (d *detachedConns) wakeAll() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for c := range d.conns {
-		_ = c.SetReadDeadline(aLongTimeAgo)
+	for ds := range d.streams {
+		ds.hw.wake()
 	}
 }
 
@@ -78,16 +121,31 @@ func (d *detachedConns) wakeAll() {
 // from net/http: an HTTP/1.1 response with a chunked body, after which
 // the connection closes. What is written waits in buf until a flush.
 type hijackedWriter struct {
-	conn   net.Conn
-	header http.Header
-	buf    []byte
-	status int // 0 until the header is written
+	conn    net.Conn
+	parking *parking // nil where the stream cannot park
+	header  http.Header
+	buf     []byte
+	status  int // 0 until the header is written
 }
 
-func (h *hijackedWriter) Header() http.Header { return h.header }
+// Header is the response's header; once it is written, a new one that
+// nothing sends.
+func (h *hijackedWriter) Header() http.Header {
+	if h.header == nil {
+		h.header = make(http.Header)
+	}
+	return h.header
+}
 
-// wake ends the Read the stream's goroutine waits in (a stream's waker).
-func (h *hijackedWriter) wake() { _ = h.conn.SetReadDeadline(aLongTimeAgo) }
+// wake ends the Read the stream's writer waits in, or runs it again if it
+// parked (a stream's waker).
+func (h *hijackedWriter) wake() {
+	_ = h.conn.SetReadDeadline(aLongTimeAgo)
+	h.parking.wake()
+}
+
+// idle lets go of the write buffer while the stream parks.
+func (h *hijackedWriter) idle() { h.buf = nil }
 
 func (h *hijackedWriter) WriteHeader(code int) {
 	if h.status != 0 {
@@ -107,6 +165,7 @@ func (h *hijackedWriter) WriteHeader(code int) {
 	h.buf = append(h.buf, "\r\n"...)
 	_ = h.header.Write((*appendWriter)(&h.buf))
 	h.buf = append(h.buf, "\r\n"...)
+	h.header = nil // an idle stream does not keep it
 }
 
 // Write adds p as one chunk.

@@ -31,17 +31,7 @@ func TestDetachedGetStream(t *testing.T) {
 		t.Run(tc.proto, func(t *testing.T) {
 			session := initialize(t, srv.URL, version)
 			before := runtime.NumGoroutine()
-			conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			fmt.Fprintf(conn, "GET /mcp %s\r\nHost: bridge\r\nAccept: text/event-stream\r\n%s: %s\r\nMCP-Protocol-Version: %s\r\n\r\n",
-				tc.proto, headerSessionID, session, version)
-			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			conn, resp := rawGet(t, srv.URL, tc.proto, session, version)
 			chunked := len(resp.TransferEncoding) == 1 && resp.TransferEncoding[0] == "chunked"
 			if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" || chunked != (tc.proto == "HTTP/1.1") {
 				t.Fatalf("GET: %s, Content-Type %q, Transfer-Encoding %v", resp.Status, resp.Header.Get("Content-Type"), resp.TransferEncoding)
@@ -65,4 +55,22 @@ func TestDetachedGetStream(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rawGet opens a session's GET stream on a connection of its own, over
+// proto; the connection closes at cleanup.
+func rawGet(t *testing.T, url, proto, session, version string) (net.Conn, *http.Response) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "GET /mcp %s\r\nHost: bridge\r\nAccept: text/event-stream\r\n%s: %s\r\nMCP-Protocol-Version: %s\r\n\r\n",
+		proto, headerSessionID, session, version)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn, resp
 }

@@ -29,8 +29,9 @@
 //	placement.Isolated.mu or placement.Shared.mu → their failures' lock
 //
 // supervisor.Supervisor.mu, prober.mu, the lock of a Server's detached
-// connections and a child's input queue lock (internal/child) are
-// leaves: nothing else is locked while they are held.
+// streams, the parked streams' poller's lock and a child's input queue
+// lock (internal/child) are leaves: nothing else is locked while they are
+// held.
 // No lock is held across I/O to a client or to a child, or across a call
 // into the supervisor. A message to a child is queued, within a bound, for
 // the child's one stdin writer, so that a child that stops reading blocks

@@ -34,6 +34,7 @@ const (
 	pumpLeft                    // the client left, or another writer or the server took the stream away
 	pumpPoll                    // the poll interval passed: the client comes back with Last-Event-ID
 	pumpFailed                  // a write failed: the client is gone
+	pumpParked                  // idle, parked: run it again on news (see parking)
 )
 
 // pump writes a stream's events to a sink, in order, from cursor on, as
@@ -61,14 +62,22 @@ type pump struct {
 	// the server stops serving the stream, another writer took it.
 	done, closing, replaced <-chan struct{}
 	// conn, when set, is a detached stream's connection, which the pump
-	// waits on (waitConn) in place of done and of its timers.
+	// waits on (waitConn) in place of done and of its timers, or, with
+	// parking, does not wait on at all: it returns pumpParked.
 	conn    net.Conn
+	parking *parking
 	oneByte [1]byte // what waitConn reads into
+	// A detached stream's deadlines, kept across runs: its next ping and
+	// the end of its poll interval (zero for none).
+	nextPing, pollAt time.Time
+	started          bool
 	// before and after, if set, run around the write of each event.
 	before, after func(ev event)
 }
 
-// run pumps until the stream ends, the client leaves or a write fails.
+// run pumps until the stream ends, the client leaves or a write fails, or,
+// with parking, until it has nothing to do: then it returns pumpParked,
+// and is run again when there is news.
 func (p *pump) run() pumpEnd {
 	// One timer serves the hold, then the keepalive: a request's stream
 	// answered within the hold, as most are, starts no other, and no
@@ -76,14 +85,16 @@ func (p *pump) run() pumpEnd {
 	holding := p.hold
 	var timer *time.Timer
 	var tick, poll <-chan time.Time
-	var nextPing, pollAt time.Time // a detached stream's deadlines
 	switch now := time.Now(); {
 	case p.conn != nil:
-		if p.keepalive > 0 {
-			nextPing = now.Add(p.keepalive)
-		}
-		if p.poll > 0 {
-			pollAt = now.Add(p.poll)
+		if !p.started {
+			p.started = true
+			if p.keepalive > 0 {
+				p.nextPing = now.Add(p.keepalive)
+			}
+			if p.poll > 0 {
+				p.pollAt = now.Add(p.poll)
+			}
 		}
 	case holding:
 		timer = time.NewTimer(firstAnswerHold)
@@ -144,7 +155,7 @@ func (p *pump) run() pumpEnd {
 			return pumpFailed
 		}
 		if p.conn != nil {
-			if end, stop := p.waitConn(&nextPing, pollAt); stop {
+			if end, stop := p.waitConn(); stop {
 				return end
 			}
 			continue
@@ -185,12 +196,13 @@ var aLongTimeAgo = time.Unix(1, 0)
 // waker (news, the stream closing or taken over) or CloseStreams pulls
 // the deadline in. Whatever came before the deadline was set is seen by
 // the checks after it; whatever comes later ends the Read.
-func (p *pump) waitConn(nextPing *time.Time, pollAt time.Time) (pumpEnd, bool) {
-	deadline := *nextPing
-	if !pollAt.IsZero() && (deadline.IsZero() || pollAt.Before(deadline)) {
-		deadline = pollAt
+//
+// With parking, it does not wait at all: it looks at what the poller saw
+// of the connection, sends a ping that is due, and returns pumpParked.
+func (p *pump) waitConn() (pumpEnd, bool) {
+	if p.parking == nil {
+		_ = p.conn.SetReadDeadline(p.deadline())
 	}
-	_ = p.conn.SetReadDeadline(deadline)
 	select {
 	case <-p.st.wake:
 		return 0, false
@@ -200,18 +212,48 @@ func (p *pump) waitConn(nextPing *time.Time, pollAt time.Time) (pumpEnd, bool) {
 		return pumpLeft, true
 	default:
 	}
+	if p.parking != nil {
+		switch p.parking.client() {
+		case clientLeft:
+			return pumpLeft, true
+		case clientIdle:
+			if end, stop := p.due(); stop {
+				return end, true
+			}
+			return pumpParked, true
+		}
+		// The client sent bytes that only a Read can judge (TLS): wait in
+		// Read from now on.
+		p.parking = nil
+		return 0, false
+	}
 	if _, err := p.conn.Read(p.oneByte[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
 		return pumpLeft, true // a GET has no body: anything read, or EOF, means the client is done
 	}
+	return p.due()
+}
+
+// deadline is when a detached stream's next ping or poll is due; zero for
+// never.
+func (p *pump) deadline() time.Time {
+	if !p.pollAt.IsZero() && (p.nextPing.IsZero() || p.pollAt.Before(p.nextPing)) {
+		return p.pollAt
+	}
+	return p.nextPing
+}
+
+// due ends a detached stream's poll interval, or sends its ping, when the
+// time has come.
+func (p *pump) due() (pumpEnd, bool) {
 	now := time.Now()
-	if !pollAt.IsZero() && !now.Before(pollAt) {
+	if !p.pollAt.IsZero() && !now.Before(p.pollAt) {
 		return pumpPoll, true
 	}
-	if !nextPing.IsZero() && !now.Before(*nextPing) {
+	if !p.nextPing.IsZero() && !now.Before(p.nextPing) {
 		if p.sink.ping() != nil {
 			return pumpFailed, true
 		}
-		*nextPing = now.Add(p.keepalive)
+		p.nextPing = now.Add(p.keepalive)
 	}
 	return 0, false
 }

@@ -522,21 +522,44 @@ const (
 // stream opens with the endpoint event, endpoint. It reports whether the
 // stream was finished.
 func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *session, st *stream, mode streamMode, after int) bool {
+	wr := s.openStream(w, done, endpoint, sess, st, mode, after)
+	if wr == nil {
+		return false
+	}
+	finished, _ := wr.run()
+	return finished
+}
+
+// streamWriter is one connection's writing of a stream, from attach to
+// detach: its pump, and what ends it.
+type streamWriter struct {
+	s    *Server
+	sess *session
+	st   *stream
+	gen  int
+	sw   *sseWriter
+	p    pump
+}
+
+// openStream attaches to st as its writer and starts the event stream on
+// w (see writeStream); nil if that failed, which it answered or logged.
+func (s *Server) openStream(w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *session, st *stream, mode streamMode, after int) *streamWriter {
 	gen, cursor, replaced, err := st.attach(after)
 	if err != nil {
 		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "cannot resume: "+err.Error())
-		return false
+		return nil
 	}
-	defer st.detach(gen)
 	sw := startSSE(w)
 	id := make([]byte, 0, len(sess.tag)+3*20) // the priming id's, then the pump's
-	p := pump{
+	wr := &streamWriter{s: s, sess: sess, st: st, gen: gen, sw: sw}
+	wr.p = pump{
 		st: st, gen: gen, cursor: cursor, sink: sw,
 		ids: true, idTag: sess.tag, idNum: st.num, id: id,
 		keepalive: s.cfg.Keepalive,
 		done:      done,
 		replaced:  replaced,
 	}
+	p := &wr.p
 	resumable := mode != streamLegacy && sess.ProtocolVersion() >= version20251125
 	switch {
 	case mode == streamLegacy:
@@ -560,9 +583,8 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 		p.closing = s.closing
 	}
 	if hw, ok := w.(*hijackedWriter); ok {
-		// A detached stream: its one goroutine waits on the connection,
-		// which tells it of the client leaving too.
-		p.conn, p.done = hw.conn, nil
+		// A detached stream: the connection tells of the client leaving.
+		p.conn, p.parking, p.done = hw.conn, hw.parking, nil
 		st.setWaker(gen, hw.wake)
 	}
 	if mode == streamInitialize {
@@ -575,17 +597,31 @@ func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoi
 		}
 	}
 	if err != nil {
-		return false
+		st.detach(gen)
+		return nil
 	}
-	switch p.run() {
+	return wr
+}
+
+// run pumps the stream until it ends, or, with parking, until it has
+// nothing to do (parked: run it again on news). It reports whether the
+// stream was finished; unless parked, the writer has let go of the
+// stream.
+func (wr *streamWriter) run() (finished, parked bool) {
+	end := wr.p.run()
+	if end == pumpParked {
+		return false, true
+	}
+	defer wr.st.detach(wr.gen)
+	switch end {
 	case pumpFinished:
-		return true
+		return true, false
 	case pumpPoll:
 		// Close the connection, not the stream: the client comes back
 		// with Last-Event-ID after retry.
-		_ = sw.write([]byte("retry: " + strconv.Itoa(int(pollRetry.Milliseconds())) + "\n\n"))
+		_ = wr.sw.write([]byte("retry: " + strconv.Itoa(int(pollRetry.Milliseconds())) + "\n\n"))
 	case pumpFailed:
-		s.logger.Debug("stream write failed; client gone", zap.String("session", sess.ID[:8]))
+		wr.s.logger.Debug("stream write failed; client gone", zap.String("session", wr.sess.ID[:8]))
 	}
-	return false
+	return false, false
 }

@@ -215,11 +215,11 @@ func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, jsonrpc.CodeSessionNotFound, "session ended")
 		return
 	}
-	serve := func(w http.ResponseWriter, done <-chan struct{}) {
-		s.writeStream(w, done, "", sess, st, streamStandalone, -1)
+	open := func(w http.ResponseWriter) *streamWriter {
+		return s.openStream(w, nil, "", sess, st, streamStandalone, -1)
 	}
-	if !s.detachStream(w, r, serve) {
-		serve(w, r.Context().Done())
+	if !s.detachStream(w, r, open) {
+		s.writeStream(w, r.Context().Done(), "", sess, st, streamStandalone, -1)
 	}
 }
 

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -155,6 +157,68 @@ func TestTLSInternal(t *testing.T) {
 				t.Errorf("certificate issued by %q", leaf.Issuer.CommonName)
 			}
 		}},
+		{"HTTP/1.1 over TLS: an idle GET stream parks, carries news, and ends when the client leaves", func(t *testing.T) {
+			tr := c.transport(c.roots)
+			tr.ForceAttemptHTTP2 = false
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			h1 := &http.Client{Transport: tr}
+			post := func(session, body string) *http.Response {
+				req, _ := http.NewRequest(http.MethodPost, httpsURL, strings.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Accept", "application/json, text/event-stream")
+				req.Header.Set("MCP-Protocol-Version", "2025-11-25")
+				if session != "" {
+					req.Header.Set("Mcp-Session-Id", session)
+				}
+				resp, err := h1.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { resp.Body.Close() })
+				return resp
+			}
+			resp := post("", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`)
+			session := resp.Header.Get("Mcp-Session-Id")
+			if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 1 || session == "" {
+				t.Fatalf("initialize: %s over %s, session %q", resp.Status, resp.Proto, session)
+			}
+			io.Copy(io.Discard, resp.Body)
+			post(session, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+
+			conn, err := tls.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", c.httpsPort), &tls.Config{ServerName: "localhost", RootCAs: c.roots, NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "GET /mcp HTTP/1.1\r\nHost: localhost:%d\r\nAccept: text/event-stream\r\nMcp-Session-Id: %s\r\nMCP-Protocol-Version: 2025-11-25\r\n\r\n", c.httpsPort, session)
+			get, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil || get.StatusCode != http.StatusOK {
+				t.Fatalf("GET: %v %v", get, err)
+			}
+			events := mcptest.NewSSEReader(get.Body)
+			if ev := events.MustNext(t); ev.ID == "" || ev.Data != "" {
+				t.Fatalf("GET stream opened with %+v, want a priming event", ev)
+			}
+			if runtime.GOOS == "linux" {
+				mcptest.WaitFor(t, 10*time.Second, "no goroutine writing a stream (it parked)", func() bool {
+					return goroutinesIn(t, c.admin, "bridge.(*pump).run(") == 0
+				})
+			}
+			io.Copy(io.Discard, post(session, `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"test_trigger_tool_change"}}`).Body)
+			if ev := events.MustNext(t); !strings.Contains(ev.Data, "notifications/tools/list_changed") {
+				t.Fatalf("the parked GET stream got %+v, want the list_changed notification", ev)
+			}
+
+			// The client leaves (close_notify, then FIN): Caddy closes its end
+			// too, rather than keep a socket in CLOSE_WAIT.
+			if n := closeWaits(t, c.httpsPort); n != 0 {
+				t.Fatalf("%d sockets in CLOSE_WAIT before the client left", n)
+			}
+			conn.Close()
+			mcptest.WaitFor(t, 10*time.Second, "Caddy to close the stream's connection", func() bool {
+				return closeWaits(t, c.httpsPort) == 0 && goroutinesIn(t, c.admin, "bridge.(*pump).run(") == 0
+			})
+		}},
 		{"a client that does not trust Caddy's root is refused", func(t *testing.T) {
 			_, err := client(x509.NewCertPool()).Get(httpsURL)
 			var unknown x509.UnknownAuthorityError
@@ -185,4 +249,38 @@ func TestTLSInternal(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, tt.run)
 	}
+}
+
+// goroutinesIn counts the goroutines of a Caddy (from its admin endpoint's
+// pprof) that are in fn.
+func goroutinesIn(t *testing.T, admin, fn string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/debug/pprof/goroutine?debug=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dump, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(dump), fn)
+}
+
+// closeWaits counts the sockets on port (local) that the peer closed and
+// this end has not: CLOSE_WAIT, state 08 in /proc/net/tcp.
+func closeWaits(t *testing.T, port int) int {
+	t.Helper()
+	table, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 3 && strings.HasSuffix(f[1], fmt.Sprintf(":%04X", port)) && f[3] == "08" {
+			n++
+		}
+	}
+	return n
 }

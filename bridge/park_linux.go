@@ -1,0 +1,151 @@
+package bridge
+
+import (
+	"errors"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+const parkingSupported = true
+
+// poller watches parked streams' sockets with one epoll instance and one
+// goroutine for the process, which exits when it watches none: the last
+// stream's forget tells it through an eventfd (key 0).
+var poller struct {
+	mu    sync.Mutex
+	epfd  int // 0: not running
+	efd   int
+	next  uint64
+	byKey map[uint64]*parking
+}
+
+// watch has the poller report the socket's next input or hang-up, once.
+func (pk *parking) watch() error {
+	poller.mu.Lock()
+	defer poller.mu.Unlock()
+	op := unix.EPOLL_CTL_MOD
+	if !pk.watched {
+		if poller.epfd == 0 {
+			if err := startPoller(); err != nil {
+				return err
+			}
+		}
+		poller.next++
+		pk.key, pk.watched = poller.next, true
+		poller.byKey[pk.key] = pk
+		op = unix.EPOLL_CTL_ADD
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(pk.key), Pad: int32(pk.key >> 32)}
+	return unix.EpollCtl(poller.epfd, op, pk.fd, &ev)
+}
+
+// startPoller makes the epoll instance and its eventfd, and starts the
+// poller's goroutine; the poller's lock is held.
+func startPoller() error {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err == nil {
+		err = unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN})
+		if err != nil {
+			unix.Close(efd)
+		}
+	}
+	if err != nil {
+		unix.Close(epfd)
+		return err
+	}
+	poller.epfd, poller.efd, poller.byKey = epfd, efd, make(map[uint64]*parking)
+	go pollParked(epfd, efd)
+	return nil
+}
+
+// forget stops watching the socket.
+func (pk *parking) forget() {
+	poller.mu.Lock()
+	defer poller.mu.Unlock()
+	if pk.watched {
+		_ = unix.EpollCtl(poller.epfd, unix.EPOLL_CTL_DEL, pk.fd, nil)
+		delete(poller.byKey, pk.key)
+		pk.watched = false
+		if len(poller.byKey) == 0 {
+			_, _ = unix.Write(poller.efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		}
+	}
+}
+
+// pollParked wakes the streams whose sockets epfd reports, until it
+// watches none.
+func pollParked(epfd, efd int) {
+	events := make([]unix.EpollEvent, 128)
+	var woken []*parking
+	for {
+		n, err := unix.EpollWait(epfd, events, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		poller.mu.Lock()
+		told := false
+		for _, ev := range events[:max(n, 0)] {
+			key := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if key == 0 {
+				told = true
+				var b [8]byte
+				_, _ = unix.Read(efd, b[:])
+			} else if pk := poller.byKey[key]; pk != nil {
+				woken = append(woken, pk)
+			}
+		}
+		if err != nil || (told && len(poller.byKey) == 0) {
+			// Done (or broken, which no valid epfd is): every stream still
+			// watched looks at its connection, and watches anew.
+			for _, pk := range poller.byKey {
+				pk.watched = false
+				woken = append(woken, pk)
+			}
+			clear(poller.byKey)
+			unix.Close(efd)
+			unix.Close(epfd)
+			poller.epfd = 0
+			poller.mu.Unlock()
+			for _, pk := range woken {
+				pk.readable.Store(true)
+				pk.wake()
+			}
+			return
+		}
+		poller.mu.Unlock()
+		for _, pk := range woken {
+			pk.readable.Store(true)
+			pk.wake()
+		}
+		clear(woken)
+		woken = woken[:0]
+	}
+}
+
+// peek looks at a socket's input without taking it. (Control, not Read:
+// a Read would first see the read deadline that wakers set in the past.)
+func peek(raw syscall.RawConn) peekResult {
+	var (
+		b   [1]byte
+		n   int
+		err error
+	)
+	if raw.Control(func(fd uintptr) {
+		n, _, err = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	}) != nil {
+		return peekClosed
+	}
+	switch {
+	case errors.Is(err, unix.EAGAIN):
+		return peekNothing
+	case err == nil && n > 0:
+		return peekData
+	}
+	return peekClosed
+}

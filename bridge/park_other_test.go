@@ -1,0 +1,6 @@
+//go:build !linux
+
+package bridge
+
+// watched counts the streams the poller watches: there is none here.
+func watched() int { return 0 }
