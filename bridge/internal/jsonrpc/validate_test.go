@@ -54,6 +54,8 @@ func BenchmarkValidJSON(b *testing.B) {
 	}{
 		{"request", []byte(mcptest.ToolsCallRequest)},
 		{"result_64KiB", mcptest.LargeToolsCallResult(64 << 10)},
+		// One string with nothing to escape, as the bench's echo sends.
+		{"plain_64KiB", []byte(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"` + strings.Repeat("x", 64<<10) + `"}}}`)},
 	} {
 		for _, impl := range []struct {
 			name  string
@@ -68,6 +70,28 @@ func BenchmarkValidJSON(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestValidEveryPosition puts each byte a string scan must stop at, and
+// bytes next to those, at every position of strings up to 80 bytes long,
+// the steps of 8 and 32 bytes included: Valid agrees with json.Valid.
+func TestValidEveryPosition(t *testing.T) {
+	for n := range 81 {
+		for pos := range n {
+			for _, c := range []byte{'"', '\\', 0, 0x1f, 0x20, '!', '[', 0x7f, 0x80, 0xff} {
+				s := []byte(strings.Repeat("a", n))
+				s[pos] = c
+				for _, msg := range [][]byte{
+					append(append([]byte(`{"k":"`), s...), `"}`...),
+					append(append([]byte(`["`), s...), `\n"]`...),
+				} {
+					if got, want := Valid(msg), json.Valid(msg); got != want {
+						t.Fatalf("Valid(%q) = %v, json.Valid says %v", msg, got, want)
+					}
+				}
+			}
 		}
 	}
 }
