@@ -35,7 +35,9 @@ func (s *Server) detachStream(w http.ResponseWriter, r *http.Request, open func(
 		return false
 	}
 	_ = conn.SetDeadline(time.Time{})
-	d := &detachedStream{s: s, hw: &hijackedWriter{conn: conn, header: w.Header()}}
+	// The header is cloned here, on the request's goroutine: once the
+	// handler returns, Caddy's access log reads net/http's map.
+	d := &detachedStream{s: s, hw: &hijackedWriter{conn: conn, header: w.Header().Clone()}}
 	d.hw.parking = newParking(conn, d.serve)
 	s.detached.add(d)
 	go func() {

@@ -3,12 +3,17 @@ package bridge
 import (
 	"bufio"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mcpbridge/caddy-mcp-bridge/internal/mcptest"
 )
 
 // TestDetachedGetStream checks the GET stream that leaves the request's
@@ -73,4 +78,38 @@ func rawGet(t *testing.T, url, proto, session, version string) (net.Conn, *http.
 		t.Fatal(err)
 	}
 	return conn, resp
+}
+
+// TestDetachedStreamLeavesHeader: once the handler of a detached GET
+// stream returns, the stream's goroutine no longer touches the response's
+// header map, which Caddy's access log reads then.
+func TestDetachedStreamLeavesHeader(t *testing.T) {
+	const version = "2025-11-25"
+	exe := mcptest.EverythingServer(t)
+	srv, _ := startBridgeWith(t, []string{exe}, BackendConfig{Pool: PoolConfig{MinIdle: new(1)}}, ServerConfig{})
+	returned := make(chan [2]http.Header, 1)
+	logging := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		srv.Config.Handler.ServeHTTP(w, r)
+		if r.Method == http.MethodGet {
+			header := w.Header()
+			before := header.Clone()
+			for range 1000 { // as an access log reads it, while the stream starts
+				for k := range header {
+					_ = k
+				}
+			}
+			returned <- [2]http.Header{header, before}
+		}
+	}))
+	t.Cleanup(logging.Close)
+	session := initialize(t, srv.URL, version)
+	_, resp := rawGet(t, logging.URL, "HTTP/1.1", session, version)
+	got := <-returned
+	header, before := got[0], got[1]
+	if ev := nextEvent(t, readSSE(resp.Body)); !ev.HasID {
+		t.Fatalf("GET stream opened with %+v, want a priming event", ev)
+	}
+	if !maps.EqualFunc(header, before, slices.Equal) {
+		t.Errorf("the header map changed after the handler returned: %v, then %v", before, header)
+	}
 }

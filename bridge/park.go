@@ -2,7 +2,9 @@ package bridge
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -22,10 +24,13 @@ import (
 // parking is a detached stream's way of waiting without a goroutine. A
 // nil *parking is a stream that cannot park; its methods do nothing.
 type parking struct {
-	raw    syscall.RawConn // the socket's (under TLS, if any)
-	tls    bool            // the client's bytes are TLS records, for a Read to judge
-	fd     int
-	resume func() // runs the writer again; on a goroutine of its own
+	raw syscall.RawConn // the socket's (under TLS, if any)
+	// tls, for a TLS connection: the client's bytes are records, for a
+	// Read to judge, and some may wait in it already (looked at once).
+	tls       *tls.Conn
+	tlsLooked bool
+	fd        int
+	resume    func() // runs the writer again; on a goroutine of its own
 
 	// The poller's name for it, and whether the poller watches it:
 	// guarded by the poller's lock.
@@ -50,7 +55,7 @@ func newParking(conn net.Conn, resume func()) *parking {
 	}
 	pk := &parking{resume: resume}
 	if tc, ok := conn.(*tls.Conn); ok {
-		conn, pk.tls = tc.NetConn(), true
+		conn, pk.tls = tc.NetConn(), tc
 	}
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
@@ -122,6 +127,17 @@ const (
 
 // client says what the poller saw of the client since the last look.
 func (pk *parking) client() clientState {
+	if pk.tls != nil && !pk.tlsLooked {
+		// Records that crypto/tls read ahead with the request (a
+		// close_notify sent with it, say) are in the Conn, not the
+		// socket: a Read that may not wait finds them.
+		pk.tlsLooked = true
+		_ = pk.tls.SetReadDeadline(aLongTimeAgo)
+		var b [1]byte
+		if _, err := pk.tls.Read(b[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
+			return clientLeft
+		}
+	}
 	if !pk.readable.Swap(false) {
 		return clientIdle
 	}
@@ -129,7 +145,7 @@ func (pk *parking) client() clientState {
 	case peekNothing:
 		return clientIdle
 	case peekData:
-		if pk.tls {
+		if pk.tls != nil {
 			return clientSent
 		}
 	}

@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"encoding/binary"
 	"errors"
 	"sync"
 	"syscall"
@@ -14,31 +15,40 @@ const parkingSupported = true
 // goroutine for the process, which exits when it watches none: the last
 // stream's forget tells it through an eventfd (key 0).
 var poller struct {
-	mu    sync.Mutex
-	epfd  int // 0: not running
-	efd   int
-	next  uint64
-	byKey map[uint64]*parking
+	mu      sync.Mutex
+	running bool
+	epfd    int
+	efd     int
+	next    uint64
+	byKey   map[uint64]*parking
 }
 
 // watch has the poller report the socket's next input or hang-up, once.
 func (pk *parking) watch() error {
 	poller.mu.Lock()
 	defer poller.mu.Unlock()
-	op := unix.EPOLL_CTL_MOD
-	if !pk.watched {
-		if poller.epfd == 0 {
-			if err := startPoller(); err != nil {
-				return err
-			}
+	if !poller.running {
+		if err := startPoller(); err != nil {
+			return err
 		}
-		poller.next++
-		pk.key, pk.watched = poller.next, true
-		poller.byKey[pk.key] = pk
-		op = unix.EPOLL_CTL_ADD
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(pk.key), Pad: int32(pk.key >> 32)}
-	return unix.EpollCtl(poller.epfd, op, pk.fd, &ev)
+	op, key := unix.EPOLL_CTL_MOD, pk.key
+	if !pk.watched {
+		op, key = unix.EPOLL_CTL_ADD, poller.next+1
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(key), Pad: int32(key >> 32)}
+	if err := unix.EpollCtl(poller.epfd, op, pk.fd, &ev); err != nil {
+		if len(poller.byKey) == 0 {
+			tellPoller() // it may have started for this stream alone
+		}
+		return err
+	}
+	if !pk.watched {
+		poller.next = key
+		pk.key, pk.watched = key, true
+		poller.byKey[key] = pk
+	}
+	return nil
 }
 
 // startPoller makes the epoll instance and its eventfd, and starts the
@@ -59,9 +69,17 @@ func startPoller() error {
 		unix.Close(epfd)
 		return err
 	}
-	poller.epfd, poller.efd, poller.byKey = epfd, efd, make(map[uint64]*parking)
+	poller.running, poller.epfd, poller.efd, poller.byKey = true, epfd, efd, make(map[uint64]*parking)
 	go pollParked(epfd, efd)
 	return nil
+}
+
+// tellPoller wakes the poller to see whether it still watches anything;
+// the poller's lock is held.
+func tellPoller() {
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, _ = unix.Write(poller.efd, one[:])
 }
 
 // forget stops watching the socket.
@@ -73,7 +91,7 @@ func (pk *parking) forget() {
 		delete(poller.byKey, pk.key)
 		pk.watched = false
 		if len(poller.byKey) == 0 {
-			_, _ = unix.Write(poller.efd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+			tellPoller()
 		}
 	}
 }
@@ -110,7 +128,7 @@ func pollParked(epfd, efd int) {
 			clear(poller.byKey)
 			unix.Close(efd)
 			unix.Close(epfd)
-			poller.epfd = 0
+			poller.running = false
 			poller.mu.Unlock()
 			for _, pk := range woken {
 				pk.readable.Store(true)
@@ -142,10 +160,10 @@ func peek(raw syscall.RawConn) peekResult {
 		return peekClosed
 	}
 	switch {
-	case errors.Is(err, unix.EAGAIN):
-		return peekNothing
 	case err == nil && n > 0:
 		return peekData
+	case err == nil, errors.Is(err, unix.ECONNRESET), errors.Is(err, unix.ENOTCONN), errors.Is(err, unix.EPIPE), errors.Is(err, unix.ETIMEDOUT):
+		return peekClosed // EOF, or the connection failed
 	}
-	return peekClosed
+	return peekNothing // EAGAIN: nothing to read; a passing error is no news
 }

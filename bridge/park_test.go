@@ -1,10 +1,15 @@
 package bridge
 
 import (
+	"bufio"
 	"bytes"
+	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,4 +109,59 @@ func detachedCount(s *Server) int {
 	s.detached.mu.Lock()
 	defer s.detached.mu.Unlock()
 	return len(s.detached.streams)
+}
+
+// TestParkedStreamTLSReadAhead: a client sends its GET and a close_notify
+// (a TLS half-close: the TCP connection stays open) in one segment, so
+// crypto/tls reads the close_notify ahead, with the request, and the
+// socket has nothing more to tell the poller. The stream ends anyway, and
+// its connection closes.
+func TestParkedStreamTLSReadAhead(t *testing.T) {
+	const version = "2025-11-25"
+	exe := mcptest.EverythingServer(t)
+	srv, _ := startBridgeWith(t, []string{exe}, BackendConfig{Pool: PoolConfig{MinIdle: new(1)}}, ServerConfig{})
+	tlsSrv := httptest.NewUnstartedServer(srv.Config.Handler)
+	tlsSrv.StartTLS()
+	t.Cleanup(tlsSrv.Close)
+	session := initialize(t, srv.URL, version)
+
+	raw, err := net.Dial("tcp", strings.TrimPrefix(tlsSrv.URL, "https://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	held := &heldWrites{Conn: raw}
+	conn := tls.Client(held, &tls.Config{InsecureSkipVerify: true})
+	if err := conn.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	held.hold = true
+	fmt.Fprintf(conn, "GET /mcp HTTP/1.1\r\nHost: bridge\r\nAccept: text/event-stream\r\n%s: %s\r\nMCP-Protocol-Version: %s\r\n\r\n", headerSessionID, session, version)
+	if err := conn.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = raw.SetWriteDeadline(time.Time{})                  // CloseWrite leaves one in the past
+	if _, err := raw.Write(held.buf.Bytes()); err != nil { // one segment
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET: %v, %v", resp, err)
+	}
+	waitEnd(t, readSSE(resp.Body))
+}
+
+// heldWrites keeps what is written while hold is set, for the test to
+// send in one write.
+type heldWrites struct {
+	net.Conn
+	hold bool
+	buf  bytes.Buffer
+}
+
+func (h *heldWrites) Write(p []byte) (int, error) {
+	if h.hold {
+		return h.buf.Write(p)
+	}
+	return h.Conn.Write(p)
 }

@@ -224,6 +224,7 @@ func (p *pump) waitConn() (pumpEnd, bool) {
 		}
 		// The client sent bytes that only a Read can judge (TLS): wait in
 		// Read from now on.
+		p.parking.unwatch()
 		p.parking = nil
 		return 0, false
 	}
