@@ -68,6 +68,7 @@ func (d *detachedStream) serve() {
 			return
 		}
 		d.hw.idle()
+		d.wr.sess.trimIdle()
 		parked, err := pk.park(d.wr.p.deadline())
 		if err != nil {
 			// The poller would not take it: wait in Read, as elsewhere.

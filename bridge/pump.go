@@ -66,7 +66,6 @@ type pump struct {
 	// parking, does not wait on at all: it returns pumpParked.
 	conn    net.Conn
 	parking *parking
-	oneByte [1]byte // what waitConn reads into
 	// A detached stream's deadlines, kept across runs: its next ping and
 	// the end of its poll interval (zero for none).
 	nextPing, pollAt time.Time
@@ -228,7 +227,8 @@ func (p *pump) waitConn() (pumpEnd, bool) {
 		p.parking = nil
 		return 0, false
 	}
-	if _, err := p.conn.Read(p.oneByte[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
+	var b [1]byte // not the pump's: the pump of a request's stream stays on the stack
+	if _, err := p.conn.Read(b[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
 		return pumpLeft, true // a GET has no body: anything read, or EOF, means the client is done
 	}
 	return p.due()

@@ -54,8 +54,8 @@ type session struct {
 
 	mu              sync.Mutex
 	protocolVersion string
-	// pending, sent, progress and requestStreams are nil when empty (see
-	// putIn and deleteFrom).
+	// pending, sent, progress and requestStreams may be nil when empty
+	// (see putIn and trimIdle).
 	pending        map[string]*stream     // client request id → the stream awaiting its response (nil: the standalone stream)
 	sent           map[string]sentRequest // client request id → what metrics need of it
 	progress       map[string]*stream     // progress token → the stream of its request
@@ -188,17 +188,17 @@ func (s *session) releaseRequestStream(st *stream, finished bool) {
 func (s *session) forgetStreamLocked(st *stream) {
 	st.close()
 	st.release()
-	deleteFrom(&s.requestStreams, st)
+	delete(s.requestStreams, st)
 	delete(s.streams, st.num)
 	for id, owner := range s.pending {
 		if owner == st {
-			deleteFrom(&s.pending, id)
+			delete(s.pending, id)
 			s.forgetSentLocked(id)
 		}
 	}
 	for tok, owner := range s.progress {
 		if owner == st {
-			deleteFrom(&s.progress, tok)
+			delete(s.progress, tok)
 		}
 	}
 }
@@ -260,7 +260,7 @@ func (s *session) forgetSentLocked(id string) {
 		if req.timer != nil {
 			req.timer.Stop()
 		}
-		deleteFrom(&s.sent, id)
+		delete(s.sent, id)
 	}
 }
 
@@ -295,7 +295,7 @@ func (s *session) send(msg []byte, env *jsonrpc.Envelope) error {
 				s.ids.forget(requestID)
 			}
 			if owner, ok := s.pending[id]; ok {
-				deleteFrom(&s.pending, id)
+				delete(s.pending, id)
 				s.forgetSentLocked(id)
 				if owner != nil {
 					if owner.pending--; owner.pending <= 0 {
@@ -417,7 +417,7 @@ func (s *session) fromChild(msg []byte) {
 			s.logAt(zap.DebugLevel, "dropped a response to no pending request", zap.ByteString("id", env.ID))
 			return
 		}
-		deleteFrom(&s.pending, string(env.ID))
+		delete(s.pending, string(env.ID))
 		if req, ok := s.sent[string(env.ID)]; ok {
 			filter = req.filter
 			s.forgetSentLocked(string(env.ID))
@@ -428,7 +428,7 @@ func (s *session) fromChild(msg []byte) {
 			last = owner.pending == 0
 			target = owner
 			if last {
-				deleteFrom(&s.requestStreams, owner) // nothing more belongs on it
+				delete(s.requestStreams, owner) // nothing more belongs on it
 			}
 		}
 	case jsonrpc.KindNotification:
@@ -654,12 +654,24 @@ func putIn[K comparable, V any](m *map[K]V, k K, v V) {
 	(*m)[k] = v
 }
 
-// deleteFrom deletes k from *m, and lets go of the map once it is empty:
-// a map keeps its table when its entries are deleted, and an idle session
-// should keep none (ten thousand of them would hold megabytes).
-func deleteFrom[K comparable, V any](m *map[K]V, k K) {
-	delete(*m, k)
-	if len(*m) == 0 {
-		*m = nil
+// trimIdle lets go of the session's request maps that are empty: a map
+// keeps its table after its entries are deleted, and ten thousand idle
+// sessions would hold megabytes of them. It runs when the session's GET
+// stream parks, not after each request, which would make the tables
+// again for the next.
+func (s *session) trimIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.pending) == 0 {
+		s.pending = nil
+	}
+	if len(s.sent) == 0 {
+		s.sent = nil
+	}
+	if len(s.progress) == 0 {
+		s.progress = nil
+	}
+	if len(s.requestStreams) == 0 {
+		s.requestStreams = nil
 	}
 }

@@ -522,8 +522,8 @@ const (
 // stream opens with the endpoint event, endpoint. It reports whether the
 // stream was finished.
 func (s *Server) writeStream(w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *session, st *stream, mode streamMode, after int) bool {
-	wr := s.openStream(w, done, endpoint, sess, st, mode, after)
-	if wr == nil {
+	var wr streamWriter // on the stack: a request's stream allocates no writer
+	if !s.openStream(&wr, w, done, endpoint, sess, st, mode, after) {
 		return false
 	}
 	finished, _ := wr.run()
@@ -541,17 +541,17 @@ type streamWriter struct {
 	p    pump
 }
 
-// openStream attaches to st as its writer and starts the event stream on
-// w (see writeStream); nil if that failed, which it answered or logged.
-func (s *Server) openStream(w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *session, st *stream, mode streamMode, after int) *streamWriter {
+// openStream attaches to st as wr's writer and starts the event stream on
+// w (see writeStream); false if that failed, which it answered or logged.
+func (s *Server) openStream(wr *streamWriter, w http.ResponseWriter, done <-chan struct{}, endpoint string, sess *session, st *stream, mode streamMode, after int) bool {
 	gen, cursor, replaced, err := st.attach(after)
 	if err != nil {
 		WriteError(w, http.StatusBadRequest, jsonrpc.CodeInvalidRequest, "cannot resume: "+err.Error())
-		return nil
+		return false
 	}
 	sw := startSSE(w)
 	id := make([]byte, 0, len(sess.tag)+3*20) // the priming id's, then the pump's
-	wr := &streamWriter{s: s, sess: sess, st: st, gen: gen, sw: sw}
+	*wr = streamWriter{s: s, sess: sess, st: st, gen: gen, sw: sw}
 	wr.p = pump{
 		st: st, gen: gen, cursor: cursor, sink: sw,
 		ids: true, idTag: sess.tag, idNum: st.num, id: id,
@@ -598,9 +598,9 @@ func (s *Server) openStream(w http.ResponseWriter, done <-chan struct{}, endpoin
 	}
 	if err != nil {
 		st.detach(gen)
-		return nil
+		return false
 	}
-	return wr
+	return true
 }
 
 // run pumps the stream until it ends, or, with parking, until it has

@@ -216,7 +216,11 @@ func (s *Server) streamableGet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	open := func(w http.ResponseWriter) *streamWriter {
-		return s.openStream(w, nil, "", sess, st, streamStandalone, -1)
+		wr := new(streamWriter)
+		if !s.openStream(wr, w, nil, "", sess, st, streamStandalone, -1) {
+			return nil
+		}
+		return wr
 	}
 	if !s.detachStream(w, r, open) {
 		s.writeStream(w, r.Context().Done(), "", sess, st, streamStandalone, -1)
