@@ -73,7 +73,7 @@ func (d *detachedStream) serve() {
 		if err != nil {
 			// The poller would not take it: wait in Read, as elsewhere.
 			d.s.logger.Debug("cannot park a stream", zap.Error(err))
-			d.wr.p.parking = nil
+			d.wr.p.stopParking()
 		}
 		if parked {
 			return
@@ -98,10 +98,7 @@ type detachedConns struct {
 
 func (d *detachedConns) add(ds *detachedStream) {
 	d.mu.Lock()
-	if d.streams == nil {
-		d.streams = make(map[*detachedStream]struct{})
-	}
-	d.streams[ds] = struct{}{}
+	putIn(&d.streams, ds, struct{}{})
 	d.mu.Unlock()
 }
 

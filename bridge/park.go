@@ -91,7 +91,13 @@ func (pk *parking) park(deadline time.Time) (parked bool, err error) {
 	}
 	if !deadline.IsZero() {
 		if pk.timer == nil {
-			pk.timer = time.AfterFunc(time.Until(deadline), pk.wake)
+			// The timer's function has a goroutine of its own: the writer
+			// runs on it.
+			pk.timer = time.AfterFunc(time.Until(deadline), func() {
+				if pk.unpark() {
+					pk.resume()
+				}
+			})
 		} else {
 			pk.timer.Reset(time.Until(deadline))
 		}
@@ -107,13 +113,16 @@ func (pk *parking) park(deadline time.Time) (parked bool, err error) {
 
 // wake runs a parked writer again, or tells a running one to look again.
 func (pk *parking) wake() {
-	if pk == nil {
-		return
-	}
-	pk.woken.Store(true)
-	if pk.state.CompareAndSwap(parkParked, parkRunning) {
+	if pk != nil && pk.unpark() {
 		go pk.resume()
 	}
+}
+
+// unpark tells the writer to look again, and reports whether it was
+// parked: then the caller must run it.
+func (pk *parking) unpark() bool {
+	pk.woken.Store(true)
+	return pk.state.CompareAndSwap(parkParked, parkRunning)
 }
 
 // clientState is what the poller saw of a client.

@@ -118,7 +118,8 @@ func pollParked(epfd, efd int) {
 				woken = append(woken, pk)
 			}
 		}
-		if err != nil || (told && len(poller.byKey) == 0) {
+		done := err != nil || (told && len(poller.byKey) == 0)
+		if done {
 			// Done (or broken, which no valid epfd is): every stream still
 			// watched looks at its connection, and watches anew.
 			for _, pk := range poller.byKey {
@@ -129,17 +130,14 @@ func pollParked(epfd, efd int) {
 			unix.Close(efd)
 			unix.Close(epfd)
 			poller.running = false
-			poller.mu.Unlock()
-			for _, pk := range woken {
-				pk.readable.Store(true)
-				pk.wake()
-			}
-			return
 		}
 		poller.mu.Unlock()
 		for _, pk := range woken {
 			pk.readable.Store(true)
 			pk.wake()
+		}
+		if done {
+			return
 		}
 		clear(woken)
 		woken = woken[:0]

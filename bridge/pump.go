@@ -67,9 +67,9 @@ type pump struct {
 	conn    net.Conn
 	parking *parking
 	// A detached stream's deadlines, kept across runs: its next ping and
-	// the end of its poll interval (zero for none).
+	// the end of its poll interval (zero for none, and before the first
+	// run).
 	nextPing, pollAt time.Time
-	started          bool
 	// before and after, if set, run around the write of each event.
 	before, after func(ev event)
 }
@@ -86,8 +86,7 @@ func (p *pump) run() pumpEnd {
 	var tick, poll <-chan time.Time
 	switch now := time.Now(); {
 	case p.conn != nil:
-		if !p.started {
-			p.started = true
+		if p.nextPing.IsZero() && p.pollAt.IsZero() { // the first run
 			if p.keepalive > 0 {
 				p.nextPing = now.Add(p.keepalive)
 			}
@@ -221,10 +220,8 @@ func (p *pump) waitConn() (pumpEnd, bool) {
 			}
 			return pumpParked, true
 		}
-		// The client sent bytes that only a Read can judge (TLS): wait in
-		// Read from now on.
-		p.parking.unwatch()
-		p.parking = nil
+		// The client sent bytes that only a Read can judge (TLS).
+		p.stopParking()
 		return 0, false
 	}
 	var b [1]byte // not the pump's: the pump of a request's stream stays on the stack
@@ -232,6 +229,12 @@ func (p *pump) waitConn() (pumpEnd, bool) {
 		return pumpLeft, true // a GET has no body: anything read, or EOF, means the client is done
 	}
 	return p.due()
+}
+
+// stopParking has a detached stream wait in Read from now on.
+func (p *pump) stopParking() {
+	p.parking.unwatch()
+	p.parking = nil
 }
 
 // deadline is when a detached stream's next ping or poll is due; zero for

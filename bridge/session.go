@@ -662,16 +662,15 @@ func putIn[K comparable, V any](m *map[K]V, k K, v V) {
 func (s *session) trimIdle() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.pending) == 0 {
-		s.pending = nil
-	}
-	if len(s.sent) == 0 {
-		s.sent = nil
-	}
-	if len(s.progress) == 0 {
-		s.progress = nil
-	}
-	if len(s.requestStreams) == 0 {
-		s.requestStreams = nil
+	dropEmpty(&s.pending)
+	dropEmpty(&s.sent)
+	dropEmpty(&s.progress)
+	dropEmpty(&s.requestStreams)
+}
+
+// dropEmpty lets go of *m if it is empty; putIn makes it again.
+func dropEmpty[K comparable, V any](m *map[K]V) {
+	if len(*m) == 0 {
+		*m = nil
 	}
 }
